@@ -1,0 +1,5 @@
+import sys
+
+from arvid.cli import main
+
+sys.exit(main())

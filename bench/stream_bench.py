@@ -1,0 +1,187 @@
+"""End-to-end streaming benchmark: several backends on the same model and inputs, in one process.
+
+What is timed: the DiT work of each chunk (4 denoising forwards + the clean-context update, and
+the KV re-cache where a prompt switch falls before the chunk), from the chunk's start to its
+latents being ready (CUDA synchronised). Not timed: text encoding (embeddings are given) and VAE
+decode (not part of this run). The first ``warmup`` chunks of every run are left out of the
+statistics; each variant runs ``rounds`` times, the variants interleaved round by round.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import psutil
+import torch
+
+from arvid.runtime import StreamConfig, StreamingGenerator, get_preset
+from arvid.runtime.pipeline import load_model, placeholder_prompt_embeds
+
+from .env import environment
+
+
+@dataclass
+class VariantResult:
+    backend: str
+    chunk_ms: list[float] = field(default_factory=list)  # timed chunks over all rounds
+    first_chunk_ms: float = 0.0  # first chunk of the first round (includes lazy set-up)
+    peak_memory_bytes: int = 0
+    peak_reserved_bytes: int | None = None
+    memory_kind: str = ""
+    cache_bytes: int = 0
+    max_abs_diff_vs_baseline: float | None = None
+
+    def summary(self, chunk_frames: int) -> dict:
+        ms = sorted(self.chunk_ms)
+        p50 = statistics.median(ms)
+        total_s = sum(ms) / 1000
+        latent_fps = chunk_frames * len(ms) / total_s
+        return {
+            "chunk_ms_p50": p50,
+            "chunk_ms_p90": _percentile(ms, 0.9),
+            "chunk_ms_mean": statistics.fmean(ms),
+            "latent_fps": latent_fps,
+            # Each latent frame decodes to 4 video frames (the video's very first to 1).
+            "video_fps_dit_only": 4 * latent_fps,
+        }
+
+
+def _percentile(sorted_ms: list[float], q: float) -> float:
+    idx = min(len(sorted_ms) - 1, max(0, round(q * (len(sorted_ms) - 1))))
+    return sorted_ms[idx]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_stream_bench(
+    preset: str = "tiny",
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    backends: list[str],
+    frames: int | None = None,
+    warmup: int = 2,
+    rounds: int = 1,
+    switch_frames: tuple[int, ...] = (),
+    seed: int = 0,
+    checkpoint: str | None = None,
+    stream: StreamConfig | None = None,
+    batch_size: int = 1,
+) -> dict:
+    """Run every backend on the same inputs; returns a JSON-ready dict (see ``format_table``)."""
+    p = get_preset(preset)
+    stream = stream or StreamConfig()
+    frames = frames or max(p.default_frames, stream.chunk_frames * (warmup + 8))
+    if frames % stream.chunk_frames:
+        raise ValueError(f"--frames {frames} is not a multiple of the chunk ({stream.chunk_frames} latent frames)")
+    if frames // stream.chunk_frames <= warmup:
+        raise ValueError(f"{frames} frames give no timed chunk after {warmup} warm-up chunks")
+    model = load_model(p, device=device, dtype=dtype, checkpoint=checkpoint, seed=seed)
+    gens = {
+        b: StreamingGenerator(model, stream, latent_size=(p.latent_height, p.latent_width), batch_size=batch_size,
+                              backend=b)
+        for b in backends
+    }  # fmt: skip
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(batch_size, frames, p.model.in_dim, p.latent_height, p.latent_width, generator=g)
+    prompts = [placeholder_prompt_embeds(f"prompt {i}", p, batch_size) for i in range(len(switch_frames) + 1)]
+    results = {b: VariantResult(b) for b in backends}
+    outputs: dict[str, torch.Tensor] = {}
+    proc = psutil.Process()
+
+    for r in range(rounds):
+        for b, gen in gens.items():
+            res = results[b]
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+            _sync(device)
+            chunks, peak_rss = [], proc.memory_info().rss
+            t0 = time.perf_counter()
+            renoise_gen = torch.Generator(device=device).manual_seed(seed + 1)
+            for i, c in enumerate(gen.stream(noise, prompts, switch_frames, generator=renoise_gen)):
+                _sync(device)
+                t1 = time.perf_counter()
+                ms = (t1 - t0) * 1000
+                if r == 0 and i == 0:
+                    res.first_chunk_ms = ms
+                if i >= warmup:
+                    res.chunk_ms.append(ms)
+                chunks.append(c.latents.cpu())
+                peak_rss = max(peak_rss, proc.memory_info().rss)
+                t0 = time.perf_counter()  # host-side bookkeeping above is not charged to the next chunk
+            if device.type == "cuda":
+                res.memory_kind = "cuda_max_allocated"
+                res.peak_memory_bytes = max(res.peak_memory_bytes, torch.cuda.max_memory_allocated(device))
+                res.peak_reserved_bytes = max(res.peak_reserved_bytes or 0, torch.cuda.max_memory_reserved(device))
+            else:
+                res.memory_kind = "process_rss"
+                res.peak_memory_bytes = max(res.peak_memory_bytes, peak_rss)
+            res.cache_bytes = gen.cache.nbytes
+            outputs[b] = torch.cat(chunks, dim=1)
+
+    base = backends[0]
+    variants = []
+    for b in backends:
+        res = results[b]
+        res.max_abs_diff_vs_baseline = float((outputs[b] - outputs[base]).abs().max())
+        row = {**asdict(res), **res.summary(stream.chunk_frames)}
+        variants.append(row)
+    for row in variants:
+        row["speedup_vs_baseline"] = variants[0]["chunk_ms_p50"] / row["chunk_ms_p50"]
+    n_params = sum(t.numel() for t in model.parameters())
+    return {
+        "schema": "arvid.stream_bench/1",
+        "methodology": __doc__.strip(),
+        "preset": preset,
+        "dtype": str(dtype).removeprefix("torch."),
+        "batch_size": batch_size,
+        "latent_frames": frames,
+        "chunks": frames // stream.chunk_frames,
+        "warmup_chunks": warmup,
+        "rounds": rounds,
+        "switch_frames": list(switch_frames),
+        "stream": asdict(stream),
+        "model_parameters": n_params,
+        "model_bytes": sum(t.nbytes for t in model.parameters()),
+        "baseline": base,
+        "environment": environment(device),
+        "variants": variants,
+    }
+
+
+def _mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:,.1f}"
+
+
+def format_table(report: dict) -> str:
+    env = report["environment"]
+    lines = [
+        f"arvid bench: preset {report['preset']}, {report['dtype']}, batch {report['batch_size']}, "
+        f"{report['latent_frames']} latent frames = {report['chunks']} chunks "
+        f"({report['warmup_chunks']} warm-up chunks excluded), {report['rounds']} round(s), "
+        f"switches at {report['switch_frames'] or 'none'}",
+        f"device: {env['device_name']} ({env['device']}); torch {env['torch']}, triton {env['triton']}, "
+        f"CUDA {env['cuda']}, driver {env['driver']}; commit {(env['git_commit'] or 'unknown')[:12]}",
+        "",
+        "| backend | chunk ms p50 | p90 | latent frames/s | video FPS (DiT only) | vs baseline "
+        "| first chunk ms | peak memory MiB | cache MiB | max diff vs baseline |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for v in report["variants"]:
+        lines.append(
+            f"| {v['backend']} | {v['chunk_ms_p50']:.2f} | {v['chunk_ms_p90']:.2f} | {v['latent_fps']:.2f} "
+            f"| {v['video_fps_dit_only']:.2f} | {v['speedup_vs_baseline']:.2f}x | {v['first_chunk_ms']:.1f} "
+            f"| {_mib(v['peak_memory_bytes'])} ({v['memory_kind']}) | {_mib(v['cache_bytes'])} "
+            f"| {v['max_abs_diff_vs_baseline']:.2e} |"
+        )
+    lines += [
+        "",
+        " ".join(report["methodology"].split("\n\n")[1].split()),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,216 @@
+"""The streaming generator: chunk by chunk, few-step denoising over the KV cache, prompt switches.
+
+Per chunk (LongLive's Algorithm 2): for each denoising step run the DiT on the chunk's noisy
+latents (its own K/V are written into its cache slots and attended to, bidirectionally within
+the chunk), convert the flow to x0 and re-noise to the next step; the last x0 is the chunk's
+output; one more forward on that clean x0 at t = context_noise overwrites the chunk's slots
+with clean K/V. At a prompt switch the cross-attention K/V are recomputed from the new prompt
+and the self-attention cache is re-built from the last frames (KV re-cache, see
+``RingKVCache.plan_recache``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .attention import default_backend, get_backend
+from .baseline import ConcatKVCache
+from .config import StreamConfig
+from .kv_cache import RingKVCache
+from .model import CausalWanModel
+from .scheduler import FlowMatchScheduler
+
+
+@dataclass
+class ChunkOutput:
+    index: int  # chunk index
+    frame_start: int  # first latent frame of the chunk
+    latents: torch.Tensor  # [B, chunk_frames, C, H, W] float32, the chunk's x0
+    recached: bool  # a prompt switch (KV re-cache) happened right before this chunk
+
+
+def validate_schedule(num_frames: int, num_prompts: int, switch_frames: Sequence[int], chunk: int) -> list[int]:
+    """Check a prompt schedule; returns the switch frames as a list."""
+    switches = [int(s) for s in switch_frames]
+    if num_prompts < 1:
+        raise ValueError("at least one prompt is needed")
+    if len(switches) != num_prompts - 1:
+        raise ValueError(f"{num_prompts} prompts need {num_prompts - 1} switch frames, got {len(switches)}")
+    prev = 0
+    for s in switches:
+        if not prev < s < num_frames:
+            raise ValueError(
+                f"switch frame {s} out of range: switch frames must increase strictly inside (0, {num_frames})"
+            )
+        if s % chunk:
+            raise ValueError(f"switch frame {s} is not on a chunk boundary (chunk = {chunk} latent frames)")
+        prev = s
+    return switches
+
+
+class StreamingGenerator:
+    """Runs the streaming algorithm with one model, one cache and one attention backend.
+
+    Parameters
+    ----------
+    model : the causal Wan DiT.
+    stream : streaming settings (defaults: LongLive's).
+    latent_size : ``(H, W)`` of the latents, e.g. ``(60, 104)`` for 832x480 video.
+    batch_size : videos generated together.
+    backend : ``"eager"`` (the reference-style baseline), ``"sdpa"``, ``"triton"``, ... or ``None``
+        for the fastest that runs on the model's device.
+    """
+
+    def __init__(
+        self,
+        model: CausalWanModel,
+        stream: StreamConfig | None = None,
+        *,
+        latent_size: tuple[int, int],
+        batch_size: int = 1,
+        backend: str | None = None,
+    ) -> None:
+        self.model = model
+        self.stream_cfg = stream or StreamConfig()
+        self.scheduler = FlowMatchScheduler(self.stream_cfg)
+        param = model.patch_embedding.weight
+        self.device, self.dtype = param.device, param.dtype
+        self.backend = get_backend(backend or default_backend(self.device, self.dtype), self.device, self.dtype)
+        h, w = latent_size
+        _, ph, pw = model.cfg.patch_size
+        if h % ph or w % pw:
+            raise ValueError(f"latent size {h}x{w} is not divisible by the patch size {ph}x{pw}")
+        self.latent_size = (h, w)
+        self.batch_size = batch_size
+        self.tokens_per_frame = (h // ph) * (w // pw)
+        kwargs = dict(batch_size=batch_size, tokens_per_frame=self.tokens_per_frame, device=self.device)
+        if self.backend.ring:
+            self.cache: RingKVCache | ConcatKVCache = RingKVCache(
+                model.cfg, self.stream_cfg, backend=self.backend, rope_tables=model.rope_tables(), dtype=self.dtype,
+                **kwargs,
+            )  # fmt: skip
+        else:
+            self.cache = ConcatKVCache(model.cfg, self.stream_cfg, dtype=self.dtype, **kwargs)
+
+    # -- input checks ------------------------------------------------------------------------
+    def _check_noise(self, noise: torch.Tensor) -> None:
+        c = self.model.cfg.in_dim
+        h, w = self.latent_size
+        chunk = self.stream_cfg.chunk_frames
+        if noise.dim() != 5 or noise.shape[0] != self.batch_size or noise.shape[2:] != (c, h, w):
+            raise ValueError(
+                f"noise must be [B, F, C, H, W] = [{self.batch_size}, F, {c}, {h}, {w}], got {tuple(noise.shape)}"
+            )
+        f = noise.shape[1]
+        if f == 0 or f % chunk:
+            raise ValueError(f"frame count {f} is not a positive multiple of the chunk ({chunk} latent frames)")
+        if f > self.model.cfg.rope_max_positions:
+            raise ValueError(f"{f} latent frames exceed the RoPE table ({self.model.cfg.rope_max_positions} positions)")
+
+    def _check_prompts(self, prompts: Sequence[torch.Tensor]) -> None:
+        cfg = self.model.cfg
+        for i, p in enumerate(prompts):
+            if p.dim() != 3 or p.shape[0] != self.batch_size or p.shape[2] != cfg.text_dim:
+                raise ValueError(
+                    f"prompt {i} embeddings must be [B, text_len, text_dim] = "
+                    f"[{self.batch_size}, {cfg.text_len}, {cfg.text_dim}], got {tuple(p.shape)}"
+                )
+
+    # -- the loop ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def stream(
+        self,
+        noise: torch.Tensor,
+        prompts: torch.Tensor | Sequence[torch.Tensor],
+        switch_frames: Sequence[int] = (),
+        *,
+        renoise: torch.Tensor | Callable[[int, int], torch.Tensor] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[ChunkOutput]:
+        """Generate chunk by chunk, yielding each chunk's latents as soon as it is done.
+
+        Parameters
+        ----------
+        noise : ``[B, F, C, H, W]`` the initial noise of every latent frame; F sets the length.
+        prompts : one ``[B, text_len, text_dim]`` embedding, or one per prompt segment.
+        switch_frames : latent frames where prompt i+1 takes over (chunk boundaries, increasing).
+        renoise : the noise for each re-noising between steps: a tensor
+            ``[num_chunks, steps - 1, B, chunk, C, H, W]`` or a callable ``(chunk, step) -> noise``.
+            Default: drawn from ``generator`` (or the global RNG) on the model's device.
+        """
+        cfg, sched = self.stream_cfg, self.scheduler
+        prompts = [prompts] if isinstance(prompts, torch.Tensor) else list(prompts)
+        self._check_noise(noise)
+        self._check_prompts(prompts)
+        num_frames = noise.shape[1]
+        chunk = cfg.chunk_frames
+        num_chunks = num_frames // chunk
+        switches = validate_schedule(num_frames, len(prompts), switch_frames, chunk)
+        renoise_fn = self._renoise_source(renoise, num_chunks, noise, generator)
+
+        b = self.batch_size
+        self.cache.reset()
+        text_kv = self.model.text_kv(prompts[0].to(self.device))
+        # The last attention_frames generated latents, for a re-cache: memory flat in video length.
+        history = torch.zeros(b, cfg.attention_frames, *noise.shape[2:], device=self.device)
+        prompt_index = 0
+        for ci in range(num_chunks):
+            fs = ci * chunk
+            recached = False
+            if prompt_index < len(switches) and fs == switches[prompt_index]:
+                prompt_index += 1
+                text_kv = self.model.text_kv(prompts[prompt_index].to(self.device))
+                self._recache(fs, history, text_kv)
+                recached = True
+
+            x = noise[:, fs : fs + chunk].to(self.device, torch.float32)
+            plan = self.cache.plan_chunk(fs)
+            x0 = x
+            for si, (t, sigma) in enumerate(zip(sched.timesteps, sched.sigmas, strict=True)):
+                flow = self.model(x, self._t(t, chunk), text_kv, frame_offset=fs, cache=self.cache, plan=plan)
+                x0 = sched.flow_to_x0(x, flow, sigma)
+                if si + 1 < len(sched):
+                    x = sched.add_noise(x0, renoise_fn(ci, si).to(self.device, torch.float32), sched.sigmas[si + 1])
+            # Clean-context update: overwrite the chunk's slots with the K/V of its clean output.
+            t_ctx = self._t(sched.context_timestep, chunk)
+            self.model(x0, t_ctx, text_kv, frame_offset=fs, cache=self.cache, plan=plan)
+            self.cache.commit(plan)
+
+            history = torch.cat([history[:, chunk:], x0], dim=1)
+            yield ChunkOutput(ci, fs, x0, recached)
+
+    def generate(self, noise: torch.Tensor, prompts, switch_frames: Sequence[int] = (), **kwargs) -> torch.Tensor:
+        """Run :meth:`stream` to the end; returns the latents ``[B, F, C, H, W]`` (float32)."""
+        return torch.cat([c.latents for c in self.stream(noise, prompts, switch_frames, **kwargs)], dim=1)
+
+    # -- pieces ------------------------------------------------------------------------------
+    def _t(self, value: float, frames: int) -> torch.Tensor:
+        return torch.full((self.batch_size, frames), value, device=self.device, dtype=torch.float32)
+
+    def _recache(self, switch_frame: int, history: torch.Tensor, text_kv) -> None:
+        plan = self.cache.plan_recache(switch_frame)
+        first = plan.frame_start - (switch_frame - self.stream_cfg.attention_frames)  # index into history
+        x = history[:, first : first + plan.num_frames]
+        self.model(
+            x, self._t(0.0, plan.num_frames), text_kv, frame_offset=plan.frame_start, cache=self.cache, plan=plan
+        )
+        self.cache.commit(plan)
+
+    def _renoise_source(self, renoise, num_chunks: int, noise: torch.Tensor, generator: torch.Generator | None):
+        cfg = self.stream_cfg
+        shape = (self.batch_size, cfg.chunk_frames, *noise.shape[2:])
+        if renoise is None:
+            dev = generator.device if generator is not None else self.device
+            return lambda ci, si: torch.randn(shape, generator=generator, device=dev)
+        if callable(renoise):
+            return renoise
+        steps = len(self.scheduler) - 1
+        want = (num_chunks, steps, *shape)
+        if tuple(renoise.shape) != want:
+            raise ValueError(
+                f"renoise must be [num_chunks, steps - 1, B, chunk, C, H, W] = {want}, got {tuple(renoise.shape)}"
+            )
+        return lambda ci, si: renoise[ci, si]

@@ -1,0 +1,337 @@
+"""The causal Wan2.1 DiT, with original Wan parameter names.
+
+Shapes: latents ``x`` are ``[B, F, C, H, W]`` (frame-major, as the streaming runtime keeps
+them), timesteps ``t`` are per frame ``[B, F]``, so every frame gets its own adaLN modulation.
+Self-attention goes through a cache object (ring buffer or the eager baseline's concatenating
+cache) that owns q/k normalisation, RoPE, the K/V write and the attention call; with no cache
+the model runs full (global) attention over its own tokens, as the bidirectional Wan does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arvid.kernels.rope_3d import apply_rope_3d_ref, rope_3d_cos_sin, rope_3d_tables
+
+from .config import ModelConfig
+
+
+def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
+    """Wan's timestep embedding: ``[cos | sin]`` of ``t * 10000**(-i/half)``, computed in float64."""
+    half = dim // 2
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    arg = torch.outer(t.reshape(-1).to(torch.float64), freqs)
+    return torch.cat([arg.cos(), arg.sin()], dim=1).float()
+
+
+class WanRMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Wan's order of operations: normalise in float32, round to x's dtype, then scale."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x) * weight
+
+
+class SelfAttentionCache(Protocol):
+    """What a self-attention KV cache does for one layer of one forward (see kv_cache.py)."""
+
+    def self_attention(
+        self,
+        layer: int,
+        plan: Any,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        attn: WanSelfAttention,
+        rope: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor: ...
+
+
+class WanSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim, self.eps = cfg.num_heads, cfg.head_dim, cfg.eps
+        self.q = nn.Linear(cfg.dim, cfg.dim)
+        self.k = nn.Linear(cfg.dim, cfg.dim)
+        self.v = nn.Linear(cfg.dim, cfg.dim)
+        self.o = nn.Linear(cfg.dim, cfg.dim)
+        self.norm_q = WanRMSNorm(cfg.dim, cfg.eps)
+        self.norm_k = WanRMSNorm(cfg.dim, cfg.eps)
+
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Raw projections ``[B, L, H, D]`` (before RMSNorm and RoPE: the cache applies those)."""
+        shape = (*x.shape[:2], self.num_heads, self.head_dim)
+        return self.q(x).view(shape), self.k(x).view(shape), self.v(x).view(shape)
+
+    def norm_rope(
+        self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """q/k RMSNorm across heads, then 3D RoPE: the plain-PyTorch version of the fused append."""
+        q = rms_norm(q.flatten(2), self.norm_q.weight, self.eps).view_as(q)
+        k = rms_norm(k.flatten(2), self.norm_k.weight, self.eps).view_as(k)
+        return apply_rope_3d_ref(q, cos, sin), apply_rope_3d_ref(k, cos, sin)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        layer: int,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        cache: SelfAttentionCache | None,
+        plan: Any,
+    ) -> torch.Tensor:
+        q, k, v = self.qkv(x)
+        if cache is None:  # full-sequence forward: global attention over the tokens given
+            q, k = self.norm_rope(q, k, *rope)
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+            out = out.transpose(1, 2)
+        else:
+            out = cache.self_attention(layer, plan, q, k, v, self, rope)
+        return self.o(out.flatten(2))
+
+
+class WanCrossAttention(nn.Module):
+    """Attention over the text tokens; padding tokens are deliberately not masked (as in Wan)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.q = nn.Linear(cfg.dim, cfg.dim)
+        self.k = nn.Linear(cfg.dim, cfg.dim)
+        self.v = nn.Linear(cfg.dim, cfg.dim)
+        self.o = nn.Linear(cfg.dim, cfg.dim)
+        self.norm_q = WanRMSNorm(cfg.dim, cfg.eps)
+        self.norm_k = WanRMSNorm(cfg.dim, cfg.eps)
+
+    def text_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K/V of the embedded text ``[B, Lt, dim]`` -> two ``[B, H, Lt, D]``; computed once per prompt."""
+        shape = (*context.shape[:2], self.num_heads, self.head_dim)
+        k = self.norm_k(self.k(context)).view(shape).transpose(1, 2)
+        v = self.v(context).view(shape).transpose(1, 2)
+        return k, v
+
+    def forward(self, x: torch.Tensor, text_kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        q = self.norm_q(self.q(x)).view(*x.shape[:2], self.num_heads, self.head_dim).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, *text_kv)
+        return self.o(out.transpose(1, 2).flatten(2))
+
+
+class WanAttentionBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.norm1 = nn.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
+        self.self_attn = WanSelfAttention(cfg)
+        self.norm3 = nn.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=True)
+        self.cross_attn = WanCrossAttention(cfg)
+        self.norm2 = nn.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(
+            nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, cfg.dim)
+        )
+        self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        e: torch.Tensor,
+        frames: int,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        text_kv: tuple[torch.Tensor, torch.Tensor],
+        cache: SelfAttentionCache | None,
+        plan: Any,
+    ) -> torch.Tensor:
+        """``x`` ``[B, L, dim]`` float32 residual stream; ``e`` ``[B, F, 6, dim]`` float32 per-frame modulation."""
+        b, n, d = x.shape
+        wdtype = self.ffn[0].weight.dtype
+        mod = (self.modulation.float().unsqueeze(1) + e).unbind(2)  # 6 x [B, F, dim]
+        shift1, scale1, gate1, shift2, scale2, gate2 = (m.unsqueeze(2) for m in mod)  # [B, F, 1, dim]
+
+        def per_frame(y: torch.Tensor) -> torch.Tensor:
+            return y.view(b, frames, n // frames, d)
+
+        h = per_frame(self.norm1(x)) * (1 + scale1) + shift1
+        y = self.self_attn(h.view(b, n, d).to(wdtype), self.layer, rope, cache, plan)
+        x = (per_frame(x) + per_frame(y.float()) * gate1).view(b, n, d)
+        x = x + self.cross_attn(self.norm3(x.to(wdtype)), text_kv).float()
+        h = per_frame(self.norm2(x)) * (1 + scale2) + shift2
+        y = self.ffn(h.view(b, n, d).to(wdtype))
+        return (per_frame(x) + per_frame(y.float()) * gate2).view(b, n, d)
+
+
+class WanHead(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
+        self.head = nn.Linear(cfg.dim, cfg.out_dim * math.prod(cfg.patch_size))
+        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor, frames: int) -> torch.Tensor:
+        """``x`` ``[B, L, dim]``, ``e`` ``[B, F, dim]`` (the time embedding before projection)."""
+        b, n, d = x.shape
+        shift, scale = (self.modulation.float().unsqueeze(1) + e.unsqueeze(2)).unbind(2)  # [B, F, dim]
+        h = self.norm(x).view(b, frames, n // frames, d) * (1 + scale.unsqueeze(2)) + shift.unsqueeze(2)
+        return self.head(h.view(b, n, d).to(self.head.weight.dtype))
+
+
+class CausalWanModel(nn.Module):
+    """Wan2.1 text-to-video DiT run causally, chunk by chunk, over a KV cache."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embedding = nn.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(
+            nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.dim, cfg.dim)
+        )
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, cfg.dim * 6))
+        self.blocks = nn.ModuleList(WanAttentionBlock(cfg, i) for i in range(cfg.num_layers))
+        self.head = WanHead(cfg)
+        self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # -- helpers -----------------------------------------------------------------------------
+    def rope_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 cos/sin tables ``[rope_max_positions, D/2]`` on the model's device, built once."""
+        device = self.patch_embedding.weight.device
+        if self._rope is None or self._rope[0].device != device:
+            self._rope = rope_3d_tables(self.cfg.head_dim, self.cfg.rope_max_positions, device=device)
+        return self._rope
+
+    def grid_sizes(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        pt, ph, pw = self.cfg.patch_size
+        return frames // pt, height // ph, width // pw
+
+    def text_kv(self, text_embeds: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer cross-attention K/V for a prompt ``[B, text_len, text_dim]``: the cross-attention cache."""
+        if text_embeds.dim() != 3 or text_embeds.shape[-1] != self.cfg.text_dim:
+            raise ValueError(
+                f"text embeddings must be [B, text_len, {self.cfg.text_dim}], got {tuple(text_embeds.shape)}"
+            )
+        context = self.text_embedding(text_embeds.to(self.patch_embedding.weight.dtype))
+        return [block.cross_attn.text_kv(context) for block in self.blocks]
+
+    # -- forward -----------------------------------------------------------------------------
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        text: torch.Tensor | list[tuple[torch.Tensor, torch.Tensor]],
+        *,
+        frame_offset: int = 0,
+        cache: SelfAttentionCache | None = None,
+        plan: Any = None,
+    ) -> torch.Tensor:
+        """Predict the flow ``noise - x0``.
+
+        Parameters
+        ----------
+        x : ``[B, F, C, H, W]`` latents of F consecutive latent frames, the first at absolute
+            latent frame ``frame_offset`` (this is the RoPE frame position).
+        t : ``[B, F]`` timesteps in [0, 1000], one per frame.
+        text : ``[B, text_len, text_dim]`` prompt embeddings, or the cross-attention cache
+            from :meth:`text_kv`.
+        cache, plan : the self-attention KV cache and its host-side plan for this forward;
+            ``None`` runs full attention over the given frames.
+
+        Returns
+        -------
+        ``[B, F, C_out, H, W]`` float32.
+        """
+        cfg = self.cfg
+        b, f, c, h, w = x.shape
+        if c != cfg.in_dim:
+            raise ValueError(f"latents have {c} channels, the model takes {cfg.in_dim}")
+        if h % cfg.patch_size[1] or w % cfg.patch_size[2]:
+            raise ValueError(f"latent size {h}x{w} is not divisible by the patch size {cfg.patch_size[1:]}")
+        if t.shape != (b, f):
+            raise ValueError(f"timesteps must be [B, F] = {(b, f)}, got {tuple(t.shape)}")
+        text_kv = self.text_kv(text) if isinstance(text, torch.Tensor) else text
+        wdtype = self.patch_embedding.weight.dtype
+
+        grid = self.grid_sizes(f, h, w)
+        tokens = self.patch_embedding(x.to(wdtype).transpose(1, 2))  # [B, dim, F, Hp, Wp]
+        tokens = tokens.flatten(2).transpose(1, 2).float()  # [B, L, dim] residual stream in float32
+
+        # Time embedding per frame; the block modulation is per frame too.
+        temb = self.time_embedding(sinusoidal_embedding(cfg.freq_dim, t).to(wdtype)).float()  # [B*F, dim]
+        e = self.time_projection(temb.to(wdtype)).float().view(b, f, 6, cfg.dim)
+        rope = rope_3d_cos_sin(*self.rope_tables(), grid, frame_offset)
+
+        for block, kv in zip(self.blocks, text_kv, strict=True):
+            tokens = block(tokens, e, f, rope, kv, cache, plan)
+
+        out = self.head(tokens, temb.view(b, f, cfg.dim), f).float()  # [B, L, C_out * prod(patch)]
+        return self.unpatchify(out, grid)
+
+    def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        pt, ph, pw = self.cfg.patch_size
+        f, hp, wp = grid
+        x = x.view(x.shape[0], f, hp, wp, pt, ph, pw, self.cfg.out_dim)
+        x = x.permute(0, 1, 4, 7, 2, 5, 3, 6)  # [B, f, pt, C, hp, ph, wp, pw]
+        return x.reshape(x.shape[0], f * pt, self.cfg.out_dim, hp * ph, wp * pw)
+
+
+def init_random_weights(model: CausalWanModel, seed: int = 0) -> CausalWanModel:
+    """Deterministic random weights, drawn on the CPU in float32 so every device and dtype gets the
+    same values (speed does not depend on the weights; tests rely on the determinism)."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("modulation"):
+                vals = torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5
+            elif name.endswith("norm_q.weight") or name.endswith("norm_k.weight") or name.endswith("norm3.weight"):
+                vals = 1.0 + 0.1 * torch.randn(p.shape, generator=gen)
+            elif name.endswith("bias"):
+                vals = 0.02 * torch.randn(p.shape, generator=gen)
+            else:  # fan-in scaled weights keep activations O(1) through the layers
+                fan_in = math.prod(p.shape[1:])
+                vals = torch.randn(p.shape, generator=gen) / fan_in**0.5
+            p.copy_(vals)
+    return model
+
+
+def build_model(
+    cfg: ModelConfig,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    seed: int = 0,
+) -> CausalWanModel:
+    """Build on the meta device, then materialise once: from ``state_dict`` (``assign=True``) or random."""
+    with torch.device("meta"):
+        model = CausalWanModel(cfg)
+    if state_dict is not None:
+        expected = model.state_dict()
+        missing = sorted(set(expected) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(expected))
+        wrong = [
+            f"{k}: {tuple(state_dict[k].shape)} != {tuple(expected[k].shape)}"
+            for k in expected
+            if k in state_dict and state_dict[k].shape != expected[k].shape
+        ]
+        if missing or unexpected or wrong:
+            raise ValueError(
+                "checkpoint does not match the model:"
+                + (f"\n  missing keys ({len(missing)}): {missing[:8]}" if missing else "")
+                + (f"\n  unexpected keys ({len(unexpected)}): {unexpected[:8]}" if unexpected else "")
+                + (f"\n  shape mismatches ({len(wrong)}): {wrong[:8]}" if wrong else "")
+            )
+        sd = {k: v.to(device=device, dtype=dtype) for k, v in state_dict.items()}
+        model.load_state_dict(sd, assign=True)
+    else:
+        model.to(dtype=dtype).to_empty(device=device)  # one allocation, straight in the target dtype
+        init_random_weights(model, seed)
+    return model.eval().requires_grad_(False)

@@ -1,0 +1,32 @@
+"""Packaging: the top-level folders install as ``arvid.<folder>`` through ``package_dir``."""
+
+from pathlib import Path
+
+from setuptools import setup
+
+LAYERS = ["kernels", "runtime", "quant", "export", "bench"]
+
+setup(
+    name="arvid",
+    version="0.1.0",
+    description="Inference toolkit for streaming autoregressive video diffusion (LongLive, Self-Forcing, CausVid)",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["arvid"] + [f"arvid.{layer}" for layer in LAYERS],
+    package_dir={"arvid": "arvid", **{f"arvid.{layer}": layer for layer in LAYERS}},
+    # No upper bound and no CUDA index: a CUDA torch already installed is left alone, and
+    # on a CPU machine the README installs torch==2.13.0 (the local CPU wheel) first.
+    install_requires=["torch>=2.4", "numpy", "safetensors", "psutil", "tqdm"],
+    extras_require={
+        "triton": ["triton>=3.2"],
+        "dev": [
+            "pytest>=8",
+            "pytest-benchmark",
+            "ruff",
+            "diffusers>=0.35",
+            "triton>=3.2; platform_system == 'Linux'",
+        ],
+    },
+    entry_points={"console_scripts": ["arvid = arvid.cli:main"]},
+)
