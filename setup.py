@@ -25,6 +25,8 @@ setup(
             "pytest-benchmark",
             "ruff",
             "diffusers>=0.35",
+            "matplotlib",
+            "setuptools>=70.1",  # builds wheels without the separate `wheel` package (tests/test_cli.py)
             "triton>=3.2; platform_system == 'Linux'",
         ],
     },

@@ -1,0 +1,171 @@
+"""The `arvid` command: bench and generate on the tiny preset, and its error messages."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from arvid.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_tiny_prints_table_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--preset", "tiny", "--frames", "12", "--warmup", "1", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| eager |" in text and "| sdpa |" in text and "latent frames/s" in text
+    assert "torch " + torch.__version__ in text
+    report = json.loads(out.read_text())
+    assert [v["backend"] for v in report["variants"]] == ["eager", "sdpa"]
+    assert report["variants"][0]["speedup_vs_baseline"] == 1.0
+    assert report["variants"][1]["max_abs_diff_vs_baseline"] < 1e-4
+    assert len(report["variants"][0]["chunk_ms"]) == 3  # 4 chunks, 1 warm-up
+
+
+def test_generate_writes_latents(tmp_path):
+    out = tmp_path / "latents.safetensors"
+    args = ["generate", "--preset", "tiny", "--frames", "36", "--seed", "0", "--quiet"]
+    assert main([*args, "--out", str(out)]) == 0
+    with safe_open(str(out), "pt") as f:
+        latents = f.get_tensor("latents")
+        meta = f.metadata()
+    assert latents.shape == (1, 36, 16, 8, 8)
+    assert torch.isfinite(latents).all()
+    assert meta["preset"] == "tiny" and meta["frames"] == "36"
+    # same seed, same latents
+    again = tmp_path / "again.safetensors"
+    assert main([*args, "--out", str(again)]) == 0
+    with safe_open(str(again), "pt") as f:
+        assert torch.equal(f.get_tensor("latents"), latents)
+
+
+def test_generate_with_prompt_switch(tmp_path):
+    out = tmp_path / "l.safetensors"
+    args = ["generate", "--frames", "24", "--prompt", "a", "--prompt", "b", "--switch-frames", "15"]
+    assert main([*args, "--out", str(out), "--quiet"]) == 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["generate", "--frames", "10", "--out", "x.safetensors"], "not a positive multiple of the chunk"),
+        (
+            [
+                "generate",
+                "--frames",
+                "12",
+                "--switch-frames",
+                "12",
+                "--prompt",
+                "a",
+                "--prompt",
+                "b",
+                "--out",
+                "x.safetensors",
+            ],
+            "out of range",
+        ),
+        (
+            [
+                "generate",
+                "--frames",
+                "12",
+                "--switch-frames",
+                "4",
+                "--prompt",
+                "a",
+                "--prompt",
+                "b",
+                "--out",
+                "x.safetensors",
+            ],
+            "chunk boundary",
+        ),
+        (["generate", "--preset", "huge", "--out", "x.safetensors"], "unknown preset"),
+        (["generate", "--backend", "nope", "--out", "x.safetensors"], "unknown attention backend"),
+        (["bench", "--backends", "eager,nope"], "unknown backend"),
+        (["generate", "--checkpoint", "missing.safetensors", "--out", "x.safetensors"], "does not exist"),
+        (["generate", "--out", "x.mp4"], "safetensors"),
+    ],
+)
+def test_bad_input_gives_one_line_error(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not list(tmp_path.glob("*.safetensors")), "no partial output may be left"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_cuda_is_a_clear_error(capsys):
+    assert main(["bench", "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_checkpoint_with_wrong_keys_names_the_file(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from arvid.runtime import build_model, get_preset
+
+    sd = build_model(get_preset("tiny").model).state_dict()
+    sd.pop("head.modulation")
+    ckpt = tmp_path / "dit.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(ckpt))
+    assert main(["generate", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert str(ckpt) in err and "head.modulation" in err
+
+
+def test_checkpoint_round_trip(tmp_path):
+    from safetensors.torch import save_file
+
+    from arvid.runtime import build_model, get_preset
+    from arvid.runtime.pipeline import load_model
+
+    model = build_model(get_preset("tiny").model, seed=3)
+    ckpt = tmp_path / "dit.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
+    loaded = load_model("tiny", device=torch.device("cpu"), dtype=torch.float32, checkpoint=str(ckpt))
+    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_console_script_and_module_entry_point():
+    out = subprocess.run([sys.executable, "-m", "arvid", "--help"], capture_output=True, text=True, check=True)
+    assert "bench" in out.stdout and "generate" in out.stdout
+
+
+@pytest.mark.slow
+def test_wheel_installs_namespaced_packages_only(tmp_path):
+    """`pip install .` puts kernels/runtime/... under arvid/, never as bare top-level packages."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+    )
+    wheel = next(tmp_path.glob("arvid-*.whl"))
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.startswith("arvid-")}
+    assert tops == {"arvid"}, tops
+    for layer in ("kernels", "runtime", "quant", "export", "bench"):
+        assert f"arvid/{layer}/__init__.py" in names
+    assert "arvid/cli.py" in names
+    entry = [n for n in names if n.endswith("entry_points.txt")]
+    assert "arvid = arvid.cli:main" in zipfile.ZipFile(wheel).read(entry[0]).decode()
