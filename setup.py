@@ -13,7 +13,7 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["arvid"] + [f"arvid.{layer}" for layer in LAYERS],
+    packages=["arvid", "arvid.commands"] + [f"arvid.{layer}" for layer in LAYERS],
     package_dir={"arvid": "arvid", **{f"arvid.{layer}": layer for layer in LAYERS}},
     # No upper bound and no CUDA index: a CUDA torch already installed is left alone, and
     # on a CPU machine the README installs torch==2.13.0 (the local CPU wheel) first.

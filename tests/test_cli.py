@@ -166,6 +166,6 @@ def test_wheel_installs_namespaced_packages_only(tmp_path):
     assert tops == {"arvid"}, tops
     for layer in ("kernels", "runtime", "quant", "export", "bench"):
         assert f"arvid/{layer}/__init__.py" in names
-    assert "arvid/cli.py" in names
+    assert "arvid/cli.py" in names and "arvid/commands/bench.py" in names
     entry = [n for n in names if n.endswith("entry_points.txt")]
     assert "arvid = arvid.cli:main" in zipfile.ZipFile(wheel).read(entry[0]).decode()

@@ -1,0 +1,1 @@
+"""The ``arvid`` subcommands, one module each (registered in ``arvid.cli.COMMANDS``)."""

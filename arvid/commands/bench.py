@@ -1,0 +1,51 @@
+"""``arvid bench``: the eager baseline and optimised backends on the same inputs, in one process."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ._common import add_common_args, atomic_write, stream_config
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="eager baseline vs optimised backends, same inputs, one process")
+    add_common_args(p)
+    p.add_argument("--backends", help="comma-separated, baseline first (default: eager + the device's default)")
+    p.add_argument("--warmup", type=int, default=2, help="chunks left out of the statistics (default: 2)")
+    p.add_argument("--rounds", type=int, default=1, help="times every backend runs, interleaved (default: 1)")
+    p.add_argument("--json", help="also write the full report as JSON here")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    from arvid.bench.stream_bench import format_table, run_stream_bench
+    from arvid.runtime import backend_names, default_backend
+    from arvid.runtime.pipeline import resolve_device, resolve_dtype
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    backends = args.backends.split(",") if args.backends else ["eager", default_backend(device, dtype)]
+    for b in backends:
+        if b not in backend_names():
+            raise ValueError(f"unknown backend {b!r}; choose from {backend_names()}")
+    print(f"benchmarking {', '.join(backends)} on {device} ({args.preset}, {dtype}) ...", file=sys.stderr)
+    report = run_stream_bench(
+        args.preset,
+        device=device,
+        dtype=dtype,
+        backends=backends,
+        frames=args.frames,
+        warmup=args.warmup,
+        rounds=args.rounds,
+        switch_frames=args.switch_frames,
+        seed=args.seed,
+        checkpoint=args.checkpoint,
+        stream=stream_config(args),
+    )
+    print(format_table(report))
+    if args.json:
+        atomic_write(Path(args.json), lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
