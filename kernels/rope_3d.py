@@ -44,7 +44,7 @@ def rope_3d_positions(
         torch.arange(f, device=device), torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij"
     )
     pos = torch.stack([ff.flatten(), hh.flatten(), ww.flatten()], dim=-1)
-    pos[:, 0] += torch.as_tensor(frame_offset, device=device).reshape(()).long()
+    pos[:, 0] += torch.as_tensor(frame_offset, device=device).reshape(()).long()  # device offset: no host sync
     return pos
 
 
@@ -56,15 +56,17 @@ def rope_3d_cos_sin(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gather the per-token cos/sin ``[L, D/2]`` for a block of frames starting at ``frame_offset``."""
     cf, ch, _ = rope_3d_split(2 * rope_cos.shape[1])
+    if isinstance(frame_offset, int):  # checked on the host; a device offset is the caller's to check (no sync)
+        top = max(frame_offset + grid_sizes[0], grid_sizes[1], grid_sizes[2]) - 1
+        if top >= rope_cos.shape[0]:
+            raise ValueError(
+                f"RoPE position {top} is past the table's {rope_cos.shape[0]} positions "
+                "(raise ModelConfig.rope_max_positions)"
+            )
     pos = rope_3d_positions(grid_sizes, frame_offset, rope_cos.device)
     col = torch.arange(rope_cos.shape[1], device=rope_cos.device)
     axis = (col >= cf).long() + (col >= cf + ch).long()  # 0 frame, 1 height, 2 width
     rows = pos[:, axis]  # [L, D/2]
-    if int(rows.max()) >= rope_cos.shape[0]:
-        raise ValueError(
-            f"RoPE position {int(rows.max())} is past the table's {rope_cos.shape[0]} positions "
-            "(raise ModelConfig.rope_max_positions)"
-        )
     return rope_cos[rows, col], rope_sin[rows, col]
 
 

@@ -83,9 +83,10 @@ def sdpa_append(
     rope: tuple[torch.Tensor, torch.Tensor],
 ) -> torch.Tensor:
     q, k = attn.norm_rope(q, k, *rope)
-    end = plan.write_start + k.shape[1]
-    k_cache[:, plan.write_start : end] = k
-    v_cache[:, plan.write_start : end] = v
+    # Write at the device-side offset so the same code runs inside a CUDA graph for every slot.
+    idx = plan.device_tensors["write_start"].long() + torch.arange(k.shape[1], device=k.device)
+    k_cache.index_copy_(1, idx, k.to(k_cache.dtype))
+    v_cache.index_copy_(1, idx, v.to(v_cache.dtype))
     return q
 
 

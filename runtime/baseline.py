@@ -68,6 +68,12 @@ class ConcatKVCache:
             return BaselinePlan(start, n, "recache")
         return BaselinePlan(start, n, "recache_keep_sink")
 
+    def activate(self, plan: BaselinePlan) -> None:
+        pass  # host-side indices only: the baseline is not capturable, by design
+
+    def frame_offset(self, plan: BaselinePlan) -> int:
+        return plan.frame_start
+
     def commit(self, plan: BaselinePlan) -> None:
         pass  # the reference keeps its indices per layer, updated inside the attention call
 

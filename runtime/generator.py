@@ -19,6 +19,7 @@ import torch
 from .attention import default_backend, get_backend
 from .baseline import ConcatKVCache
 from .config import StreamConfig
+from .graphs import ChunkRunner
 from .kv_cache import RingKVCache
 from .model import CausalWanModel
 from .scheduler import FlowMatchScheduler
@@ -62,6 +63,9 @@ class StreamingGenerator:
     batch_size : videos generated together.
     backend : ``"eager"`` (the reference-style baseline), ``"sdpa"``, ``"triton"``, ... or ``None``
         for the fastest that runs on the model's device.
+    cuda_graphs : capture each chunk's work (4 denoising forwards, re-noising, clean-context
+        update) as a CUDA graph and replay it (see ``graphs.py``). Without it the same static
+        code runs eagerly.
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class StreamingGenerator:
         latent_size: tuple[int, int],
         batch_size: int = 1,
         backend: str | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         self.model = model
         self.stream_cfg = stream or StreamConfig()
@@ -94,6 +99,11 @@ class StreamingGenerator:
             )  # fmt: skip
         else:
             self.cache = ConcatKVCache(model.cfg, self.stream_cfg, dtype=self.dtype, **kwargs)
+        if cuda_graphs and not self.backend.ring:
+            raise ValueError(
+                f"backend {self.backend.name!r} keeps host-side state per layer: it cannot be graph-captured"
+            )
+        self.runner = ChunkRunner(self, cuda_graphs=cuda_graphs)
 
     # -- input checks ------------------------------------------------------------------------
     def _check_noise(self, noise: torch.Tensor) -> None:
@@ -141,7 +151,7 @@ class StreamingGenerator:
             ``[num_chunks, steps - 1, B, chunk, C, H, W]`` or a callable ``(chunk, step) -> noise``.
             Default: drawn from ``generator`` (or the global RNG) on the model's device.
         """
-        cfg, sched = self.stream_cfg, self.scheduler
+        cfg = self.stream_cfg
         prompts = [prompts] if isinstance(prompts, torch.Tensor) else list(prompts)
         self._check_noise(noise)
         self._check_prompts(prompts)
@@ -151,34 +161,21 @@ class StreamingGenerator:
         switches = validate_schedule(num_frames, len(prompts), switch_frames, chunk)
         renoise_fn = self._renoise_source(renoise, num_chunks, noise, generator)
 
-        b = self.batch_size
         self.cache.reset()
-        text_kv = self.model.text_kv(prompts[0].to(self.device))
+        self.runner.set_prompt(self.model.text_kv(prompts[0].to(self.device)))
         # The last attention_frames generated latents, for a re-cache: memory flat in video length.
-        history = torch.zeros(b, cfg.attention_frames, *noise.shape[2:], device=self.device)
+        history = torch.zeros(self.batch_size, cfg.attention_frames, *noise.shape[2:], device=self.device)
         prompt_index = 0
         for ci in range(num_chunks):
             fs = ci * chunk
             recached = False
             if prompt_index < len(switches) and fs == switches[prompt_index]:
                 prompt_index += 1
-                text_kv = self.model.text_kv(prompts[prompt_index].to(self.device))
-                self._recache(fs, history, text_kv)
+                self.runner.set_prompt(self.model.text_kv(prompts[prompt_index].to(self.device)))
+                self.runner.recache(fs, history)
                 recached = True
-
-            x = noise[:, fs : fs + chunk].to(self.device, torch.float32)
-            plan = self.cache.plan_chunk(fs)
-            x0 = x
-            for si, (t, sigma) in enumerate(zip(sched.timesteps, sched.sigmas, strict=True)):
-                flow = self.model(x, self._t(t, chunk), text_kv, frame_offset=fs, cache=self.cache, plan=plan)
-                x0 = sched.flow_to_x0(x, flow, sigma)
-                if si + 1 < len(sched):
-                    x = sched.add_noise(x0, renoise_fn(ci, si).to(self.device, torch.float32), sched.sigmas[si + 1])
-            # Clean-context update: overwrite the chunk's slots with the K/V of its clean output.
-            t_ctx = self._t(sched.context_timestep, chunk)
-            self.model(x0, t_ctx, text_kv, frame_offset=fs, cache=self.cache, plan=plan)
-            self.cache.commit(plan)
-
+            renoise_chunk = [renoise_fn(ci, si) for si in range(len(self.scheduler) - 1)]
+            x0 = self.runner.run_chunk(noise[:, fs : fs + chunk], renoise_chunk, fs).clone()
             history = torch.cat([history[:, chunk:], x0], dim=1)
             yield ChunkOutput(ci, fs, x0, recached)
 
@@ -187,18 +184,6 @@ class StreamingGenerator:
         return torch.cat([c.latents for c in self.stream(noise, prompts, switch_frames, **kwargs)], dim=1)
 
     # -- pieces ------------------------------------------------------------------------------
-    def _t(self, value: float, frames: int) -> torch.Tensor:
-        return torch.full((self.batch_size, frames), value, device=self.device, dtype=torch.float32)
-
-    def _recache(self, switch_frame: int, history: torch.Tensor, text_kv) -> None:
-        plan = self.cache.plan_recache(switch_frame)
-        first = plan.frame_start - (switch_frame - self.stream_cfg.attention_frames)  # index into history
-        x = history[:, first : first + plan.num_frames]
-        self.model(
-            x, self._t(0.0, plan.num_frames), text_kv, frame_offset=plan.frame_start, cache=self.cache, plan=plan
-        )
-        self.cache.commit(plan)
-
     def _renoise_source(self, renoise, num_chunks: int, noise: torch.Tensor, generator: torch.Generator | None):
         cfg = self.stream_cfg
         shape = (self.batch_size, cfg.chunk_frames, *noise.shape[2:])

@@ -38,6 +38,8 @@ class ForwardPlan:
     filled_after: int  # ring state after commit()
     next_slot_after: int
     kind: str = "chunk"  # "chunk" | "recache"
+    # write_start [1], kv_len [B], frame_offset [1] int32 on the cache's device: the same numbers,
+    # at fixed addresses shared by every plan of a cache; valid once RingKVCache.activate(plan) ran.
     device_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -67,6 +69,13 @@ class RingKVCache:
         shape = (model_cfg.num_layers, batch_size, self.capacity, model_cfg.num_heads, model_cfg.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # The plan as device scalars at fixed addresses: kernels and captured graphs read these,
+        # activate() refills them (fill_, no host sync) before the forwards of each plan.
+        self.plan_tensors = {
+            "write_start": torch.zeros(1, dtype=torch.int32, device=device),
+            "kv_len": torch.zeros(batch_size, dtype=torch.int32, device=device),
+            "frame_offset": torch.zeros(1, dtype=torch.int32, device=device),
+        }
         self.reset()
 
     # -- host-side planning ------------------------------------------------------------------
@@ -94,7 +103,7 @@ class RingKVCache:
         chunks = num_frames // self.cfg.chunk_frames
         filled_after, next_after = self._advance(filled, write_slot, chunks)
         kv_chunks = max(filled_after, write_slot + chunks)
-        plan = ForwardPlan(
+        return ForwardPlan(
             frame_start=frame_start,
             num_frames=num_frames,
             write_start=write_slot * self.chunk_tokens,
@@ -102,14 +111,8 @@ class RingKVCache:
             filled_after=filled_after,
             next_slot_after=next_after,
             kind=kind,
+            device_tensors=self.plan_tensors,
         )
-        device, b = self.k.device, self.k.shape[1]
-        plan.device_tensors = {
-            "write_start": torch.tensor([plan.write_start], dtype=torch.int32, device=device),
-            "kv_len": torch.full((b,), plan.kv_len, dtype=torch.int32, device=device),
-            "frame_offset": torch.tensor([frame_start], dtype=torch.int32, device=device),
-        }
-        return plan
 
     def plan_chunk(self, frame_start: int) -> ForwardPlan:
         """The next chunk: the next free slot during the fill phase, else the oldest window slot."""
@@ -132,6 +135,16 @@ class RingKVCache:
             return self._plan(switch_frame - n, n, 0, 0, "recache")
         start = switch_frame - cfg.window_frames
         return self._plan(start, cfg.window_frames, cfg.sink_chunks, cfg.sink_chunks, "recache")
+
+    def activate(self, plan: ForwardPlan) -> None:
+        """Load ``plan`` into the device scalars that the forwards read (``plan.device_tensors``)."""
+        self.plan_tensors["write_start"].fill_(plan.write_start)
+        self.plan_tensors["kv_len"].fill_(plan.kv_len)
+        self.plan_tensors["frame_offset"].fill_(plan.frame_start)
+
+    def frame_offset(self, plan: ForwardPlan) -> torch.Tensor:
+        """RoPE frame offset of the plan's first query frame, as the device scalar (capturable)."""
+        return self.plan_tensors["frame_offset"]
 
     def commit(self, plan: ForwardPlan) -> None:
         self.filled, self.next_slot = plan.filled_after, plan.next_slot_after

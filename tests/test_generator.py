@@ -104,7 +104,10 @@ def test_ring_slots_fill_then_evict_oldest(model):
         cache.commit(plan)
     assert slots == [0, 1, 2, 3, 1, 2, 3, 1, 2]  # slot 0 is the sink, never overwritten
     assert kv == [1, 2, 3, 4, 4, 4, 4, 4, 4]
-    assert cache.plan_chunk(27).device_tensors["kv_len"].tolist() == [4 * ct]
+    plan = cache.plan_chunk(27)
+    cache.activate(plan)
+    assert plan.device_tensors["kv_len"].tolist() == [4 * ct]
+    assert plan.device_tensors["write_start"].tolist() == [3 * ct]
 
 
 @pytest.mark.parametrize(
