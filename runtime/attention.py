@@ -2,9 +2,11 @@
 
 A backend provides the two per-layer operations of the streaming self-attention:
 
-``append(q, k, v, attn, k_cache, v_cache, plan, rope) -> q_rot``
-    q/k RMSNorm, 3D RoPE, and the write of K (rotated) and V into the chunk's slots of one
-    layer's ring buffer ``[B, S, H, D]``; returns the rotated queries ``[B, L, H, D]``.
+``append(q, k, v, attn, cache, layer, plan, rope) -> q_rot``
+    q/k RMSNorm, 3D RoPE, and the write of K (rotated) and V into the plan's slots of one
+    layer's ring buffer ``cache.k[layer]`` ``[B, S, H, D]``; returns the rotated queries
+    ``[B, L, H, D]``. ``rope`` is the per-token ``(cos, sin)`` ``[L, D/2]``; a fused kernel may
+    use ``cache.rope_tables`` and the plan's device frame offset instead.
 ``attend(q_rot, k_cache, v_cache, plan) -> out``
     attention of the queries over the valid slots ``[0, plan.kv_len)`` of that ring buffer.
 
@@ -31,6 +33,9 @@ class AttentionBackend:
     unavailable: Callable[[torch.device, torch.dtype], str | None]  # why it cannot run here, or None
     append: Callable[..., torch.Tensor] | None = None
     attend: Callable[..., torch.Tensor] | None = None
+    # True: attend reads the valid length from plan.device_tensors, so one captured graph serves
+    # every fill state; False: it slices by the host int plan.kv_len (a graph per fill state).
+    kv_len_on_device: bool = False
 
 
 _BACKENDS: dict[str, AttentionBackend] = {}
@@ -77,11 +82,12 @@ def sdpa_append(
     k: torch.Tensor,
     v: torch.Tensor,
     attn: Any,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
+    cache: Any,
+    layer: int,
     plan: Any,
     rope: tuple[torch.Tensor, torch.Tensor],
 ) -> torch.Tensor:
+    k_cache, v_cache = cache.k[layer], cache.v[layer]
     q, k = attn.norm_rope(q, k, *rope)
     # Write at the device-side offset so the same code runs inside a CUDA graph for every slot.
     idx = plan.device_tensors["write_start"].long() + torch.arange(k.shape[1], device=k.device)
@@ -105,6 +111,60 @@ register_backend(
         unavailable=_always,
         append=sdpa_append,
         attend=sdpa_attend,
+    )
+)
+
+
+# -- triton: fused append + sink/window attention kernels -------------------------------------
+def _triton_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
+    from arvid.kernels._triton_utils import interpreting, triton_unavailable_reason
+
+    reason = triton_unavailable_reason()
+    if reason:
+        return reason
+    if device.type == "cpu" and not interpreting():
+        return "the model is on the CPU; the Triton kernels run on CUDA (or under TRITON_INTERPRET=1, for tests)"
+    if device.type not in ("cpu", "cuda"):
+        return f"Triton kernels do not run on {device.type}"
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"dtype {dtype} is not supported (float16, bfloat16, float32)"
+    return None
+
+
+def triton_append(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn: Any,
+    cache: Any,
+    layer: int,
+    plan: Any,
+    rope: tuple[torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    from arvid.kernels.qk_norm_rope_append import qk_norm_rope_append_kv_cache
+
+    return qk_norm_rope_append_kv_cache(
+        q, k, v, attn.norm_q.weight, attn.norm_k.weight, *cache.rope_tables, cache.k[layer], cache.v[layer],
+        plan.device_tensors["write_start"], plan.device_tensors["frame_offset"],
+        (plan.num_frames, *cache.patch_grid), eps=attn.eps,
+    )  # fmt: skip
+
+
+def triton_attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: Any) -> torch.Tensor:
+    from arvid.kernels.sink_window_attention import sink_window_attention_with_kv_cache
+
+    return sink_window_attention_with_kv_cache(q, k_cache, v_cache, plan.device_tensors["kv_len"])
+
+
+register_backend(
+    AttentionBackend(
+        name="triton",
+        description="ring-buffer cache; fused q/k-norm + RoPE + cache-write kernel, one sink+window attention kernel",
+        ring=True,
+        unavailable=_triton_unavailable,
+        append=triton_append,
+        attend=triton_attend,
+        kv_len_on_device=True,
     )
 )
 register_backend(

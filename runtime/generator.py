@@ -91,14 +91,16 @@ class StreamingGenerator:
         self.latent_size = (h, w)
         self.batch_size = batch_size
         self.tokens_per_frame = (h // ph) * (w // pw)
-        kwargs = dict(batch_size=batch_size, tokens_per_frame=self.tokens_per_frame, device=self.device)
         if self.backend.ring:
             self.cache: RingKVCache | ConcatKVCache = RingKVCache(
-                model.cfg, self.stream_cfg, backend=self.backend, rope_tables=model.rope_tables(), dtype=self.dtype,
-                **kwargs,
+                model.cfg, self.stream_cfg, batch_size=batch_size, patch_grid=(h // ph, w // pw),
+                backend=self.backend, rope_tables=model.rope_tables(), device=self.device, dtype=self.dtype,
             )  # fmt: skip
         else:
-            self.cache = ConcatKVCache(model.cfg, self.stream_cfg, dtype=self.dtype, **kwargs)
+            self.cache = ConcatKVCache(
+                model.cfg, self.stream_cfg, batch_size=batch_size, tokens_per_frame=self.tokens_per_frame,
+                device=self.device, dtype=self.dtype,
+            )  # fmt: skip
         if cuda_graphs and not self.backend.ring:
             raise ValueError(
                 f"backend {self.backend.name!r} keeps host-side state per layer: it cannot be graph-captured"

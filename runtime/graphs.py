@@ -7,9 +7,10 @@ timesteps, the text K/V, the ring caches and the plan's device scalars (write of
 length, RoPE frame offset). Per chunk only buffer contents change (``copy_`` / ``fill_``), so
 there is no ``.item()``, no host sync and no Python branch on a device value inside a chunk.
 
-Graphs are keyed by what changes the captured shapes: the number of valid cache tokens (the
-fill phase has one value per filled chunk slot, the steady state one) — the write slot is a
-device scalar, so the steady state's rotating slot is one graph. Warm-up (Triton autotuning,
+Graphs are keyed by what changes the captured work: the write slot is a device scalar, so the
+steady state's rotating slot is one graph; a backend that slices the valid cache prefix by a
+host int (``sdpa``) needs one graph per fill state (1..4 valid chunks), one that reads the
+valid length on the device (``triton``) needs one graph in all. Warm-up (Triton autotuning,
 cuBLAS workspaces) runs on a side stream before each capture; all graphs share one memory pool.
 The KV re-cache at a prompt switch runs eagerly: it happens once per switch.
 """
@@ -86,8 +87,7 @@ class ChunkRunner:
         plan = cache.plan_chunk(frame_start)
         cache.activate(plan)
         if self.cuda_graphs:
-            key = (plan.num_frames, plan.kv_len)
-            graph = self.graphs.get(key) or self._capture(key, plan)
+            graph = self.graphs.get(self._key(plan)) or self._capture(self._key(plan), plan)
             graph.replay()
         else:
             self._body(plan)
@@ -123,12 +123,15 @@ class ChunkRunner:
         for _ in range(self.gen.stream_cfg.slot_chunks + 1):
             plan = cache.plan_chunk(0)
             cache.activate(plan)
-            key = (plan.num_frames, plan.kv_len)
-            if key not in self.graphs:
-                self._capture(key, plan)
+            if self._key(plan) not in self.graphs:
+                self._capture(self._key(plan), plan)
             cache.commit(plan)
         cache.reset()
         return time.perf_counter() - t0
+
+    def _key(self, plan) -> tuple[int, int]:
+        # A backend reading the valid length on the device needs one graph for all fill states.
+        return plan.num_frames, (-1 if self.gen.backend.kv_len_on_device else plan.kv_len)
 
     def _capture(self, key: tuple[int, int], plan) -> torch.cuda.CUDAGraph:
         t0 = time.perf_counter()

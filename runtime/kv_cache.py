@@ -52,7 +52,7 @@ class RingKVCache:
         stream_cfg: StreamConfig,
         *,
         batch_size: int,
-        tokens_per_frame: int,
+        patch_grid: tuple[int, int],
         backend: AttentionBackend,
         rope_tables: tuple[torch.Tensor, torch.Tensor],
         device: torch.device | str,
@@ -63,6 +63,8 @@ class RingKVCache:
         self.cfg = stream_cfg
         self.backend = backend
         self.rope_tables = rope_tables
+        self.patch_grid = patch_grid  # (Hp, Wp) tokens of a latent frame
+        tokens_per_frame = patch_grid[0] * patch_grid[1]
         self.tokens_per_frame = tokens_per_frame
         self.chunk_tokens = stream_cfg.chunk_frames * tokens_per_frame
         self.capacity = stream_cfg.attention_frames * tokens_per_frame
@@ -160,6 +162,5 @@ class RingKVCache:
         attn,
         rope: tuple[torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
-        k_cache, v_cache = self.k[layer], self.v[layer]
-        q = self.backend.append(q, k, v, attn, k_cache, v_cache, plan, rope)
-        return self.backend.attend(q, k_cache, v_cache, plan)
+        q = self.backend.append(q, k, v, attn, self, layer, plan, rope)
+        return self.backend.attend(q, self.k[layer], self.v[layer], plan)

@@ -1,0 +1,90 @@
+"""Shared helpers for the Triton kernels: availability checks, interpreter detection, device limits.
+
+Every kernel module imports Triton lazily through :func:`import_triton`, so that
+``import arvid.kernels.<op>`` works on a machine without Triton (the PyTorch references
+still run; the Triton entry points raise a clear ``RuntimeError``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+
+def interpreting() -> bool:
+    """True when Triton kernels run under the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.cache
+def _triton_import_error() -> str | None:
+    try:
+        import triton
+        import triton.language  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install raising something else
+        return f"triton cannot be imported ({type(exc).__name__}: {exc})"
+    return None
+
+
+def triton_unavailable_reason() -> str | None:
+    """Why the Triton kernels cannot run here, or ``None`` when they can."""
+    err = _triton_import_error()
+    if err is not None:
+        return f"{err}; install triton (pip install 'arvid[triton]') or use the *_ref PyTorch reference"
+    if not torch.cuda.is_available() and not interpreting():
+        return (
+            "no CUDA device is available and TRITON_INTERPRET=1 is not set; the Triton kernels need a GPU "
+            "(or the CPU interpreter, for tests); use the *_ref PyTorch reference instead"
+        )
+    return None
+
+
+def triton_available() -> bool:
+    """True when Triton imports and a CUDA device (or the interpreter) can run its kernels."""
+    return triton_unavailable_reason() is None
+
+
+def require_triton(op_name: str) -> None:
+    """Raise ``RuntimeError`` naming ``op_name`` and the reason when the Triton path cannot run."""
+    reason = triton_unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(f"{op_name}: the Triton kernel cannot run: {reason}")
+
+
+def check_kernel_device(op_name: str, *tensors: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless all tensors sit on one device the kernel can run on.
+
+    Under the interpreter the tensors must be on the CPU; otherwise they must be CUDA tensors.
+    """
+    devices = {t.device for t in tensors}
+    if len(devices) != 1:
+        raise ValueError(f"{op_name}: all tensors must be on one device, got {sorted(str(d) for d in devices)}")
+    (device,) = devices
+    if interpreting():
+        if device.type != "cpu":
+            raise ValueError(f"{op_name}: under TRITON_INTERPRET=1 tensors must be on the CPU, got {device}")
+    elif device.type != "cuda":
+        raise ValueError(f"{op_name}: the Triton kernel needs CUDA tensors, got {device} (use the *_ref reference)")
+
+
+def next_power_of_2(n: int) -> int:
+    """Smallest power of two >= ``n`` (1 for ``n <= 1``)."""
+    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+
+
+@functools.cache
+def max_shared_memory(device_index: int) -> int:
+    """Largest opt-in shared memory per block in bytes on CUDA device ``device_index``.
+
+    Falls back to 99 KiB (sm_89 / sm_120 class) when the runtime does not report it.
+    """
+    try:
+        from triton.runtime import driver
+
+        return int(driver.active.utils.get_device_properties(device_index)["max_shared_mem"])
+    except Exception:
+        pass
+    props = torch.cuda.get_device_properties(device_index)
+    return int(getattr(props, "shared_memory_per_block_optin", 99 * 1024))

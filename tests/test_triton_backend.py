@@ -1,0 +1,80 @@
+"""The `triton` attention backend end to end: same latents as the eager baseline (tiny preset).
+
+On the CPU the kernels run under TRITON_INTERPRET=1 (set by conftest.py), in fp32.
+"""
+
+import pytest
+import torch
+
+from arvid.runtime import StreamConfig, StreamingGenerator, build_model, default_backend, get_backend, get_preset
+
+TINY = get_preset("tiny")
+HW = (TINY.latent_height, TINY.latent_width)
+
+
+def _generate(model, backend, frames, switches, stream, device="cpu", cuda_graphs=False):
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(1, frames, 16, *HW, generator=g)
+    prompts = [torch.randn(1, 16, 32, generator=g) for _ in range(len(switches) + 1)]
+    gen = StreamingGenerator(model, stream, latent_size=HW, backend=backend, cuda_graphs=cuda_graphs)
+    return gen.generate(noise, prompts, switches, generator=torch.Generator().manual_seed(1)), gen
+
+
+def _mismatch(out, want):
+    err = (out - want).abs()
+    idx = tuple(int(i) for i in torch.unravel_index(err.argmax(), err.shape))
+    return f"max abs err {err.max().item():.3e} at (b, frame, c, h, w) = {idx}"
+
+
+@pytest.mark.parametrize("global_sink", [True, False])
+def test_triton_backend_matches_eager_baseline(global_sink):
+    model = build_model(TINY.model)
+    stream = StreamConfig(global_sink=global_sink)
+    # 30 frames: fill phase, evictions, a switch at s <= 12 and one at s > 12
+    want, _ = _generate(model, "eager", 30, (6, 21), stream)
+    out, gen = _generate(model, "triton", 30, (6, 21), stream)
+    assert gen.backend.name == "triton"
+    assert torch.allclose(out, want, atol=2e-5, rtol=2e-5), _mismatch(out, want)
+
+
+def test_triton_is_not_the_cpu_default():
+    assert default_backend("cpu", torch.float32) == "sdpa"
+
+
+def test_triton_backend_precondition_message(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: the precondition holds")
+    with pytest.raises(ValueError, match=r"cannot run here.*CUDA"):
+        get_backend("triton", "cpu", torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["sdpa", "triton"])
+def test_cuda_graph_replay_matches_eager_static_path(backend):
+    """Replayed graphs give the latents of the same static code run eagerly (bf16, tiny)."""
+    model = build_model(TINY.model, device="cuda", dtype=torch.bfloat16)
+    stream = StreamConfig()
+    want, _ = _generate(model, backend, 45, (6, 21, 36), stream, device="cuda")
+    out, gen = _generate(model, backend, 45, (6, 21, 36), stream, device="cuda", cuda_graphs=True)
+    assert gen.runner.graphs, "no graph was captured"
+    assert torch.allclose(out, want, atol=1e-2, rtol=1e-2), _mismatch(out, want)
+
+
+@pytest.mark.gpu
+def test_triton_matches_sdpa_bf16_on_gpu():
+    model = build_model(TINY.model, device="cuda", dtype=torch.bfloat16)
+    want, _ = _generate(model, "sdpa", 30, (6, 21), StreamConfig(), device="cuda")
+    out, _ = _generate(model, "triton", 30, (6, 21), StreamConfig(), device="cuda")
+    # bf16 keeps 8 mantissa bits: two kernels with different summation orders drift by ~1e-2.
+    assert torch.allclose(out, want, atol=5e-2, rtol=5e-2), _mismatch(out, want)
+
+
+def test_cuda_graphs_need_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("checks the message on a machine without CUDA")
+    model = build_model(TINY.model)
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        StreamingGenerator(model, latent_size=HW, backend="sdpa", cuda_graphs=True)
+    with pytest.raises(ValueError, match="cannot be graph-captured"):
+        StreamingGenerator(model, latent_size=HW, backend="eager", cuda_graphs=True)
