@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["bench", "generate"]
+COMMANDS = ["bench", "generate", "roofline", "report"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import platform
 import subprocess
 import sys
@@ -46,6 +47,7 @@ def environment(device: torch.device) -> dict:
         "driver": None,
         "git_commit": _run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent),
         "command": " ".join(sys.argv),
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     if device.type == "cuda":
         info["driver"] = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
