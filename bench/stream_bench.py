@@ -2,13 +2,16 @@
 
 What is timed: the DiT work of each chunk (4 denoising forwards + the clean-context update, and
 the KV re-cache where a prompt switch falls before the chunk), from the chunk's start to its
-latents being ready (CUDA synchronised). Not timed: text encoding (embeddings are given) and VAE
-decode (not part of this run). The first ``warmup`` chunks of every run are left out of the
-statistics; each variant runs ``rounds`` times, the variants interleaved round by round.
+latents being ready (CUDA synchronised). CUDA-graph capture (variants with +graphs) happens
+before the first chunk and is reported apart; host time is the launch/replay time per chunk.
+Not timed: text encoding (embeddings are given) and VAE decode (not part of this run). The
+first ``warmup`` chunks of every run are left out of the statistics; each variant runs
+``rounds`` times, the variants interleaved round by round.
 """
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,10 +24,21 @@ from arvid.runtime.pipeline import load_model, placeholder_prompt_embeds
 
 from .env import environment
 
+VARIANT_FLAGS = ("graphs", "compile")
+
+
+def parse_variant(spec: str) -> tuple[str, set[str]]:
+    """``"triton+graphs+compile"`` -> ``("triton", {"graphs", "compile"})``."""
+    backend, *flags = spec.split("+")
+    unknown = set(flags) - set(VARIANT_FLAGS)
+    if unknown:
+        raise ValueError(f"variant {spec!r}: unknown option(s) {sorted(unknown)}; options are {list(VARIANT_FLAGS)}")
+    return backend, set(flags)
+
 
 @dataclass
 class VariantResult:
-    backend: str
+    backend: str  # the variant spec, e.g. "triton+graphs"
     chunk_ms: list[float] = field(default_factory=list)  # timed chunks over all rounds
     first_chunk_ms: float = 0.0  # first chunk of the first round (includes lazy set-up)
     peak_memory_bytes: int = 0
@@ -32,6 +46,9 @@ class VariantResult:
     memory_kind: str = ""
     cache_bytes: int = 0
     max_abs_diff_vs_baseline: float | None = None
+    host_ms: list[float] = field(default_factory=list)  # host time per timed chunk (launches, no sync)
+    memory_bytes_per_chunk: list[int] = field(default_factory=list)  # after each chunk, first round
+    capture_seconds: float = 0.0  # CUDA-graph warm-up + capture, before the first chunk
 
     def summary(self, chunk_frames: int) -> dict:
         ms = sorted(self.chunk_ms)
@@ -45,6 +62,7 @@ class VariantResult:
             "latent_fps": latent_fps,
             # Each latent frame decodes to 4 video frames (the video's very first to 1).
             "video_fps_dit_only": 4 * latent_fps,
+            "host_ms_p50": statistics.median(self.host_ms) if self.host_ms else None,
         }
 
 
@@ -82,11 +100,18 @@ def run_stream_bench(
     if frames // stream.chunk_frames <= warmup:
         raise ValueError(f"{frames} frames give no timed chunk after {warmup} warm-up chunks")
     model = load_model(p, device=device, dtype=dtype, checkpoint=checkpoint, seed=seed)
-    gens = {
-        b: StreamingGenerator(model, stream, latent_size=(p.latent_height, p.latent_width), batch_size=batch_size,
-                              backend=b)
-        for b in backends
-    }  # fmt: skip
+    compiled = None
+    gens = {}
+    for spec in backends:
+        backend, flags = parse_variant(spec)
+        m = model
+        if "compile" in flags:  # compiled copy, so the other variants keep running the eager model
+            compiled = compiled or copy.deepcopy(model).compile_regions()
+            m = compiled
+        gens[spec] = StreamingGenerator(
+            m, stream, latent_size=(p.latent_height, p.latent_width), batch_size=batch_size,
+            backend=backend, cuda_graphs="graphs" in flags,
+        )  # fmt: skip
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(batch_size, frames, p.model.in_dim, p.latent_height, p.latent_width, generator=g)
     prompts = [placeholder_prompt_embeds(f"prompt {i}", p, batch_size) for i in range(len(switch_frames) + 1)]
@@ -101,6 +126,9 @@ def run_stream_bench(
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
             _sync(device)
+            if gen.runner.cuda_graphs and not gen.runner.graphs:
+                gen.runner.set_prompt(model.text_kv(prompts[0].to(device)))
+                res.capture_seconds = gen.runner.capture_all()
             chunks, peak_rss = [], proc.memory_info().rss
             t0 = time.perf_counter()
             renoise_gen = torch.Generator(device=device).manual_seed(seed + 1)
@@ -112,8 +140,14 @@ def run_stream_bench(
                     res.first_chunk_ms = ms
                 if i >= warmup:
                     res.chunk_ms.append(ms)
+                    res.host_ms.append(gen.runner.last_host_ms)
                 chunks.append(c.latents.cpu())
-                peak_rss = max(peak_rss, proc.memory_info().rss)
+                rss = proc.memory_info().rss
+                peak_rss = max(peak_rss, rss)
+                if r == 0:
+                    res.memory_bytes_per_chunk.append(
+                        torch.cuda.memory_allocated(device) if device.type == "cuda" else rss
+                    )
                 t0 = time.perf_counter()  # host-side bookkeeping above is not charged to the next chunk
             if device.type == "cuda":
                 res.memory_kind = "cuda_max_allocated"
@@ -169,14 +203,15 @@ def format_table(report: dict) -> str:
         f"device: {env['device_name']} ({env['device']}); torch {env['torch']}, triton {env['triton']}, "
         f"CUDA {env['cuda']}, driver {env['driver']}; commit {(env['git_commit'] or 'unknown')[:12]}",
         "",
-        "| backend | chunk ms p50 | p90 | latent frames/s | video FPS (DiT only) | vs baseline "
-        "| first chunk ms | peak memory MiB | cache MiB | max diff vs baseline |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| variant | chunk ms p50 | p90 | host ms p50 | latent frames/s | video FPS (DiT only) | vs baseline "
+        "| first chunk ms | capture s | peak memory MiB | cache MiB | max diff vs baseline |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for v in report["variants"]:
         lines.append(
-            f"| {v['backend']} | {v['chunk_ms_p50']:.2f} | {v['chunk_ms_p90']:.2f} | {v['latent_fps']:.2f} "
-            f"| {v['video_fps_dit_only']:.2f} | {v['speedup_vs_baseline']:.2f}x | {v['first_chunk_ms']:.1f} "
+            f"| {v['backend']} | {v['chunk_ms_p50']:.2f} | {v['chunk_ms_p90']:.2f} | {v['host_ms_p50']:.2f} "
+            f"| {v['latent_fps']:.2f} | {v['video_fps_dit_only']:.2f} | {v['speedup_vs_baseline']:.2f}x "
+            f"| {v['first_chunk_ms']:.1f} | {v['capture_seconds']:.2f} "
             f"| {_mib(v['peak_memory_bytes'])} ({v['memory_kind']}) | {_mib(v['cache_bytes'])} "
             f"| {v['max_abs_diff_vs_baseline']:.2e} |"
         )

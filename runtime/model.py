@@ -202,6 +202,20 @@ class CausalWanModel(nn.Module):
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- helpers -----------------------------------------------------------------------------
+    def compile_regions(self, **compile_kwargs) -> CausalWanModel:
+        """Regional ``torch.compile`` of the parts between the attention kernels, in place.
+
+        Each block's FFN and cross-attention are compiled (``nn.Module.compile``: parameter names
+        and the state dict are unchanged). The self-attention stays eager: it calls the cache,
+        whose backend owns the kernels. Compilation happens at the first call, so run a warm-up
+        before any CUDA-graph capture (ChunkRunner does). One compiled graph serves all 30
+        blocks of the same shape, which keeps the warm-up short.
+        """
+        for block in self.blocks:
+            block.ffn.compile(**compile_kwargs)
+            block.cross_attn.compile(**compile_kwargs)
+        return self
+
     def rope_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 cos/sin tables ``[rope_max_positions, D/2]`` on the model's device, built once."""
         device = self.patch_embedding.weight.device

@@ -12,7 +12,11 @@ from ._common import add_common_args, atomic_write, stream_config
 def register(sub) -> None:
     p = sub.add_parser("bench", help="eager baseline vs optimised backends, same inputs, one process")
     add_common_args(p)
-    p.add_argument("--backends", help="comma-separated, baseline first (default: eager + the device's default)")
+    p.add_argument(
+        "--backends",
+        help="comma-separated variants, baseline first: BACKEND[+graphs][+compile], e.g. eager,triton,triton+graphs "
+        "(default: eager + the device's default backend, + graphs on CUDA)",
+    )
     p.add_argument("--warmup", type=int, default=2, help="chunks left out of the statistics (default: 2)")
     p.add_argument("--rounds", type=int, default=1, help="times every backend runs, interleaved (default: 1)")
     p.add_argument("--json", help="also write the full report as JSON here")
@@ -20,16 +24,21 @@ def register(sub) -> None:
 
 
 def cmd_bench(args) -> int:
-    from arvid.bench.stream_bench import format_table, run_stream_bench
+    from arvid.bench.stream_bench import format_table, parse_variant, run_stream_bench
     from arvid.runtime import backend_names, default_backend
     from arvid.runtime.pipeline import resolve_device, resolve_dtype
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    backends = args.backends.split(",") if args.backends else ["eager", default_backend(device, dtype)]
-    for b in backends:
-        if b not in backend_names():
-            raise ValueError(f"unknown backend {b!r}; choose from {backend_names()}")
+    if args.backends:
+        backends = args.backends.split(",")
+    else:
+        best = default_backend(device, dtype)
+        backends = ["eager", best] + ([f"{best}+graphs"] if device.type == "cuda" else [])
+    for spec in backends:
+        name, _ = parse_variant(spec)
+        if name not in backend_names():
+            raise ValueError(f"unknown backend {name!r} in {spec!r}; choose from {backend_names()}")
     print(f"benchmarking {', '.join(backends)} on {device} ({args.preset}, {dtype}) ...", file=sys.stderr)
     report = run_stream_bench(
         args.preset,
