@@ -119,8 +119,6 @@ class StreamingGenerator:
         f = noise.shape[1]
         if f == 0 or f % chunk:
             raise ValueError(f"frame count {f} is not a positive multiple of the chunk ({chunk} latent frames)")
-        if f > self.model.cfg.rope_max_positions:
-            raise ValueError(f"{f} latent frames exceed the RoPE table ({self.model.cfg.rope_max_positions} positions)")
 
     def _check_prompts(self, prompts: Sequence[torch.Tensor]) -> None:
         cfg = self.model.cfg
@@ -162,6 +160,7 @@ class StreamingGenerator:
         num_chunks = num_frames // chunk
         switches = validate_schedule(num_frames, len(prompts), switch_frames, chunk)
         renoise_fn = self._renoise_source(renoise, num_chunks, noise, generator)
+        self._ensure_rope(max(num_frames, *self.latent_size))
 
         self.cache.reset()
         self.runner.set_prompt(self.model.text_kv(prompts[0].to(self.device)))
@@ -186,6 +185,13 @@ class StreamingGenerator:
         return torch.cat([c.latents for c in self.stream(noise, prompts, switch_frames, **kwargs)], dim=1)
 
     # -- pieces ------------------------------------------------------------------------------
+    def _ensure_rope(self, positions: int) -> None:
+        """Grow the RoPE tables to cover ``positions`` before any chunk (graphs hold the old ones)."""
+        tables = self.model.rope_tables(positions)
+        if getattr(self.cache, "rope_tables", tables) is not tables:
+            self.cache.rope_tables = tables
+            self.runner.graphs.clear()
+
     def _renoise_source(self, renoise, num_chunks: int, noise: torch.Tensor, generator: torch.Generator | None):
         cfg = self.stream_cfg
         shape = (self.batch_size, cfg.chunk_frames, *noise.shape[2:])

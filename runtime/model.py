@@ -216,11 +216,19 @@ class CausalWanModel(nn.Module):
             block.cross_attn.compile(**compile_kwargs)
         return self
 
-    def rope_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """float32 cos/sin tables ``[rope_max_positions, D/2]`` on the model's device, built once."""
+    def rope_tables(self, min_positions: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 cos/sin tables ``[P, D/2]`` on the model's device, built once and grown on demand.
+
+        P starts at ``cfg.rope_max_positions`` (Wan's 1024) and doubles to cover ``min_positions``:
+        frame positions are absolute, so a stream longer than the table needs a longer one (the
+        rotation is defined for any position; Wan's fixed table merely stops at 1024).
+        """
         device = self.patch_embedding.weight.device
-        if self._rope is None or self._rope[0].device != device:
-            self._rope = rope_3d_tables(self.cfg.head_dim, self.cfg.rope_max_positions, device=device)
+        size = self.cfg.rope_max_positions
+        while size < min_positions:
+            size *= 2
+        if self._rope is None or self._rope[0].device != device or self._rope[0].shape[0] < size:
+            self._rope = rope_3d_tables(self.cfg.head_dim, size, device=device)
         return self._rope
 
     def grid_sizes(self, frames: int, height: int, width: int) -> tuple[int, int, int]:

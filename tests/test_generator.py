@@ -198,3 +198,34 @@ def test_bad_input_errors(model):
         StreamConfig(sink_frames=4)
     with pytest.raises(ValueError, match="attention_frames"):
         StreamConfig(attention_frames=3)
+
+
+def test_stream_longer_than_the_rope_table_grows_it():
+    """Absolute frame positions past the initial table: the table doubles, nothing else changes."""
+    import dataclasses
+
+    cfg = dataclasses.replace(TINY.model, rope_max_positions=16)
+    small = build_model(cfg, seed=0)
+    big = build_model(dataclasses.replace(cfg, rope_max_positions=64), seed=0)
+    noise, embeds = _inputs(30, prompts=2)
+    outs = []
+    for m in (small, big):
+        gen = StreamingGenerator(m, latent_size=HW, backend="sdpa")
+        outs.append(gen.generate(noise, embeds, (24,), generator=torch.Generator().manual_seed(1)))
+    assert small.rope_tables()[0].shape[0] == 32
+    assert torch.equal(small.rope_tables()[0], big.rope_tables()[0][:32])
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_static_buffers_keep_their_addresses_across_chunks_and_switches(model):
+    """What a captured graph reads stays at fixed addresses: a prompt switch only changes contents."""
+    noise, embeds = _inputs(30, prompts=3)
+    gen = StreamingGenerator(model, latent_size=HW, backend="sdpa")
+    runner = gen.runner
+    ptrs = None
+    for _ in gen.stream(noise, embeds, (9, 21), generator=torch.Generator().manual_seed(1)):
+        now = [runner.x_in.data_ptr(), runner.renoise.data_ptr(), runner.x0_out.data_ptr()]
+        now += [t.data_ptr() for kv in runner.text_kv for t in kv]
+        now += [t.data_ptr() for t in gen.cache.plan_tensors.values()]
+        assert ptrs is None or now == ptrs
+        ptrs = now
