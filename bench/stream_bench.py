@@ -24,11 +24,11 @@ from arvid.runtime.pipeline import load_model, placeholder_prompt_embeds
 
 from .env import environment
 
-VARIANT_FLAGS = ("graphs", "compile")
+VARIANT_FLAGS = ("graphs", "compile", "fp8kv")
 
 
 def parse_variant(spec: str) -> tuple[str, set[str]]:
-    """``"triton+graphs+compile"`` -> ``("triton", {"graphs", "compile"})``."""
+    """``"triton+graphs+compile"`` -> ``("triton", {"graphs", "compile"})``; ``+fp8kv``: FP8 (e4m3) KV cache."""
     backend, *flags = spec.split("+")
     unknown = set(flags) - set(VARIANT_FLAGS)
     if unknown:
@@ -111,6 +111,7 @@ def run_stream_bench(
         gens[spec] = StreamingGenerator(
             m, stream, latent_size=(p.latent_height, p.latent_width), batch_size=batch_size,
             backend=backend, cuda_graphs="graphs" in flags,
+            kv_cache_dtype=torch.float8_e4m3fn if "fp8kv" in flags else None,
         )  # fmt: skip
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(batch_size, frames, p.model.in_dim, p.latent_height, p.latent_width, generator=g)

@@ -7,8 +7,12 @@ A backend provides the two per-layer operations of the streaming self-attention:
     layer's ring buffer ``cache.k[layer]`` ``[B, S, H, D]``; returns the rotated queries
     ``[B, L, H, D]``. ``rope`` is the per-token ``(cos, sin)`` ``[L, D/2]``; a fused kernel may
     use ``cache.rope_tables`` and the plan's device frame offset instead.
-``attend(q_rot, k_cache, v_cache, plan) -> out``
+``attend(q_rot, cache, layer, plan) -> out``
     attention of the queries over the valid slots ``[0, plan.kv_len)`` of that ring buffer.
+
+With an FP8 cache (``cache.k.dtype == float8_e4m3fn``) K and V are stored as e4m3 with one
+float32 scale per token and head (``cache.k_scale`` / ``cache.v_scale`` ``[layers, B, S, H]``,
+``x ~= x8 * scale``): the append quantizes, the attention dequantizes.
 
 ``eager`` is the exception: it is the reference implementation's algorithm (a cache kept in
 temporal order, rolled by copying, cloned and concatenated before every attention call), the
@@ -77,6 +81,18 @@ def _always(device: torch.device, dtype: torch.dtype) -> str | None:
 
 
 # -- sdpa: plain PyTorch ops over the ring buffer ---------------------------------------------
+def _is_fp8(cache: Any) -> bool:
+    return cache.k.dtype == torch.float8_e4m3fn
+
+
+def _write(dst: torch.Tensor, idx: torch.Tensor, src: torch.Tensor) -> None:
+    """``dst[:, idx] = src`` along dim 1; fp8 goes through a byte view (no fp8 index_copy on the CPU)."""
+    if dst.dtype == torch.float8_e4m3fn:
+        dst.view(torch.uint8).index_copy_(1, idx, src.view(torch.uint8))
+    else:
+        dst.index_copy_(1, idx, src.to(dst.dtype))
+
+
 def sdpa_append(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -87,20 +103,29 @@ def sdpa_append(
     plan: Any,
     rope: tuple[torch.Tensor, torch.Tensor],
 ) -> torch.Tensor:
-    k_cache, v_cache = cache.k[layer], cache.v[layer]
     q, k = attn.norm_rope(q, k, *rope)
     # Write at the device-side offset so the same code runs inside a CUDA graph for every slot.
     idx = plan.device_tensors["write_start"].long() + torch.arange(k.shape[1], device=k.device)
-    k_cache.index_copy_(1, idx, k.to(k_cache.dtype))
-    v_cache.index_copy_(1, idx, v.to(v_cache.dtype))
+    if _is_fp8(cache):
+        from arvid.kernels.qk_norm_rope_append import quantize_fp8_per_token_head_ref
+
+        (k, ks), (v, vs) = quantize_fp8_per_token_head_ref(k), quantize_fp8_per_token_head_ref(v)
+        _write(cache.k_scale[layer], idx, ks)
+        _write(cache.v_scale[layer], idx, vs)
+    _write(cache.k[layer], idx, k)
+    _write(cache.v[layer], idx, v)
     return q
 
 
-def sdpa_attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: Any) -> torch.Tensor:
+def sdpa_attend(q: torch.Tensor, cache: Any, layer: int, plan: Any) -> torch.Tensor:
     # The valid slots are a prefix of the ring, so this is a view: no gather, no copy.
-    k = k_cache[:, : plan.kv_len].transpose(1, 2)
-    v = v_cache[:, : plan.kv_len].transpose(1, 2)
-    return F.scaled_dot_product_attention(q.transpose(1, 2), k, v).transpose(1, 2)
+    k = cache.k[layer][:, : plan.kv_len]
+    v = cache.v[layer][:, : plan.kv_len]
+    if _is_fp8(cache):  # reference path: dequantize a copy (the triton kernel scales in registers)
+        k = (k.float() * cache.k_scale[layer][:, : plan.kv_len, :, None]).to(q.dtype)
+        v = (v.float() * cache.v_scale[layer][:, : plan.kv_len, :, None]).to(q.dtype)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2)
 
 
 register_backend(
@@ -143,17 +168,20 @@ def triton_append(
 ) -> torch.Tensor:
     from arvid.kernels.qk_norm_rope_append import qk_norm_rope_append_kv_cache
 
+    scales = {"k_scale": cache.k_scale[layer], "v_scale": cache.v_scale[layer]} if _is_fp8(cache) else {}
     return qk_norm_rope_append_kv_cache(
         q, k, v, attn.norm_q.weight, attn.norm_k.weight, *cache.rope_tables, cache.k[layer], cache.v[layer],
         plan.device_tensors["write_start"], plan.device_tensors["frame_offset"],
-        (plan.num_frames, *cache.patch_grid), eps=attn.eps,
+        (plan.num_frames, *cache.patch_grid), eps=attn.eps, **scales,
     )  # fmt: skip
 
 
-def triton_attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: Any) -> torch.Tensor:
+def triton_attend(q: torch.Tensor, cache: Any, layer: int, plan: Any) -> torch.Tensor:
     from arvid.kernels.sink_window_attention import sink_window_attention_with_kv_cache
 
-    return sink_window_attention_with_kv_cache(q, k_cache, v_cache, plan.device_tensors["kv_len"])
+    scales = {"k_scale": cache.k_scale[layer], "v_scale": cache.v_scale[layer]} if _is_fp8(cache) else {}
+    kv_len = plan.device_tensors["kv_len"]
+    return sink_window_attention_with_kv_cache(q, cache.k[layer], cache.v[layer], kv_len, **scales)
 
 
 register_backend(

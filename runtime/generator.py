@@ -77,6 +77,7 @@ class StreamingGenerator:
         batch_size: int = 1,
         backend: str | None = None,
         cuda_graphs: bool = False,
+        kv_cache_dtype: torch.dtype | None = None,
     ) -> None:
         self.model = model
         self.stream_cfg = stream or StreamConfig()
@@ -95,8 +96,11 @@ class StreamingGenerator:
             self.cache: RingKVCache | ConcatKVCache = RingKVCache(
                 model.cfg, self.stream_cfg, batch_size=batch_size, patch_grid=(h // ph, w // pw),
                 backend=self.backend, rope_tables=model.rope_tables(), device=self.device, dtype=self.dtype,
+                kv_dtype=kv_cache_dtype,
             )  # fmt: skip
         else:
+            if kv_cache_dtype not in (None, self.dtype):
+                raise ValueError(f"backend {self.backend.name!r} keeps the KV cache in the model's dtype only")
             self.cache = ConcatKVCache(
                 model.cfg, self.stream_cfg, batch_size=batch_size, tokens_per_frame=self.tokens_per_frame,
                 device=self.device, dtype=self.dtype,

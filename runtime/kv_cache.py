@@ -57,6 +57,7 @@ class RingKVCache:
         rope_tables: tuple[torch.Tensor, torch.Tensor],
         device: torch.device | str,
         dtype: torch.dtype,
+        kv_dtype: torch.dtype | None = None,
     ) -> None:
         if not backend.ring:
             raise ValueError(f"backend {backend.name!r} does not use the ring-buffer cache")
@@ -69,8 +70,16 @@ class RingKVCache:
         self.chunk_tokens = stream_cfg.chunk_frames * tokens_per_frame
         self.capacity = stream_cfg.attention_frames * tokens_per_frame
         shape = (model_cfg.num_layers, batch_size, self.capacity, model_cfg.num_heads, model_cfg.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        kv_dtype = kv_dtype or dtype
+        if kv_dtype not in (dtype, torch.float8_e4m3fn):
+            raise ValueError(f"KV cache dtype must be the model's ({dtype}) or torch.float8_e4m3fn, got {kv_dtype}")
+        self.k = torch.zeros(shape, device=device, dtype=kv_dtype)
+        self.v = torch.zeros(shape, device=device, dtype=kv_dtype)
+        # FP8: one float32 dequantization scale per token and head (x ~= x8 * scale).
+        self.k_scale = self.v_scale = None
+        if kv_dtype == torch.float8_e4m3fn:
+            self.k_scale = torch.ones(shape[:-1], device=device, dtype=torch.float32)
+            self.v_scale = torch.ones(shape[:-1], device=device, dtype=torch.float32)
         # The plan as device scalars at fixed addresses: kernels and captured graphs read these,
         # activate() refills them (fill_, no host sync) before the forwards of each plan.
         self.plan_tensors = {
@@ -87,7 +96,8 @@ class RingKVCache:
 
     @property
     def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes
+        scales = 0 if self.k_scale is None else self.k_scale.nbytes + self.v_scale.nbytes
+        return self.k.nbytes + self.v.nbytes + scales
 
     def _advance(self, filled: int, next_slot: int, chunks: int) -> tuple[int, int]:
         """Ring state after writing ``chunks`` chunk slots starting at the current write position."""
@@ -163,4 +173,4 @@ class RingKVCache:
         rope: tuple[torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
         q = self.backend.append(q, k, v, attn, self, layer, plan, rope)
-        return self.backend.attend(q, self.k[layer], self.v[layer], plan)
+        return self.backend.attend(q, self, layer, plan)

@@ -40,5 +40,6 @@ def test_bench_runs_a_compiled_variant():
 def test_variant_specs():
     assert parse_variant("triton+graphs+compile") == ("triton", {"graphs", "compile"})
     assert parse_variant("eager") == ("eager", set())
+    assert parse_variant("sdpa+fp8kv") == ("sdpa", {"fp8kv"})
     with pytest.raises(ValueError, match="unknown option"):
         parse_variant("sdpa+fast")
