@@ -1,11 +1,19 @@
-"""Checkpoint loading: DiT weights in Wan's original names (diffusers names converted)."""
+"""Checkpoint formats: state dicts from safetensors (single / sharded) and pickles, model configs
+from ``config.json``, diffusers -> Wan key names, LongLive's ``longlive_base.pt`` and peft ``lora.pt``."""
 
 from __future__ import annotations
 
+import json
+import pickle
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
+
+from .config import ModelConfig
 
 # diffusers' WanTransformer3DModel -> original Wan names. Note the swapped norms: diffusers'
 # affine `norm2` is Wan's cross-attention `norm3` (Wan's `norm2`/`norm3` of the FFN carry no weights).
@@ -34,6 +42,37 @@ _DIFFUSERS_TO_WAN: list[tuple[str, str]] = [
 ]
 
 
+def state_dict_mismatch(
+    expected: dict[str, torch.Tensor],
+    got: dict[str, torch.Tensor],
+    *,
+    unexpected: bool = True,
+    dtype_suffixes: tuple[str, ...] = (),
+) -> list[str]:
+    """How ``got`` differs from the ``expected`` state dict, one line per kind (empty: it matches).
+
+    Lists missing keys, unexpected keys (unless ``unexpected=False``) and shape mismatches (and
+    dtype mismatches for keys ending in ``dtype_suffixes``), the first eight of each.
+    """
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected)) if unexpected else []
+    wrong = [
+        f"{k}: {tuple(got[k].shape)} {got[k].dtype} != {tuple(v.shape)} {v.dtype}"
+        for k, v in expected.items()
+        if k in got and (got[k].shape != v.shape or (k.endswith(dtype_suffixes) and got[k].dtype != v.dtype))
+    ] if dtype_suffixes else [
+        f"{k}: {tuple(got[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in got and got[k].shape != v.shape
+    ]  # fmt: skip
+    kind = "shape / dtype" if dtype_suffixes else "shape"
+    return [
+        f"{what} ({len(keys)}): {keys[:8]}"
+        for what, keys in (("missing keys", missing), ("unexpected keys", extra), (f"{kind} mismatches", wrong))
+        if keys
+    ]
+
+
 def diffusers_to_wan_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename a diffusers ``WanTransformer3DModel`` state dict to original Wan names."""
     out = {}
@@ -47,16 +86,287 @@ def diffusers_to_wan_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
     return out
 
 
+# -- reading files -------------------------------------------------------------------------------
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a ``.safetensors`` (memory-mapped) or ``.pt`` state dict of Wan-named DiT weights."""
+    """Read a state dict: ``.safetensors`` (memory-mapped), a sharded ``*.safetensors.index.json``,
+    or a ``.pt`` / ``.pth`` / ``.bin`` pickle (memory-mapped where torch can, tensors only)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint {path} does not exist")
+    if path.name.endswith(".index.json"):
+        return load_sharded_safetensors(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return _read_safetensors(path)
+    sd = torch_load(path)
     if not isinstance(sd, dict):
         raise ValueError(f"checkpoint {path} does not hold a state dict")
     return sd
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))  # memory-mapped: tensors are read when touched
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def torch_load(path: str | Path) -> Any:
+    """``torch.load`` restricted to tensors and plain containers (``weights_only``), memory-mapped
+    where the file allows it (legacy non-zip pickles do not)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} does not exist")
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        m = re.search(r"(Unsupported global: [^\n]+|WeightsUnpickler error: \s*([^\n]+))", str(e))
+        if m and "global" in m.group(1).lower():  # a pickled class: refused, never executed
+            raise ValueError(f"{path}: holds Python objects other than tensors, refused ({m.group(1)})") from None
+        raise ValueError(
+            f"{path}: not a readable PyTorch checkpoint ({m.group(2) if m else 'unpickling failed'})"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
+
+
+def load_sharded_safetensors(index_path: str | Path) -> dict[str, torch.Tensor]:
+    """Read the shards listed in a ``*.safetensors.index.json`` (``weight_map``: key -> shard file)."""
+    index_path = Path(index_path)
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{index_path}: not a safetensors index (needs a 'weight_map'): {e}") from None
+    sd: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = index_path.parent / shard
+        if not shard_path.is_file():
+            raise ValueError(f"{index_path}: shard {shard} does not exist")
+        part = _read_safetensors(shard_path)
+        listed = {k for k, v in weight_map.items() if v == shard}
+        if set(part) != listed:
+            extra, absent = sorted(set(part) - listed), sorted(listed - set(part))
+            raise ValueError(
+                f"{shard_path}: keys disagree with {index_path.name}"
+                + (f"; not in the index: {extra[:8]}" if extra else "")
+                + (f"; missing from the shard: {absent[:8]}" if absent else "")
+            )
+        sd.update(part)
+    return sd
+
+
+# -- configs -------------------------------------------------------------------------------------
+# Wan's WanModel defaults for what its config.json may leave out (wan/modules/model.py); they equal
+# the ModelConfig defaults. dim / ffn_dim / num_heads / num_layers have no safe default: required.
+_WAN_OPTIONAL = {"freq_dim": 256, "text_dim": 4096, "text_len": 512, "in_dim": 16, "out_dim": 16}
+
+
+def model_config_from_json(path: str | Path) -> ModelConfig:
+    """The DiT sizes from a Wan ``config.json`` (``dim``, ``num_heads``, ...) or a diffusers
+    ``transformer/config.json`` (``num_attention_heads``, ``attention_head_dim``, ...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"model config {path} does not exist")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+
+    def need(key: str) -> Any:
+        if key not in raw:
+            raise ValueError(f"{path}: missing key {key!r}")
+        return raw[key]
+
+    if raw.get("model_type", "t2v") != "t2v":
+        raise ValueError(f"{path}: model_type {raw['model_type']!r} is not supported (text-to-video 't2v' only)")
+    diffusers = "num_attention_heads" in raw or raw.get("_class_name") == "WanTransformer3DModel"
+    if diffusers:
+        for key in ("image_dim", "added_kv_proj_dim"):
+            if raw.get(key) is not None:
+                raise ValueError(f"{path}: {key} = {raw[key]} marks an image-to-video model (text-to-video only)")
+        if raw.get("qk_norm", "rms_norm_across_heads") != "rms_norm_across_heads":
+            raise ValueError(f"{path}: qk_norm {raw['qk_norm']!r} is not supported (rms_norm_across_heads)")
+        if raw.get("cross_attn_norm", True) is not True:
+            raise ValueError(f"{path}: cross_attn_norm must be true")
+        heads, head_dim = int(need("num_attention_heads")), int(need("attention_head_dim"))
+        kw = dict(
+            dim=heads * head_dim,
+            ffn_dim=int(need("ffn_dim")),
+            num_heads=heads,
+            num_layers=int(need("num_layers")),
+            freq_dim=int(raw.get("freq_dim", _WAN_OPTIONAL["freq_dim"])),
+            text_dim=int(raw.get("text_dim", _WAN_OPTIONAL["text_dim"])),
+            in_dim=int(raw.get("in_channels", _WAN_OPTIONAL["in_dim"])),
+            out_dim=int(raw.get("out_channels", _WAN_OPTIONAL["out_dim"])),
+        )
+    else:
+        for key, want in (("qk_norm", True), ("cross_attn_norm", True)):
+            if raw.get(key, want) is not want:
+                raise ValueError(f"{path}: {key} must be {str(want).lower()}")
+        kw = {k: int(need(k)) for k in ("dim", "ffn_dim", "num_heads", "num_layers")}
+        kw.update({k: int(raw.get(k, v)) for k, v in _WAN_OPTIONAL.items()})
+    if "patch_size" in raw:
+        kw["patch_size"] = tuple(int(p) for p in raw["patch_size"])
+    if "eps" in raw:
+        kw["eps"] = float(raw["eps"])
+    try:
+        return ModelConfig(**kw)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+# -- LongLive checkpoints ------------------------------------------------------------------------
+LONGLIVE_WEIGHTS = ("auto", "generator", "generator_ema", "model")
+_PREFIXES = ("_fsdp_wrapped_module.", "_orig_mod.", "module.", "model.")
+
+
+def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop wrapper prefixes: FSDP's ``_fsdp_wrapped_module.`` anywhere in a key, and a leading
+    ``model.`` (LongLive's ``WanDiffusionWrapper.model``), ``module.`` (DDP) or ``_orig_mod.`` (compile)."""
+    out = {}
+    for key, value in state_dict.items():
+        key = key.replace("_fsdp_wrapped_module.", "")
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _PREFIXES[1:]:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix) :], True
+        out[key] = value
+    return out
+
+
+def load_longlive_state_dict(path: str | Path, weights: str = "auto") -> dict[str, torch.Tensor]:
+    """The DiT weights in LongLive's ``longlive_base.pt``, prefixes stripped.
+
+    Parameters
+    ----------
+    weights : which entry to take. ``"auto"`` (default) takes ``generator`` when present -- what
+        LongLive's shipped inference configs load (``use_ema: false``) -- else ``generator_ema``,
+        else ``model``. ``"generator_ema"`` is LongLive's ``use_ema: true``.
+    """
+    if weights not in LONGLIVE_WEIGHTS:
+        raise ValueError(f"unknown LongLive weights {weights!r}; choose one of {list(LONGLIVE_WEIGHTS)}")
+    path = Path(path)
+    ckpt = torch_load(path)
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: expected a dict with 'generator' / 'generator_ema' / 'model'")
+    entries = [k for k in LONGLIVE_WEIGHTS[1:] if isinstance(ckpt.get(k), dict)]
+    if weights == "auto":
+        if not entries:
+            raise ValueError(
+                f"{path}: no 'generator', 'generator_ema' or 'model' entry (top-level keys: {sorted(ckpt)[:8]})"
+            )
+        weights = entries[0]
+    elif weights not in entries:
+        raise ValueError(f"{path}: no {weights!r} entry (it has: {entries or sorted(ckpt)[:8]})")
+    return strip_prefixes(ckpt[weights])
+
+
+# -- LoRA ----------------------------------------------------------------------------------------
+@dataclass
+class LoRA:
+    """LoRA factors per base Linear: ``name -> (A [r, in], B [out, r])``, and alpha if the file had it."""
+
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    rank: int
+    alpha: float | None
+    path: Path
+
+
+_LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<adapter>[^.]+))?\.weight$")
+
+
+def load_lora(path: str | Path) -> LoRA:
+    """Read a peft LoRA state dict: LongLive's ``lora.pt`` (``{"generator_lora": ..., "critic_lora": ...}``)
+    or a bare ``get_peft_model_state_dict`` output (``.pt`` or ``.safetensors``), keys such as
+    ``base_model.model.blocks.0.self_attn.q.lora_A.weight`` (an adapter name before ``.weight`` is allowed).
+    Alpha is taken from a ``lora_alpha`` / ``alpha`` entry of the file or an ``adapter_config.json``
+    beside it, where present."""
+    path = Path(path)
+    raw = load_state_dict(path)
+    alpha = None
+    for key in ("lora_alpha", "alpha"):
+        if isinstance(raw.get(key), int | float):
+            alpha = float(raw[key])
+    if isinstance(raw.get("generator_lora"), dict):
+        raw = raw["generator_lora"]
+    cfg_file = path.with_name("adapter_config.json")
+    if alpha is None and cfg_file.is_file():
+        try:
+            alpha = float(json.loads(cfg_file.read_text())["lora_alpha"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{cfg_file}: cannot read 'lora_alpha' ({e})") from None
+
+    halves: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in raw.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        name = key.replace("_fsdp_wrapped_module.", "")
+        for prefix in ("base_model.model.", "model."):
+            if name.startswith(prefix):
+                name = name[len(prefix) :]
+        m = _LORA_KEY.match(name)
+        if m is None:
+            raise ValueError(
+                f"{path}: key {key!r} is not a LoRA factor (expected '<module>.lora_A.weight' / 'lora_B.weight'; "
+                "DoRA, LoRA biases and embedding adapters are not supported)"
+            )
+        halves.setdefault(m["module"], {})[m["ab"]] = value
+    if not halves:
+        raise ValueError(f"{path}: no LoRA factors found")
+    factors, ranks = {}, set()
+    for module, ab in sorted(halves.items()):
+        if set(ab) != {"A", "B"}:
+            missing = "lora_B" if "A" in ab else "lora_A"
+            raise ValueError(f"{path}: {module}.{missing}.weight is missing")
+        a, b = ab["A"], ab["B"]
+        if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
+            raise ValueError(
+                f"{path}: {module}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} are not [r, in] and [out, r]"
+            )
+        ranks.add(a.shape[0])
+        factors[module] = (a, b)
+    if len(ranks) != 1:
+        raise ValueError(f"{path}: LoRA factors have different ranks {sorted(ranks)}; expected one rank")
+    return LoRA(factors, ranks.pop(), alpha, path)
+
+
+@torch.no_grad()
+def merge_lora_(model: nn.Module, lora: LoRA, *, alpha: float | None = None, rank: int | None = None) -> float:
+    """Merge ``W += (alpha / rank) * B @ A`` into the model's Linear weights, in place (float32 sums,
+    rounded once to the weight's dtype). Returns the scale used.
+
+    Parameters
+    ----------
+    alpha : overrides the file's alpha; with neither, alpha = rank (scale 1, LongLive's 256 / 256).
+    rank : the expected rank; a file of another rank is an error.
+    """
+    if rank is not None and rank != lora.rank:
+        raise ValueError(f"{lora.path}: LoRA rank mismatch: the file has rank {lora.rank}, expected {rank}")
+    alpha = alpha if alpha is not None else lora.alpha if lora.alpha is not None else float(lora.rank)
+    scale = alpha / lora.rank
+    modules = dict(model.named_modules())
+    problems = []
+    for name, (a, b) in lora.factors.items():
+        layer = modules.get(name)
+        if not isinstance(layer, nn.Linear):
+            problems.append(f"{name}: no such Linear layer in the model")
+        elif tuple(layer.weight.shape) != (b.shape[0], a.shape[1]):
+            problems.append(f"{name}: B @ A is {(b.shape[0], a.shape[1])}, the weight is {tuple(layer.weight.shape)}")
+    if problems:
+        raise ValueError(f"{lora.path}: LoRA does not fit the model ({len(problems)}): {problems[:8]}")
+    for name, (a, b) in lora.factors.items():
+        w = modules[name].weight
+        delta = b.to(w.device, torch.float32) @ a.to(w.device, torch.float32)
+        w.copy_((w.float() + scale * delta).to(w.dtype))
+    return scale

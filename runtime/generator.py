@@ -141,6 +141,7 @@ class StreamingGenerator:
         prompts: torch.Tensor | Sequence[torch.Tensor],
         switch_frames: Sequence[int] = (),
         *,
+        prompt_source: Callable[[int], torch.Tensor | None] | None = None,
         renoise: torch.Tensor | Callable[[int, int], torch.Tensor] | None = None,
         generator: torch.Generator | None = None,
     ) -> Iterator[ChunkOutput]:
@@ -151,6 +152,9 @@ class StreamingGenerator:
         noise : ``[B, F, C, H, W]`` the initial noise of every latent frame; F sets the length.
         prompts : one ``[B, text_len, text_dim]`` embedding, or one per prompt segment.
         switch_frames : latent frames where prompt i+1 takes over (chunk boundaries, increasing).
+        prompt_source : instead of a fixed schedule, ``prompt_source(frame_start)`` is asked at every
+            chunk boundary after the first; embeddings switch the prompt there (KV re-cache, as a
+            scheduled switch does), ``None`` keeps the current one. ``prompts`` is then the first prompt.
         renoise : the noise for each re-noising between steps: a tensor
             ``[num_chunks, steps - 1, B, chunk, C, H, W]`` or a callable ``(chunk, step) -> noise``.
             Default: drawn from ``generator`` (or the global RNG) on the model's device.
@@ -162,7 +166,12 @@ class StreamingGenerator:
         num_frames = noise.shape[1]
         chunk = cfg.chunk_frames
         num_chunks = num_frames // chunk
-        switches = validate_schedule(num_frames, len(prompts), switch_frames, chunk)
+        if prompt_source is not None:
+            if switch_frames or len(prompts) != 1:
+                raise ValueError("with a prompt_source give exactly one starting prompt and no switch_frames")
+        else:
+            switches = validate_schedule(num_frames, len(prompts), switch_frames, chunk)
+            prompt_source = dict(zip(switches, prompts[1:], strict=True)).get
         renoise_fn = self._renoise_source(renoise, num_chunks, noise, generator)
         self._ensure_rope(max(num_frames, *self.latent_size))
 
@@ -170,19 +179,17 @@ class StreamingGenerator:
         self.runner.set_prompt(self.model.text_kv(prompts[0].to(self.device)))
         # The last attention_frames generated latents, for a re-cache: memory flat in video length.
         history = torch.zeros(self.batch_size, cfg.attention_frames, *noise.shape[2:], device=self.device)
-        prompt_index = 0
         for ci in range(num_chunks):
             fs = ci * chunk
-            recached = False
-            if prompt_index < len(switches) and fs == switches[prompt_index]:
-                prompt_index += 1
-                self.runner.set_prompt(self.model.text_kv(prompts[prompt_index].to(self.device)))
+            new_prompt = prompt_source(fs) if ci > 0 else None
+            if new_prompt is not None:
+                self._check_prompts([new_prompt])
+                self.runner.set_prompt(self.model.text_kv(new_prompt.to(self.device)))
                 self.runner.recache(fs, history)
-                recached = True
             renoise_chunk = [renoise_fn(ci, si) for si in range(len(self.scheduler) - 1)]
             x0 = self.runner.run_chunk(noise[:, fs : fs + chunk], renoise_chunk, fs).clone()
             history = torch.cat([history[:, chunk:], x0], dim=1)
-            yield ChunkOutput(ci, fs, x0, recached)
+            yield ChunkOutput(ci, fs, x0, new_prompt is not None)
 
     def generate(self, noise: torch.Tensor, prompts, switch_frames: Sequence[int] = (), **kwargs) -> torch.Tensor:
         """Run :meth:`stream` to the end; returns the latents ``[B, F, C, H, W]`` (float32)."""

@@ -18,6 +18,7 @@ from torch import nn
 
 from arvid.kernels.rope_3d import apply_rope_3d_ref, rope_3d_cos_sin, rope_3d_tables
 
+from .checkpoint import state_dict_mismatch
 from .config import ModelConfig
 
 
@@ -336,21 +337,9 @@ def build_model(
     with torch.device("meta"):
         model = CausalWanModel(cfg)
     if state_dict is not None:
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(state_dict))
-        unexpected = sorted(set(state_dict) - set(expected))
-        wrong = [
-            f"{k}: {tuple(state_dict[k].shape)} != {tuple(expected[k].shape)}"
-            for k in expected
-            if k in state_dict and state_dict[k].shape != expected[k].shape
-        ]
-        if missing or unexpected or wrong:
-            raise ValueError(
-                "checkpoint does not match the model:"
-                + (f"\n  missing keys ({len(missing)}): {missing[:8]}" if missing else "")
-                + (f"\n  unexpected keys ({len(unexpected)}): {unexpected[:8]}" if unexpected else "")
-                + (f"\n  shape mismatches ({len(wrong)}): {wrong[:8]}" if wrong else "")
-            )
+        problems = state_dict_mismatch(model.state_dict(), state_dict)
+        if problems:
+            raise ValueError("checkpoint does not match the model:" + "".join(f"\n  {p}" for p in problems))
         sd = {k: v.to(device=device, dtype=dtype) for k, v in state_dict.items()}
         model.load_state_dict(sd, assign=True)
     else:

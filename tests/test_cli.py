@@ -90,7 +90,7 @@ def test_generate_with_prompt_switch(tmp_path):
         (["generate", "--backend", "nope", "--out", "x.safetensors"], "unknown attention backend"),
         (["bench", "--backends", "eager,nope"], "unknown backend"),
         (["generate", "--checkpoint", "missing.safetensors", "--out", "x.safetensors"], "does not exist"),
-        (["generate", "--out", "x.mp4"], "safetensors"),
+        (["generate", "--out", "x.avi"], "use .mp4 for video or .safetensors for latents"),
     ],
 )
 def test_bad_input_gives_one_line_error(tmp_path, monkeypatch, capsys, args, message):
@@ -102,9 +102,18 @@ def test_bad_input_gives_one_line_error(tmp_path, monkeypatch, capsys, args, mes
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
-def test_cuda_without_cuda_is_a_clear_error(capsys):
+def test_cuda_without_cuda_is_a_clear_error(tmp_path, capsys):
     assert main(["bench", "--device", "cuda"]) == 2
     assert "CUDA is not available" in capsys.readouterr().err
+    assert main(["generate", "--graphs", "--quiet", "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "CUDA graphs need a CUDA device" in capsys.readouterr().err
+
+
+def test_generate_with_fp8_kv_cache(tmp_path):
+    out = tmp_path / "l.safetensors"
+    assert main(["generate", "--frames", "12", "--fp8-kv-cache", "--quiet", "--out", str(out)]) == 0
+    with safe_open(str(out), "pt") as f:
+        assert torch.isfinite(f.get_tensor("latents")).all()
 
 
 def test_checkpoint_with_wrong_keys_names_the_file(tmp_path, capsys):

@@ -17,7 +17,11 @@ def int_list(text: str) -> tuple[int, ...]:
 def add_common_args(p: argparse.ArgumentParser) -> None:
     from arvid.runtime import PRESETS
 
-    p.add_argument("--preset", default="tiny", help=f"model preset: {', '.join(PRESETS)} (default: tiny)")
+    p.add_argument(
+        "--preset",
+        default="tiny",
+        help=f"model preset: {', '.join(PRESETS)} (default: tiny; with --model: wan2.1-t2v-1.3b)",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default: bf16 on CUDA, fp32 on the CPU")
     p.add_argument("--checkpoint", help="DiT weights with Wan names (.safetensors or .pt); default: random weights")

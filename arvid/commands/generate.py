@@ -1,11 +1,20 @@
-"""``arvid generate``: stream latents for a prompt schedule."""
+"""``arvid generate``: stream a video (.mp4) or its latents (.safetensors) for a prompt schedule.
+
+Weights: ``--model DIR`` (Wan2.1, original or diffusers layout: DiT, umT5 text encoder, VAE), with
+LongLive's ``--longlive-ckpt longlive_base.pt`` and ``--lora lora.pt`` on top. Without ``--model``
+the ``tiny`` preset runs on random weights end to end (random DiT, tiny random umT5 with a byte
+tokenizer, tiny random VAE), so ``arvid generate --out video.mp4`` needs no files at all.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -13,62 +22,280 @@ from ._common import add_common_args, atomic_write, stream_config
 
 
 def register(sub) -> None:
-    p = sub.add_parser("generate", help="generate latents (video output arrives with the VAE)")
+    p = sub.add_parser("generate", help="generate a video (.mp4) or latents (.safetensors)")
     add_common_args(p)
+    add_model_args(p)
     p.add_argument("--prompt", action="append", help="prompt text; repeat once per switch")
     p.add_argument("--prompt-embeds", help=".safetensors with 'embeds' [P, text_len, text_dim], one per prompt")
-    p.add_argument("--backend", help="attention backend (default: the fastest that runs here)")
-    p.add_argument("--out", required=True, help="output .safetensors (tensor 'latents' [1, F, C, H, W])")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--seconds", type=float, help="video length in seconds (instead of --frames)")
+    p.add_argument("--out", required=True, help="output: .mp4 (video) or .safetensors (latents [1, F, C, H, W])")
+    add_output_args(p)
     p.set_defaults(func=cmd_generate)
 
 
-def cmd_generate(args) -> int:
-    from safetensors.torch import save_file
-    from tqdm import tqdm
+# -- arguments shared with `arvid interactive` -----------------------------------------------------
+def add_model_args(p) -> None:
+    # --preset defaults to tiny without --model and to Wan2.1's 832x480 geometry with it.
+    p.set_defaults(preset=None)
+    g = p.add_argument_group("weights")
+    g.add_argument("--model", help="Wan2.1-T2V model directory (original or diffusers layout)")
+    g.add_argument("--longlive-ckpt", help="LongLive longlive_base.pt: replaces the DiT weights of --model")
+    g.add_argument(
+        "--longlive-weights",
+        default="auto",
+        choices=["auto", "generator", "generator_ema", "model"],
+        help="entry of --longlive-ckpt to load; auto = generator if present (LongLive's use_ema: false), "
+        "else generator_ema, else model",
+    )
+    g.add_argument("--lora", help="peft LoRA (LongLive lora.pt) merged into the DiT weights at load")
+    g.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: from the file, else alpha = rank)")
+    g.add_argument("--lora-rank", type=int, help="expected LoRA rank (an error if the file differs)")
+    g.add_argument(
+        "--text-encoder-device",
+        default="device",
+        choices=["device", "cpu", "offload"],
+        help="umT5 placement: on --device, on the CPU, or offloaded to the CPU between prompts",
+    )
+    p.add_argument("--backend", help="attention backend (default: the fastest that runs here)")
+    p.add_argument("--graphs", action="store_true", help="replay each chunk as a captured CUDA graph (CUDA only)")
+    p.add_argument("--compile", action="store_true", help="regional torch.compile of the blocks (slow first chunk)")
+    p.add_argument("--fp8-kv-cache", action="store_true", help="store the KV cache as FP8 e4m3 (half the memory)")
 
-    from arvid.runtime import StreamingGenerator, get_preset
-    from arvid.runtime.pipeline import load_model, placeholder_prompt_embeds, resolve_device, resolve_dtype
 
-    preset = get_preset(args.preset)
+def make_generator(comp, stream, args):
+    """The StreamingGenerator the run options ask for (backend, graphs, compile, FP8 KV cache)."""
+    from arvid.runtime import StreamingGenerator
+
+    p = comp.preset
+    if args.compile:
+        comp.model.compile_regions()
+    return StreamingGenerator(
+        comp.model, stream, latent_size=(p.latent_height, p.latent_width), backend=args.backend,
+        cuda_graphs=args.graphs, kv_cache_dtype=torch.float8_e4m3fn if args.fp8_kv_cache else None,
+    )  # fmt: skip
+
+
+def add_output_args(p) -> None:
+    g = p.add_argument_group("output")
+    g.add_argument("--fps", type=int, default=16, help="video frames per second (default: 16, as Wan)")
+    g.add_argument("--codec", help="video encoder (default: libx264, else the first available H.264 / MPEG-4)")
+    g.add_argument("--latents", help="also save the latents to this .safetensors")
+    g.add_argument("--png-dir", help="also save every video frame as a PNG in this folder")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+# -- loading -------------------------------------------------------------------------------------
+@dataclass
+class Components:
+    preset: Any  # runtime.config.Preset (the model config is the checkpoint's)
+    model: Any  # CausalWanModel
+    text_encoder: Any  # TextEncoder or None (stand-in embeddings)
+    vae: Any  # AutoencoderKLWan or None (latents only)
+    device: torch.device
+    dtype: torch.dtype
+
+
+def load_components(args, *, need_vae: bool, need_text: bool = True) -> Components:
+    """DiT, text encoder and VAE for the command-line arguments (see :func:`add_model_args`)."""
+    from arvid.runtime import get_preset
+    from arvid.runtime.checkpoint import model_config_from_json
+    from arvid.runtime.loaders import find_model_files, load_dit
+    from arvid.runtime.pipeline import resolve_device, resolve_dtype
+
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
+    files = find_model_files(args.model) if args.model else None
+    preset = get_preset(args.preset or ("wan2.1-t2v-1.3b" if files else "tiny"))
+    if files is not None:
+        preset = dataclasses.replace(preset, model=model_config_from_json(files.dit_config))
+    _check_sources(files, preset, need_vae=need_vae, need_text=need_text)  # fail before loading gigabytes
+    model = load_dit(
+        model_dir=args.model,
+        config=preset.model,
+        checkpoint=args.checkpoint,
+        longlive_ckpt=args.longlive_ckpt,
+        longlive_weights=args.longlive_weights,
+        lora=args.lora,
+        lora_alpha=args.lora_alpha,
+        lora_rank=args.lora_rank,
+        device=device,
+        dtype=dtype,
+        seed=args.seed,
+    )
+    text = _text_encoder(args, files, preset, device, dtype) if need_text else None
+    vae = _vae(files, preset, device, dtype) if need_vae else None
+    return Components(preset, model, text, vae, device, dtype)
+
+
+def _check_sources(files, preset, *, need_vae: bool, need_text: bool) -> None:
+    if files is None:
+        if need_vae and preset.name != "tiny":
+            raise ValueError("video output needs VAE weights: pass --model DIR, or use --preset tiny")
+        return
+    if need_text and files.text_encoder is None:
+        raise ValueError(f"{files.root}: no text encoder found (models_t5_umt5-xxl-enc-bf16.pth or text_encoder/)")
+    if need_text and files.tokenizer is None:
+        want = "google/umt5-xxl/" if files.layout == "wan" else "tokenizer/"
+        raise ValueError(f"{files.root}: no tokenizer directory ({want})")
+    if need_vae and files.vae is None:
+        raise ValueError(f"{files.root}: no VAE found (Wan2.1_VAE.pth or vae/)")
+
+
+def _text_encoder(args, files, preset, device, dtype):
+    from arvid.runtime.text_encoder import TextEncoder
+
+    kw = dict(text_len=preset.model.text_len, device=device, dtype=dtype, placement=args.text_encoder_device)
+    if files is None:
+        if preset.name != "tiny":
+            print("no --model: prompts get deterministic stand-in embeddings", file=sys.stderr)
+            return None
+        enc = TextEncoder.tiny_random(preset.model.text_dim, seed=args.seed, **kw)
+    elif files.layout == "diffusers":
+        enc = TextEncoder.from_pretrained(files.text_encoder, files.tokenizer, **kw)
+    else:
+        enc = TextEncoder.from_wan_checkpoint(files.text_encoder, files.tokenizer, **kw)
+    if enc.dim != preset.model.text_dim:
+        raise ValueError(f"the text encoder gives {enc.dim}-dim embeddings, the DiT takes {preset.model.text_dim}")
+    return enc
+
+
+def _vae(files, preset, device, dtype):
+    from arvid.runtime.vae import load_vae, tiny_vae
+
+    if files is None:
+        return tiny_vae(device=device, dtype=dtype)
+    return load_vae(files.vae, device=device, dtype=dtype)
+
+
+def prompt_embeddings(comp: Components, prompts: list[str]) -> list[torch.Tensor]:
+    """``[1, text_len, text_dim]`` per prompt: the text encoder, or stand-ins without one."""
+    from arvid.runtime.pipeline import placeholder_prompt_embeds
+
+    if comp.text_encoder is None:
+        return [placeholder_prompt_embeds(p, comp.preset) for p in prompts]
+    return [comp.text_encoder.encode(p) for p in prompts]
+
+
+def latent_frames(args, stream) -> int | None:
+    """--frames or --seconds as latent frames (None: the preset's default)."""
+    from arvid.runtime.prompts import latent_frames_for_seconds
+
+    if getattr(args, "seconds", None) is not None:
+        if args.frames:
+            raise ValueError("give --frames (latent frames) or --seconds, not both")
+        return latent_frames_for_seconds(args.seconds, args.fps, stream.chunk_frames)
+    return args.frames
+
+
+# -- the streaming loop ----------------------------------------------------------------------------
+def run_stream(
+    comp: Components,
+    gen,
+    stream_kwargs: dict,
+    *,
+    frames: int,
+    out_video: Path | None,
+    args,
+    desc: str = "video frames",
+) -> tuple[torch.Tensor | None, float]:
+    """Drive ``gen.stream(**stream_kwargs)``; decode and append each chunk to ``out_video`` (and PNGs)
+    as it finishes. Returns (latents [1, F, C, H, W] on the CPU if they are to be saved, seconds)."""
+    from tqdm import tqdm
+
+    from arvid.runtime.vae import StreamingVAEDecoder, video_frames
+    from arvid.runtime.video import VideoWriter, write_png_frames
+
+    decoder = StreamingVAEDecoder(comp.vae) if comp.vae is not None else None
+    keep = out_video is None or bool(args.latents)
+    chunks: list[torch.Tensor] = []
+    h, w = comp.preset.video_size
+    writer = VideoWriter(out_video, width=w, height=h, fps=args.fps, codec=args.codec) if out_video else None
+    total = video_frames(frames) if decoder else frames
+    t0 = time.perf_counter()
+    written = 0
+    try:
+        with tqdm(total=total, unit="frame", desc=desc, disable=args.quiet, dynamic_ncols=True) as bar:
+            for c in gen.stream(**stream_kwargs):
+                if keep:
+                    chunks.append(c.latents.cpu())
+                if decoder is None:
+                    bar.update(c.latents.shape[1])
+                    continue
+                video = decoder.decode(c.latents)[0]  # [T, 3, H, W]
+                if writer is not None:
+                    writer.write(video)
+                if args.png_dir:
+                    write_png_frames(video, args.png_dir, written)
+                written += video.shape[0]
+                bar.update(video.shape[0])
+        if writer is not None:
+            writer.close()
+    except KeyboardInterrupt:
+        if writer is not None:
+            writer.__exit__(KeyboardInterrupt, None, None)
+            if writer.interrupted:
+                print(f"interrupted: {out_video} holds the first {writer.frames_written} frames", file=sys.stderr)
+        raise
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    seconds = time.perf_counter() - t0
+    return (torch.cat(chunks, dim=1).contiguous() if keep and chunks else None), seconds
+
+
+def save_latents(path: Path, latents: torch.Tensor, meta: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    atomic_write(path, lambda tmp: save_file({"latents": latents}, str(tmp), metadata=meta))
+
+
+def noise_and_generator(comp: Components, frames: int, seed: int) -> tuple[torch.Tensor, torch.Generator]:
+    p = comp.preset
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(1, frames, p.model.in_dim, p.latent_height, p.latent_width, generator=g)
+    return noise, torch.Generator(device=comp.device).manual_seed(seed + 1)
+
+
+def output_kind(path: Path) -> str:
+    kind = {".mp4": "video", ".safetensors": "latents"}.get(path.suffix.lower())
+    if kind is None:
+        raise ValueError(f"--out {path}: use .mp4 for video or .safetensors for latents")
+    return kind
+
+
+# -- the command ---------------------------------------------------------------------------------
+def cmd_generate(args) -> int:
+
     out = Path(args.out)
-    if out.suffix != ".safetensors":
-        raise ValueError(f"--out {out}: latents are written as .safetensors (video output comes with the VAE)")
+    kind = output_kind(out)
+    if args.latents and Path(args.latents).suffix != ".safetensors":
+        raise ValueError(f"--latents {args.latents}: latents are written as .safetensors")
     stream = stream_config(args)
-    frames = args.frames or preset.default_frames
-    if frames <= 0 or frames % stream.chunk_frames:
-        raise ValueError(f"--frames {frames} is not a positive multiple of the chunk ({stream.chunk_frames})")
+    frames = latent_frames(args, stream)
     prompts = args.prompt or ["a red fox running through fresh snow"]
     if len(prompts) != len(args.switch_frames) + 1:
         raise ValueError(f"{len(prompts)} --prompt given, {len(args.switch_frames) + 1} needed for the switch frames")
+    comp = load_components(args, need_vae=kind == "video" or bool(args.png_dir), need_text=not args.prompt_embeds)
+    frames = frames or comp.preset.default_frames
+    if frames <= 0 or frames % stream.chunk_frames:
+        raise ValueError(f"--frames {frames} is not a positive multiple of the chunk ({stream.chunk_frames})")
     if args.prompt_embeds:
         from safetensors.torch import load_file
 
-        embeds = list(load_file(args.prompt_embeds)["embeds"].unbind(0))
-        embeds = [e[None] for e in embeds]
+        embeds = [e[None] for e in load_file(args.prompt_embeds)["embeds"].unbind(0)]
     else:
-        print("no text encoder in this build: prompts get deterministic stand-in embeddings", file=sys.stderr)
-        embeds = [placeholder_prompt_embeds(p, preset) for p in prompts]
+        embeds = prompt_embeddings(comp, prompts)
 
-    model = load_model(preset, device=device, dtype=dtype, checkpoint=args.checkpoint, seed=args.seed)
-    gen = StreamingGenerator(
-        model, stream, latent_size=(preset.latent_height, preset.latent_width), backend=args.backend
+    p = comp.preset
+    gen = make_generator(comp, stream, args)
+    noise, renoise_gen = noise_and_generator(comp, frames, args.seed)
+    kwargs = dict(noise=noise, prompts=embeds, switch_frames=args.switch_frames, generator=renoise_gen)
+    latents, seconds = run_stream(
+        comp, gen, kwargs, frames=frames, out_video=out if kind == "video" else None, args=args
     )
-    g = torch.Generator().manual_seed(args.seed)
-    noise = torch.randn(1, frames, preset.model.in_dim, preset.latent_height, preset.latent_width, generator=g)
-    renoise_gen = torch.Generator(device=device).manual_seed(args.seed + 1)
-    chunks = []
-    t0 = time.perf_counter()
-    with tqdm(total=frames, unit="frame", desc="latent frames", disable=args.quiet) as bar:
-        for c in gen.stream(noise, embeds, args.switch_frames, generator=renoise_gen):
-            chunks.append(c.latents.cpu())
-            bar.update(c.latents.shape[1])
-    seconds = time.perf_counter() - t0
-    latents = torch.cat(chunks, dim=1).contiguous()
     meta = {
-        "preset": preset.name,
+        "preset": p.name,
         "frames": str(frames),
         "seed": str(args.seed),
         "backend": gen.backend.name,
@@ -76,6 +303,13 @@ def cmd_generate(args) -> int:
         "prompts": json.dumps(prompts),
         "layout": "[B, F, C, H, W]",
     }
-    atomic_write(out, lambda tmp: save_file({"latents": latents}, str(tmp), metadata=meta))
-    print(f"wrote {out}: latents {tuple(latents.shape)} in {seconds:.2f} s ({frames / seconds:.1f} latent frames/s)")
+    for path in [out] * (kind == "latents") + ([Path(args.latents)] if args.latents else []):
+        save_latents(path, latents, meta)
+    what = f"{kind} of {frames} latent frames"
+    if kind == "video":
+        from arvid.runtime.vae import video_frames
+
+        n = video_frames(frames)
+        what = f"video, {n} frames ({n / args.fps:.2f} s at {args.fps} fps, {p.video_size[1]}x{p.video_size[0]})"
+    print(f"wrote {out}: {what} in {seconds:.2f} s ({frames / seconds:.1f} latent frames/s)")
     return 0

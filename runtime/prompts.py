@@ -1,0 +1,82 @@
+"""Prompt schedules: LongLive's interactive JSONL and its switch-frame semantics.
+
+A JSONL file holds one video per line: ``{"prompts": ["first", "second", ...]}``; prompt i+1 takes
+over at switch frame i. LongLive switches at the first chunk that starts at or after the given
+latent frame (``current_start_frame >= next_switch_pos`` in its interactive pipeline), so
+``--switch-frames 40`` with 3-frame chunks switches at frame 42: :func:`align_switch_frames`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def read_prompt_jsonl(path: str | Path, num_switches: int | None = None) -> list[list[str]]:
+    """The prompt lists of a LongLive interactive JSONL file, one per non-empty line.
+
+    Parameters
+    ----------
+    num_switches : when given, every line must hold ``num_switches + 1`` prompts.
+
+    Errors name the file and the line: malformed JSON, a line that is not an object with a
+    ``"prompts"`` list of non-empty strings, or a prompt count that does not match the switches.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"prompt file {path} does not exist")
+    videos = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict) or "prompts" not in obj:
+            raise ValueError(f"{where}: missing key 'prompts' (expected {{\"prompts\": [...]}})")
+        prompts = obj["prompts"]
+        if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise ValueError(f"{where}: 'prompts' must be a non-empty list of non-empty strings")
+        if num_switches is not None and len(prompts) != num_switches + 1:
+            raise ValueError(
+                f"{where}: {len(prompts)} prompts, but {num_switches} switch frames need {num_switches + 1}"
+            )
+        videos.append(prompts)
+    if not videos:
+        raise ValueError(f'{path}: no prompts (expected one {{"prompts": [...]}} per line)')
+    return videos
+
+
+def align_switch_frames(switch_frames: Sequence[int], chunk: int, num_frames: int) -> list[int]:
+    """LongLive's switch rule: each switch happens at the first chunk boundary at or after its frame.
+
+    Returns the chunk-aligned switch frames; an error if two land on the same chunk or one lands at
+    or past the end of the video (that prompt would never be shown).
+    """
+    aligned = []
+    for s in switch_frames:
+        if s <= 0:
+            raise ValueError(f"switch frame {s} must be positive")
+        a = -(-int(s) // chunk) * chunk
+        if aligned and a <= aligned[-1]:
+            raise ValueError(
+                f"switch frames {aligned[-1]} and {s} fall on the same chunk boundary ({a}; chunk = {chunk} latent "
+                "frames) or are not increasing"
+            )
+        if a >= num_frames:
+            raise ValueError(f"switch frame {s} (chunk boundary {a}) is not before the end of the video ({num_frames})")
+        aligned.append(a)
+    return aligned
+
+
+def latent_frames_for_seconds(seconds: float, fps: int, chunk: int) -> int:
+    """Latent frames for at least ``seconds`` of video: 1 + 4 (F - 1) >= seconds * fps, rounded up to
+    whole chunks."""
+    if seconds <= 0:
+        raise ValueError(f"--seconds must be positive, got {seconds}")
+    want = max(1, round(seconds * fps))
+    frames = 1 + -(-(want - 1) // 4)
+    return -(-frames // chunk) * chunk

@@ -1,0 +1,166 @@
+"""Video output: an mp4 written with PyAV as frames arrive, never left half-written; PNG frames.
+
+:class:`VideoWriter` encodes into a temporary file beside the target and renames it when the
+container is closed properly. On an exception the temporary file is removed; on Ctrl-C
+(``KeyboardInterrupt``) the frames written so far are finalised into a playable file and
+``interrupted`` is set so the caller can say so. Either a complete, playable file or none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PREFERRED_CODECS = ("libx264", "libopenh264", "h264", "mpeg4")
+
+
+def pick_codec(requested: str | None = None) -> str:
+    """``requested`` if PyAV can encode it, else the first of H.264 (libx264) / OpenH264 / MPEG-4 Part 2
+    this PyAV build has (with a note on stderr when it is not libx264)."""
+    import av
+
+    available = av.codecs_available
+    if requested is not None:
+        if requested not in available:
+            raise ValueError(f"video codec {requested!r} is not available in this PyAV build")
+        return requested
+    for name in PREFERRED_CODECS:
+        if name in available:
+            try:
+                av.codec.Codec(name, "w")
+            except Exception:  # listed but no encoder (e.g. a decoder-only 'h264')
+                continue
+            if name != "libx264":
+                print(f"note: libx264 is not in this PyAV build; encoding with {name}", file=sys.stderr)
+            return name
+    raise ValueError(f"no mp4 video encoder in this PyAV build (tried {', '.join(PREFERRED_CODECS)})")
+
+
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """``[T, 3, H, W]`` float in [-1, 1] -> ``[T, H, W, 3]`` uint8 (rounded)."""
+    x = ((frames.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+class VideoWriter:
+    """Append frames to an mp4 (yuv420p, ``fps`` frames per second) as they come.
+
+    Parameters
+    ----------
+    path : the final ``.mp4``; written as a hidden temporary file beside it until :meth:`close`.
+    width, height : frame size in pixels; both must be even (yuv420p halves the chroma planes).
+    fps : frames per second (Wan / LongLive: 16).
+    codec : an encoder name, or ``None`` for libx264 with fallbacks (see :func:`pick_codec`).
+
+    Use as a context manager; ``frames_written`` and ``interrupted`` tell what happened.
+    """
+
+    def __init__(
+        self, path: str | Path, *, width: int, height: int, fps: int = 16, codec: str | None = None, crf: int = 18
+    ) -> None:
+        import av
+
+        self.path = Path(path)
+        if self.path.suffix.lower() != ".mp4":
+            raise ValueError(f"{self.path}: video output must be .mp4")
+        if width % 2 or height % 2 or width <= 0 or height <= 0:
+            raise ValueError(f"{self.path}: frame size {width}x{height} must be positive and even for yuv420p")
+        self.width, self.height, self.fps = width, height, fps
+        self.codec = pick_codec(codec)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp.mp4")
+        self.frames_written = 0
+        self.interrupted = False
+        self._container = av.open(str(self.tmp), mode="w", format="mp4")
+        try:
+            self._stream = self._container.add_stream(self.codec, rate=Fraction(fps))
+            self._stream.width, self._stream.height = width, height
+            self._stream.pix_fmt = "yuv420p"
+            if self.codec in ("libx264", "libopenh264"):
+                self._stream.options = {"crf": str(crf)} if self.codec == "libx264" else {}
+        except BaseException:
+            self._container.close()
+            self.tmp.unlink(missing_ok=True)
+            raise
+
+    def write(self, frames: torch.Tensor | np.ndarray) -> None:
+        """Append frames: ``[T, 3, H, W]`` float in [-1, 1] (the VAE's output) or ``[T, H, W, 3]`` uint8."""
+        import av
+
+        arr = to_uint8(frames) if isinstance(frames, torch.Tensor) else np.asarray(frames)
+        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[1:] != (self.height, self.width, 3):
+            raise ValueError(
+                f"{self.path}: frames must be [T, {self.height}, {self.width}, 3] uint8 "
+                f"(or [T, 3, H, W] float), got {arr.shape} {arr.dtype}"
+            )
+        for img in arr:
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+            self.frames_written += 1
+
+    def close(self) -> None:
+        """Flush the encoder, close the container and move the file into place."""
+        if self._container is None:
+            return
+        try:
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+        finally:
+            self._container.close()
+            self._container = None
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        """Drop the output: close the container and delete the temporary file."""
+        if self._container is not None:
+            with contextlib.suppress(Exception):  # the file is being discarded; a close error changes nothing
+                self._container.close()
+            self._container = None
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        elif issubclass(exc_type, KeyboardInterrupt) and self.frames_written:
+            self.interrupted = True  # keep what was made: finalised, playable, reported by the caller
+            try:
+                self.close()
+            except Exception:
+                self.abort()
+                self.interrupted = False
+        else:
+            self.abort()
+
+
+def read_video_info(path: str | Path) -> tuple[int, int, int, float]:
+    """(frames, width, height, fps) of a video file, by decoding it (used by tests and checks)."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(stream))
+        return frames, stream.codec_context.width, stream.codec_context.height, float(stream.average_rate or 0)
+
+
+def write_png_frames(frames: torch.Tensor, folder: str | Path, start: int) -> None:
+    """Write ``[T, 3, H, W]`` float frames as ``folder/frame_{start + i:06d}.png`` (each written to a
+    temporary name and renamed)."""
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(to_uint8(frames)):
+        dest = folder / f"frame_{start + i:06d}.png"
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        Image.fromarray(img).save(tmp, format="PNG")
+        os.replace(tmp, dest)
