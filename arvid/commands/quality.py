@@ -1,0 +1,144 @@
+"""``arvid quality``: the quality loss of an INT8 / FP8 variant against the reference model.
+
+Both models run on the same prompts, noise and re-noising seeds; the report (JSON, Markdown, PNG
+plots) gives per-chunk latent SQNR / relative error / cosine, drift over the video, flicker, and
+with ``--vae`` per-frame PSNR / SSIM of the decoded video (plus CLIP score with ``--clip-model``).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import torch
+
+from ._common import add_common_args, stream_config
+from .quantize import add_quant_args, skip_patterns
+
+
+def register(sub) -> None:
+    p = sub.add_parser("quality", help="quality loss of an INT8 / FP8 variant vs the reference, per chunk")
+    add_common_args(p)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--scheme", choices=["int8", "int8-weight-only", "fp8"], help="quantize the reference now")
+    which.add_argument("--variant", help="a directory written by `arvid quantize`")
+    which.add_argument(
+        "--modelopt", choices=["int8-smoothquant", "fp8"], help="nvidia-modelopt fake quantization, calibrated here"
+    )
+    p.add_argument(
+        "--backend", choices=["emulate", "torchao"], default="emulate", help="for --scheme (default: emulate)"
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the quantized linears (--scheme)")
+    add_quant_args(p)
+    p.add_argument("--calib-prompts", type=int, default=4, help="stand-in prompts calibrated on (--modelopt)")
+    p.add_argument("--prompt", action="append", help="prompt text; repeat once per switch")
+    p.add_argument("--vae", help="decode and compare video: a Wan2.1 VAE (directory or .pth), or 'tiny' (random)")
+    p.add_argument("--clip-model", help="a local transformers CLIP model directory, for CLIP score (needs --vae)")
+    p.add_argument("--drift-window", type=int, default=10, help="chunks averaged at each end for the drift check")
+    p.add_argument("--out", required=True, help="report directory (report.json, report.md, *.png)")
+    p.add_argument("--quiet", action="store_true", help="no per-chunk lines")
+    p.set_defaults(func=cmd_quality)
+
+
+def video_decoders(spec: str | None, device: torch.device) -> tuple | None:
+    """Two streaming VAE decoders (reference, variant), or None without ``--vae``.
+
+    The VAE runs in float32 so the decode adds no rounding of its own to the comparison; each model
+    gets its own copy because the streaming decoder keeps its causal-convolution cache in the VAE.
+    """
+    if spec is None:
+        return None
+    try:
+        from arvid.runtime.vae import StreamingVAEDecoder, load_vae, tiny_vae
+    except ImportError as e:
+        # Hook for builds without the streaming VAE decoder: video metrics need it.
+        raise ValueError(f"--vae needs arvid.runtime.vae with StreamingVAEDecoder, not in this build ({e})") from None
+    vae = tiny_vae(device=device) if spec == "tiny" else load_vae(spec, device=device, dtype=torch.float32)
+    return StreamingVAEDecoder(vae), StreamingVAEDecoder(copy.deepcopy(vae))
+
+
+def cmd_quality(args) -> int:
+    from arvid.quant import config_for_scheme, load_quantized, model_size_report, quantize_
+    from arvid.quant.metrics import ClipScorer
+    from arvid.quant.quality import compare_streams, write_report
+    from arvid.runtime import get_preset
+    from arvid.runtime.pipeline import load_model, placeholder_prompt_embeds, resolve_device, resolve_dtype
+
+    preset = get_preset(args.preset)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    stream = stream_config(args)
+    frames = args.frames or preset.default_frames
+    if frames <= 0 or frames % stream.chunk_frames:
+        raise ValueError(f"--frames {frames} is not a positive multiple of the chunk ({stream.chunk_frames})")
+    prompts = args.prompt or ["a red fox running through fresh snow"]
+    if len(prompts) != len(args.switch_frames) + 1:
+        raise ValueError(f"{len(prompts)} --prompt given, {len(args.switch_frames) + 1} needed for the switch frames")
+    if args.clip_model and not args.vae:
+        raise ValueError("--clip-model scores decoded frames: give --vae too")
+    decoders = video_decoders(args.vae, device)
+    clip = ClipScorer(args.clip_model, device) if args.clip_model else None
+    embeds = [placeholder_prompt_embeds(p, preset) for p in prompts]
+
+    reference = load_model(preset, device=device, dtype=dtype, checkpoint=args.checkpoint, seed=args.seed)
+    skip = skip_patterns(args)
+    skip_kw = {"skip": skip} if skip is not None else {}
+    sizes = None
+    if args.variant:
+        variant = load_quantized(args.variant, device=device)
+        if variant.cfg != reference.cfg:
+            raise ValueError(f"--variant {args.variant} was made for another model config than preset {preset.name}")
+        label = f"{variant.arvid_quant.config.scheme} (from {args.variant})"
+        sizes = model_size_report(variant)
+    elif args.modelopt:
+        from arvid.quant.calibrate import calibrate_modelopt, streaming_forward_loop
+
+        calib = [placeholder_prompt_embeds(f"calibration prompt {i}", preset) for i in range(args.calib_prompts)]
+        loop = streaming_forward_loop(
+            calib, latent_size=(preset.latent_height, preset.latent_width), stream=stream, seed=args.seed + 7
+        )
+        variant = calibrate_modelopt(copy.deepcopy(reference), args.modelopt, loop, **skip_kw)
+        label = f"modelopt {args.modelopt}"
+    else:
+        config = config_for_scheme(args.scheme, backend=args.backend, compile=args.compile, **skip_kw)
+        variant = quantize_(copy.deepcopy(reference), config)
+        label = args.scheme + (f" ({args.backend})" if args.backend != "emulate" else "")
+        if args.backend == "emulate":
+            sizes = model_size_report(variant)
+
+    g = torch.Generator().manual_seed(args.seed)
+    noise = torch.randn(1, frames, preset.model.in_dim, preset.latent_height, preset.latent_width, generator=g)
+    print(f"comparing {label} with the {dtype} reference on {device}: {frames} latent frames", file=sys.stderr)
+
+    def progress(row: dict) -> None:
+        if not args.quiet:
+            extra = f", video PSNR {row['video_psnr_db']:.2f} dB" if "video_psnr_db" in row else ""
+            print(f"chunk {row['chunk']}: latent SQNR {row['latent_sqnr_db']:.2f} dB{extra}", file=sys.stderr)
+
+    report = compare_streams(
+        reference, variant, noise=noise, prompts=embeds, switch_frames=args.switch_frames, stream=stream,
+        seed=args.seed, decoders=decoders, clip=clip, prompt_texts=prompts, drift_window=args.drift_window,
+        on_chunk=progress,
+    )  # fmt: skip
+    report["meta"] = {
+        "scheme": label,
+        "preset": preset.name,
+        "reference": f"{args.checkpoint or 'random weights, seed ' + str(args.seed)} in {dtype}",
+        "device": str(device),
+        "frames": frames,
+        "switch_frames": list(args.switch_frames),
+        "prompts": prompts,
+        "seed": args.seed,
+        "vae": args.vae or "none (video metrics not measured)",
+        "torch": torch.__version__,
+    }
+    report["sizes"] = sizes
+    write_report(report, Path(args.out))
+    s = report["summary"]
+    verdict = "marginal" if report["verdict"]["marginal"] else "NOT marginal"
+    print(
+        f"{label}: latent SQNR {s['latent_sqnr_db']:.2f} dB pooled (worst chunk {s['latent_sqnr_db_min']:.2f}), "
+        f"drift {s['drift']['drop_db']:+.2f} dB -> {verdict}; wrote {args.out}/report.md"
+    )
+    return 0

@@ -1,0 +1,57 @@
+"""``arvid quantize``: write an INT8 / FP8 variant of the DiT to a directory (safetensors + JSON)."""
+
+from __future__ import annotations
+
+import sys
+
+from ._common import add_common_args
+
+
+def add_quant_args(p) -> None:
+    p.add_argument(
+        "--skip",
+        help="comma-separated fnmatch patterns of linear layers kept in high precision "
+        "(default: text/time embeddings, time projection, head; '' for none)",
+    )
+
+
+def skip_patterns(args) -> tuple[str, ...] | None:
+    if args.skip is None:
+        return None
+    return tuple(s.strip() for s in args.skip.split(",") if s.strip())
+
+
+def register(sub) -> None:
+    p = sub.add_parser("quantize", help="write an INT8 / FP8 variant of the DiT (safetensors + quant_config.json)")
+    add_common_args(p)
+    p.add_argument("--scheme", required=True, choices=["int8", "int8-weight-only", "fp8"])
+    add_quant_args(p)
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=cmd_quantize)
+
+
+def cmd_quantize(args) -> int:
+    from arvid.quant import config_for_scheme, quantize_, save_quantized
+    from arvid.runtime.pipeline import load_model, resolve_device, resolve_dtype
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    skip = skip_patterns(args)
+    config = config_for_scheme(args.scheme, **({"skip": skip} if skip is not None else {}))
+    model = load_model(args.preset, device=device, dtype=dtype, checkpoint=args.checkpoint, seed=args.seed)
+    quantize_(model, config)
+    meta = {"preset": args.preset, "checkpoint": args.checkpoint or f"random weights, seed {args.seed}"}
+    doc = save_quantized(model, args.out, metadata=meta)
+    s = doc["sizes"]
+    print(
+        f"wrote {args.out}: {args.scheme}, {len(doc['layers'])} layers quantized, {len(doc['skipped'])} kept in "
+        f"{doc['compute_dtype']}; {s['stored_bytes']:,} bytes in memory, file {s['file_bytes']:,} bytes; "
+        f"the same parameters in BF16: {s['bf16_bytes']:,} bytes (ratio {s['ratio']:.3f})"
+    )
+    if doc["compute_dtype"] != "bfloat16":
+        print(
+            f"note: the layers kept in high precision are stored in {doc['compute_dtype']}; "
+            "quantize a --dtype bf16 model for a file comparable with BF16",
+            file=sys.stderr,
+        )
+    return 0

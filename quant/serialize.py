@@ -1,0 +1,198 @@
+"""Quantized variants on disk, and their size against BF16.
+
+A variant is a directory holding
+
+* ``model.safetensors``: the state dict as stored in memory. A quantized layer ``L`` contributes
+  ``L.qweight`` (int8 or float8_e4m3fn ``[out, in]``), ``L.weight_scale`` (float32 ``[out]``, one
+  scale per output row) and ``L.bias``; every other tensor keeps its name and dtype.
+* ``quant_config.json``: the format version, the scheme and its config, the model config, the
+  compute dtype, and per quantized layer its scheme, module class, shape and the names of its
+  weight and scale tensors; the layers kept in high precision; the sizes.
+
+The JSON is written last, so a directory without it is incomplete and refused by :func:`load_quantized`.
+Only the ``emulate`` backend's modules are saved (torchao's tensor subclasses have their own format).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from arvid.runtime.checkpoint import state_dict_mismatch
+from arvid.runtime.config import ModelConfig
+from arvid.runtime.model import CausalWanModel
+
+from ._linear import QuantizedLinear
+from .api import EMULATED_MODULES, QuantRecord, config_for_scheme, quant_record
+
+FORMAT = "arvid-quant"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "quant_config.json"
+
+_DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.bfloat16, torch.float16)}
+
+
+def model_size_report(model: nn.Module) -> dict:
+    """Bytes the model holds, against the same parameters all in BF16.
+
+    Returns
+    -------
+    dict with ``stored_bytes`` (every tensor of the state dict as stored), ``bf16_bytes``
+    (2 bytes per parameter: the float model in BF16), ``ratio`` (stored / bf16), and the same two
+    numbers restricted to the quantized layers (``quantized_layers_bytes``, ``quantized_layers_bf16_bytes``).
+    """
+    rec = quant_record(model)
+    if rec is not None and rec.config.backend != "emulate":
+        raise ValueError("sizes are reported for backend='emulate' models (torchao stores tensor subclasses)")
+    stored = bf16 = q_stored = q_bf16 = 0
+    quantized = {n for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}
+    for key, t in model.state_dict().items():
+        layer, _, leaf = key.rpartition(".")
+        nbytes = t.numel() * t.element_size()
+        stored += nbytes
+        if layer in quantized:
+            q_stored += nbytes
+            if leaf == "weight_scale":  # not a parameter of the float model
+                continue
+            q_bf16 += 2 * t.numel()
+        bf16 += 2 * t.numel()
+    return {
+        "stored_bytes": stored,
+        "bf16_bytes": bf16,
+        "ratio": stored / bf16 if bf16 else float("nan"),
+        "quantized_layers_bytes": q_stored,
+        "quantized_layers_bf16_bytes": q_bf16,
+    }
+
+
+def _compute_dtype(model: nn.Module) -> torch.dtype:
+    for m in model.modules():
+        if isinstance(m, QuantizedLinear):
+            return m.compute_dtype
+    return next(model.parameters()).dtype
+
+
+def save_quantized(model: CausalWanModel, directory: str | Path, *, metadata: dict | None = None) -> dict:
+    """Write a quantized :class:`CausalWanModel` (``emulate`` backend) to ``directory``.
+
+    Returns
+    -------
+    The JSON config written (with ``sizes`` including ``file_bytes``, the size of model.safetensors).
+    """
+    from safetensors.torch import save_file
+
+    rec = quant_record(model)
+    if rec is None:
+        raise ValueError("model is not quantized (run arvid.quant.quantize_ first)")
+    if rec.config.backend != "emulate":
+        raise ValueError(
+            "only backend='emulate' models can be saved: quantize with backend='emulate', save, and "
+            "quantize again with torchao after loading the float model where the torchao kernels are wanted"
+        )
+    if not isinstance(getattr(model, "cfg", None), ModelConfig):
+        raise ValueError("save_quantized saves a CausalWanModel (it needs model.cfg to rebuild the model)")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    layers = {}
+    for name in rec.layers:
+        mod = model.get_submodule(name)
+        layers[name] = {
+            "scheme": mod.scheme,
+            "module": type(mod).__name__,
+            "in_features": mod.in_features,
+            "out_features": mod.out_features,
+            "bias": mod.bias is not None,
+            "weight": f"{name}.qweight",
+            "weight_dtype": str(mod.qdtype).removeprefix("torch."),
+            "scale": f"{name}.weight_scale",
+            "scale_granularity": "per output row",
+        }
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    weights = directory / WEIGHTS_FILE
+    tmp = directory / f".{WEIGHTS_FILE}.{os.getpid()}.tmp"
+    try:
+        save_file(sd, str(tmp), metadata={"format": FORMAT, "scheme": rec.config.scheme, **(metadata or {})})
+        os.replace(tmp, weights)
+    finally:
+        tmp.unlink(missing_ok=True)
+    sizes = model_size_report(model) | {"file_bytes": weights.stat().st_size}
+    cfg = dataclasses.asdict(model.cfg)
+    doc = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        **rec.to_json(),
+        "model_config": cfg,
+        "compute_dtype": str(_compute_dtype(model)).removeprefix("torch."),
+        "quantized_layers": layers,
+        "sizes": sizes,
+        "metadata": metadata or {},
+    }
+    tmp = directory / f".{CONFIG_FILE}.{os.getpid()}.tmp"
+    try:
+        tmp.write_text(json.dumps(doc, indent=2))
+        os.replace(tmp, directory / CONFIG_FILE)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return doc
+
+
+def read_quant_config(directory: str | Path) -> dict:
+    """The ``quant_config.json`` of a saved variant, checked for format and version."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise ValueError(f"{directory}: no {CONFIG_FILE} (not a saved quantized variant, or an incomplete one)")
+    doc = json.loads(path.read_text())
+    if doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: format {doc.get('format')!r} version {doc.get('format_version')!r}, "
+            f"expected {FORMAT!r} version {FORMAT_VERSION}"
+        )
+    return doc
+
+
+def load_quantized(directory: str | Path, *, device: torch.device | str = "cpu") -> CausalWanModel:
+    """Rebuild a variant written by :func:`save_quantized` (emulate modules, weights as stored)."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    doc = read_quant_config(directory)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ValueError(f"{directory}: {WEIGHTS_FILE} is missing")
+    mc = dict(doc["model_config"])
+    mc["patch_size"] = tuple(mc["patch_size"])
+    cfg = ModelConfig(**mc)
+    if doc["compute_dtype"] not in _DTYPES:
+        raise ValueError(f"{directory}: unknown compute dtype {doc['compute_dtype']!r}")
+    dtype = _DTYPES[doc["compute_dtype"]]
+    with torch.device("meta"):
+        model = CausalWanModel(cfg)
+    for name, spec in doc["quantized_layers"].items():
+        if spec["scheme"] not in EMULATED_MODULES:
+            raise ValueError(f"{directory}: layer {name} has unknown scheme {spec['scheme']!r}")
+        cls = EMULATED_MODULES[spec["scheme"]]
+        mod = cls(spec["in_features"], spec["out_features"], spec["bias"], dtype=dtype, device="meta")
+        try:
+            model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"{directory}: quantized layer {name!r} is not in the model") from None
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, mod)
+    sd = load_file(str(weights), device=str(device))
+    # Shapes everywhere; dtypes of the quantized tensors (the rest load in the dtype they were saved in).
+    problems = state_dict_mismatch(model.state_dict(), sd, dtype_suffixes=(".qweight", ".weight_scale"))
+    if problems:
+        raise ValueError(f"{weights} does not match {CONFIG_FILE}" + "".join(f"\n  {p}" for p in problems))
+    model.load_state_dict(sd, assign=True)
+    for m in model.modules():
+        if isinstance(m, QuantizedLinear):
+            m.compute_dtype = dtype
+    config = config_for_scheme(doc["scheme"], skip=tuple(doc["config"]["skip"]), backend="emulate")
+    model.arvid_quant = QuantRecord(config, tuple(doc["layers"]), tuple(doc["skipped"]))
+    return model.eval().requires_grad_(False)
