@@ -17,15 +17,29 @@ setup(
     package_dir={"arvid": "arvid", **{f"arvid.{layer}": layer for layer in LAYERS}},
     # No upper bound and no CUDA index: a CUDA torch already installed is left alone, and
     # on a CPU machine the README installs torch==2.13.0 (the local CPU wheel) first.
-    install_requires=["torch>=2.4", "numpy", "safetensors", "psutil", "tqdm"],
+    install_requires=[
+        "torch>=2.4",
+        "numpy",
+        "safetensors",
+        "psutil",
+        "tqdm",
+        "transformers>=4.56",  # umT5 text encoder
+        "diffusers>=0.35",  # Wan VAE (streaming decode)
+        "av>=14",  # PyAV: mp4 output
+        "Pillow",
+        "matplotlib",  # bench / quality plots
+    ],
     extras_require={
         "triton": ["triton>=3.2"],
+        "quant": ["torchao>=0.18"],
+        "modelopt": ["nvidia-modelopt>=0.47"],
         "dev": [
             "pytest>=8",
             "pytest-benchmark",
             "ruff",
-            "diffusers>=0.35",
-            "matplotlib",
+            "peft>=0.13",  # tests: LoRA merge vs the unmerged adapter
+            "torchao>=0.18",
+            "nvidia-modelopt>=0.47",
             "setuptools>=70.1",  # builds wheels without the separate `wheel` package (tests/test_cli.py)
             "triton>=3.2; platform_system == 'Linux'",
         ],

@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["bench", "generate", "roofline", "report"]
+COMMANDS = ["bench", "generate", "roofline", "report", "interactive", "download", "quantize", "quality"]
 
 
 def build_parser() -> argparse.ArgumentParser:
