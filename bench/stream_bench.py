@@ -24,7 +24,7 @@ from arvid.runtime.pipeline import load_model, placeholder_prompt_embeds
 
 from .env import environment
 
-VARIANT_FLAGS = ("graphs", "compile", "fp8kv")
+VARIANT_FLAGS = ("graphs", "stepgraphs", "compile", "fp8kv")
 
 
 def parse_variant(spec: str) -> tuple[str, set[str]]:
@@ -110,7 +110,8 @@ def run_stream_bench(
             m = compiled
         gens[spec] = StreamingGenerator(
             m, stream, latent_size=(p.latent_height, p.latent_width), batch_size=batch_size,
-            backend=backend, cuda_graphs="graphs" in flags,
+            backend=backend, cuda_graphs=bool(flags & {"graphs", "stepgraphs"}),
+            graph_granularity="step" if "stepgraphs" in flags else "chunk",
             kv_cache_dtype=torch.float8_e4m3fn if "fp8kv" in flags else None,
         )  # fmt: skip
     g = torch.Generator().manual_seed(seed)

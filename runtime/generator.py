@@ -77,6 +77,7 @@ class StreamingGenerator:
         batch_size: int = 1,
         backend: str | None = None,
         cuda_graphs: bool = False,
+        graph_granularity: str = "chunk",
         kv_cache_dtype: torch.dtype | None = None,
     ) -> None:
         self.model = model
@@ -109,7 +110,7 @@ class StreamingGenerator:
             raise ValueError(
                 f"backend {self.backend.name!r} keeps host-side state per layer: it cannot be graph-captured"
             )
-        self.runner = ChunkRunner(self, cuda_graphs=cuda_graphs)
+        self.runner = ChunkRunner(self, cuda_graphs=cuda_graphs, granularity=graph_granularity)
 
     # -- input checks ------------------------------------------------------------------------
     def _check_noise(self, noise: torch.Tensor) -> None:

@@ -27,11 +27,22 @@ if TYPE_CHECKING:
 
 
 class ChunkRunner:
-    def __init__(self, gen: StreamingGenerator, *, cuda_graphs: bool = False) -> None:
+    """Runs chunks on static buffers.
+
+    ``granularity="chunk"`` captures a chunk's 5 forwards as one graph; ``"step"`` captures each
+    denoising step (forward, x0, re-noise) and the clean-context update as graphs of their own,
+    replayed in sequence: fewer, larger graphs against smaller ones that share more memory; which
+    is faster is a measurement (``arvid bench`` variants ``+graphs`` and ``+stepgraphs``).
+    """
+
+    def __init__(self, gen: StreamingGenerator, *, cuda_graphs: bool = False, granularity: str = "chunk") -> None:
         if cuda_graphs and gen.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device; the model is on {gen.device}")
+        if granularity not in ("chunk", "step"):
+            raise ValueError(f"graph granularity must be 'chunk' or 'step', got {granularity!r}")
         self.gen = gen
         self.cuda_graphs = cuda_graphs
+        self.granularity = granularity
         cfg, sched = gen.stream_cfg, gen.scheduler
         b, chunk = gen.batch_size, cfg.chunk_frames
         shape = (b, chunk, gen.model.cfg.in_dim, *gen.latent_size)
@@ -39,10 +50,11 @@ class ChunkRunner:
         self.x_in = torch.zeros(shape, device=dev)
         self.renoise = torch.zeros(max(len(sched) - 1, 1), *shape, device=dev)
         self.x0_out = torch.zeros(shape, device=dev)
+        self.x_next = torch.zeros(shape, device=dev)  # the re-noised latents between steps
         self.t_steps = [torch.full((b, chunk), t, device=dev) for t in sched.timesteps]
         self.t_context = torch.full((b, chunk), sched.context_timestep, device=dev)
         self.text_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[tuple[int, int, int], torch.cuda.CUDAGraph] = {}
         self._pool = None
         self.capture_seconds = 0.0  # total time spent warming up + capturing graphs
         self.last_host_ms = 0.0  # host time of the last run_chunk (launch/replay, no sync)
@@ -62,20 +74,26 @@ class ChunkRunner:
             dv.copy_(v)
 
     # -- the chunk ---------------------------------------------------------------------------
-    def _body(self, plan) -> None:
-        """4 denoising forwards + re-noising + the clean-context update; reads and writes static buffers."""
+    def _step(self, plan, si: int) -> None:
+        """Denoising step ``si`` (forward, x0, re-noise), or with ``si == len(scheduler)`` the
+        clean-context update that overwrites the chunk's slots with the K/V of its clean output."""
         gen = self.gen
         model, cache, sched = gen.model, gen.cache, gen.scheduler
         offset = cache.frame_offset(plan)
-        x = x0 = self.x_in
-        for si in range(len(sched)):
-            flow = model(x, self.t_steps[si], self.text_kv, frame_offset=offset, cache=cache, plan=plan)
-            x0 = sched.flow_to_x0(x, flow, sched.sigmas[si])
-            if si + 1 < len(sched):
-                x = sched.add_noise(x0, self.renoise[si], sched.sigmas[si + 1])
-        # Clean-context update: overwrite the chunk's slots with the K/V of its clean output.
-        model(x0, self.t_context, self.text_kv, frame_offset=offset, cache=cache, plan=plan)
+        if si == len(sched):
+            model(self.x0_out, self.t_context, self.text_kv, frame_offset=offset, cache=cache, plan=plan)
+            return
+        x = self.x_in if si == 0 else self.x_next
+        flow = model(x, self.t_steps[si], self.text_kv, frame_offset=offset, cache=cache, plan=plan)
+        x0 = sched.flow_to_x0(x, flow, sched.sigmas[si])
         self.x0_out.copy_(x0)
+        if si + 1 < len(sched):
+            self.x_next.copy_(sched.add_noise(x0, self.renoise[si], sched.sigmas[si + 1]))
+
+    def _body(self, plan) -> None:
+        """The whole chunk: 4 denoising steps + the clean-context update, on static buffers."""
+        for si in range(len(self.gen.scheduler) + 1):
+            self._step(plan, si)
 
     def run_chunk(self, noise: torch.Tensor, renoise: list[torch.Tensor], frame_start: int) -> torch.Tensor:
         """Run one chunk starting at latent frame ``frame_start``; returns the static x0 buffer."""
@@ -87,8 +105,8 @@ class ChunkRunner:
         plan = cache.plan_chunk(frame_start)
         cache.activate(plan)
         if self.cuda_graphs:
-            graph = self.graphs.get(self._key(plan)) or self._capture(self._key(plan), plan)
-            graph.replay()
+            for key in self._keys(plan):
+                (self.graphs.get(key) or self._capture(key, plan)).replay()
         else:
             self._body(plan)
         cache.commit(plan)
@@ -123,27 +141,33 @@ class ChunkRunner:
         for _ in range(self.gen.stream_cfg.slot_chunks + 1):
             plan = cache.plan_chunk(0)
             cache.activate(plan)
-            if self._key(plan) not in self.graphs:
-                self._capture(self._key(plan), plan)
+            for key in self._keys(plan):
+                if key not in self.graphs:
+                    self._capture(key, plan)
             cache.commit(plan)
         cache.reset()
         return time.perf_counter() - t0
 
-    def _key(self, plan) -> tuple[int, int]:
+    def _keys(self, plan) -> list[tuple[int, int, int]]:
+        """(frames, valid length or -1, step or -1) of the graphs that make up this plan's chunk."""
         # A backend reading the valid length on the device needs one graph for all fill states.
-        return plan.num_frames, (-1 if self.gen.backend.kv_len_on_device else plan.kv_len)
+        kv = -1 if self.gen.backend.kv_len_on_device else plan.kv_len
+        if self.granularity == "chunk":
+            return [(plan.num_frames, kv, -1)]
+        return [(plan.num_frames, kv, si) for si in range(len(self.gen.scheduler) + 1)]
 
-    def _capture(self, key: tuple[int, int], plan) -> torch.cuda.CUDAGraph:
+    def _capture(self, key: tuple[int, int, int], plan) -> torch.cuda.CUDAGraph:
         t0 = time.perf_counter()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
+        work = self._body if key[2] < 0 else (lambda p: self._step(p, key[2]))
         with torch.cuda.stream(side):
             for _ in range(2):  # warm-up before capture: autotuning, workspaces, allocator
-                self._body(plan)
+                work(plan)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            self._body(plan)
+            work(plan)
         self._pool = graph.pool()
         self.graphs[key] = graph
         torch.cuda.synchronize()

@@ -12,11 +12,13 @@ TINY = get_preset("tiny")
 HW = (TINY.latent_height, TINY.latent_width)
 
 
-def _generate(model, backend, frames, switches, stream, device="cpu", cuda_graphs=False):
+def _generate(model, backend, frames, switches, stream, device="cpu", cuda_graphs=False, granularity="chunk"):
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(1, frames, 16, *HW, generator=g)
     prompts = [torch.randn(1, 16, 32, generator=g) for _ in range(len(switches) + 1)]
-    gen = StreamingGenerator(model, stream, latent_size=HW, backend=backend, cuda_graphs=cuda_graphs)
+    gen = StreamingGenerator(
+        model, stream, latent_size=HW, backend=backend, cuda_graphs=cuda_graphs, graph_granularity=granularity
+    )
     return gen.generate(noise, prompts, switches, generator=torch.Generator().manual_seed(1)), gen
 
 
@@ -50,13 +52,14 @@ def test_triton_backend_precondition_message(monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("granularity", ["chunk", "step"])
 @pytest.mark.parametrize("backend", ["sdpa", "triton"])
-def test_cuda_graph_replay_matches_eager_static_path(backend):
+def test_cuda_graph_replay_matches_eager_static_path(backend, granularity):
     """Replayed graphs give the latents of the same static code run eagerly (bf16, tiny)."""
     model = build_model(TINY.model, device="cuda", dtype=torch.bfloat16)
     stream = StreamConfig()
     want, _ = _generate(model, backend, 45, (6, 21, 36), stream, device="cuda")
-    out, gen = _generate(model, backend, 45, (6, 21, 36), stream, device="cuda", cuda_graphs=True)
+    out, gen = _generate(model, backend, 45, (6, 21, 36), stream, "cuda", cuda_graphs=True, granularity=granularity)
     assert gen.runner.graphs, "no graph was captured"
     assert torch.allclose(out, want, atol=1e-2, rtol=1e-2), _mismatch(out, want)
 
@@ -78,3 +81,5 @@ def test_cuda_graphs_need_cuda():
         StreamingGenerator(model, latent_size=HW, backend="sdpa", cuda_graphs=True)
     with pytest.raises(ValueError, match="cannot be graph-captured"):
         StreamingGenerator(model, latent_size=HW, backend="eager", cuda_graphs=True)
+    with pytest.raises(ValueError, match="granularity"):
+        StreamingGenerator(model, latent_size=HW, backend="sdpa", graph_granularity="layer")

@@ -14,7 +14,7 @@ def register(sub) -> None:
     add_common_args(p)
     p.add_argument(
         "--backends",
-        help="comma-separated variants, baseline first: BACKEND[+graphs][+compile][+fp8kv], "
+        help="comma-separated variants, baseline first: BACKEND[+graphs|+stepgraphs][+compile][+fp8kv], "
         "e.g. eager,triton,triton+graphs (default: eager + the device's default backend, + graphs on CUDA)",
     )
     p.add_argument("--warmup", type=int, default=2, help="chunks left out of the statistics (default: 2)")
