@@ -109,6 +109,21 @@ def test_cuda_without_cuda_is_a_clear_error(tmp_path, capsys):
     assert "CUDA graphs need a CUDA device" in capsys.readouterr().err
 
 
+def test_generate_from_prompt_embeds(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    emb = tmp_path / "embeds.safetensors"
+    save_file({"embeds": torch.randn(2, 16, 32)}, str(emb))
+    out = tmp_path / "l.safetensors"
+    args = ["generate", "--frames", "12", "--switch-frames", "6", "--quiet", "--out", str(out)]
+    assert main([*args, "--prompt-embeds", str(emb)]) == 0
+    save_file({"other": torch.randn(2, 16, 32)}, str(emb))
+    assert main([*args, "--prompt-embeds", str(emb)]) == 2
+    assert "no tensor named 'embeds'" in capsys.readouterr().err
+    assert main([*args, "--prompt-embeds", str(tmp_path / "missing.safetensors")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
 def test_generate_with_fp8_kv_cache(tmp_path):
     out = tmp_path / "l.safetensors"
     assert main(["generate", "--frames", "12", "--fp8-kv-cache", "--quiet", "--out", str(out)]) == 0

@@ -244,6 +244,24 @@ def run_stream(
     return (torch.cat(chunks, dim=1).contiguous() if keep and chunks else None), seconds
 
 
+def read_prompt_embeds(path: Path) -> list[torch.Tensor]:
+    """``embeds`` ``[P, text_len, text_dim]`` from a .safetensors -> P tensors ``[1, text_len, text_dim]``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise ValueError(f"--prompt-embeds {path} does not exist")
+    try:
+        embeds = load_file(str(path))["embeds"]
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"--prompt-embeds {path}: not a readable .safetensors ({e})") from None
+    except KeyError:
+        raise ValueError(f"--prompt-embeds {path}: no tensor named 'embeds' [P, text_len, text_dim]") from None
+    if embeds.dim() != 3:
+        raise ValueError(f"--prompt-embeds {path}: 'embeds' must be [P, text_len, text_dim], got {tuple(embeds.shape)}")
+    return [e[None] for e in embeds.unbind(0)]
+
+
 def save_latents(path: Path, latents: torch.Tensor, meta: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
@@ -266,7 +284,6 @@ def output_kind(path: Path) -> str:
 
 # -- the command ---------------------------------------------------------------------------------
 def cmd_generate(args) -> int:
-
     out = Path(args.out)
     kind = output_kind(out)
     if args.latents and Path(args.latents).suffix != ".safetensors":
@@ -274,18 +291,13 @@ def cmd_generate(args) -> int:
     stream = stream_config(args)
     frames = latent_frames(args, stream)
     prompts = args.prompt or ["a red fox running through fresh snow"]
-    if len(prompts) != len(args.switch_frames) + 1:
+    if not args.prompt_embeds and len(prompts) != len(args.switch_frames) + 1:
         raise ValueError(f"{len(prompts)} --prompt given, {len(args.switch_frames) + 1} needed for the switch frames")
     comp = load_components(args, need_vae=kind == "video" or bool(args.png_dir), need_text=not args.prompt_embeds)
     frames = frames or comp.preset.default_frames
     if frames <= 0 or frames % stream.chunk_frames:
         raise ValueError(f"--frames {frames} is not a positive multiple of the chunk ({stream.chunk_frames})")
-    if args.prompt_embeds:
-        from safetensors.torch import load_file
-
-        embeds = [e[None] for e in load_file(args.prompt_embeds)["embeds"].unbind(0)]
-    else:
-        embeds = prompt_embeddings(comp, prompts)
+    embeds = read_prompt_embeds(Path(args.prompt_embeds)) if args.prompt_embeds else prompt_embeddings(comp, prompts)
 
     p = comp.preset
     gen = make_generator(comp, stream, args)
@@ -300,7 +312,7 @@ def cmd_generate(args) -> int:
         "seed": str(args.seed),
         "backend": gen.backend.name,
         "switch_frames": ",".join(map(str, args.switch_frames)),
-        "prompts": json.dumps(prompts),
+        "prompts": json.dumps(prompts) if not args.prompt_embeds else f"embeddings from {args.prompt_embeds}",
         "layout": "[B, F, C, H, W]",
     }
     for path in [out] * (kind == "latents") + ([Path(args.latents)] if args.latents else []):
