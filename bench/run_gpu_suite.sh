@@ -26,7 +26,7 @@ run bench_append python3 -m arvid.bench.bench_qk_norm_rope_append --json "$OUT/b
 run roofline arvid roofline --preset wan2.1-t2v-1.3b --gpu h100 --precision all --json "$OUT/roofline.json"
 VARIANTS=eager,sdpa,triton,sdpa+graphs,triton+graphs,triton+stepgraphs,triton+graphs+fp8kv
 [ "$QUICK" = quick ] || VARIANTS=$VARIANTS,triton+graphs+compile
-run stream_bench arvid bench --preset wan2.1-t2v-1.3b --device cuda --backends "$VARIANTS" \
+run stream_bench arvid bench --preset wan2.1-t2v-1.3b --device cuda --backends "$VARIANTS" --vae \
   --frames 36 --warmup 2 --rounds 2 --switch-frames 18 --json "$OUT/stream_bench.json"
 [ "$QUICK" = quick ] || run long_run arvid bench --preset wan2.1-t2v-1.3b --device cuda \
   --backends triton+graphs --frames 960 --warmup 2 --json "$OUT/long_run_960.json"

@@ -4,7 +4,8 @@ What is timed: the DiT work of each chunk (4 denoising forwards + the clean-cont
 the KV re-cache where a prompt switch falls before the chunk), from the chunk's start to its
 latents being ready (CUDA synchronised). CUDA-graph capture (variants with +graphs) happens
 before the first chunk and is reported apart; host time is the launch/replay time per chunk.
-Not timed: text encoding (embeddings are given) and VAE decode (not part of this run). The
+With --vae, each chunk's streaming VAE decode is timed apart (after the DiT's latents are
+ready) and gives the end-to-end FPS. Not timed: text encoding (embeddings are given). The
 first ``warmup`` chunks of every run are left out of the statistics; each variant runs
 ``rounds`` times, the variants interleaved round by round.
 """
@@ -21,6 +22,7 @@ import torch
 
 from arvid.runtime import StreamConfig, StreamingGenerator, get_preset
 from arvid.runtime.pipeline import load_model, placeholder_prompt_embeds
+from arvid.runtime.vae import StreamingVAEDecoder
 
 from .env import environment
 
@@ -49,6 +51,7 @@ class VariantResult:
     host_ms: list[float] = field(default_factory=list)  # host time per timed chunk (launches, no sync)
     memory_bytes_per_chunk: list[int] = field(default_factory=list)  # after each chunk, first round
     capture_seconds: float = 0.0  # CUDA-graph warm-up + capture, before the first chunk
+    vae_ms: list[float] = field(default_factory=list)  # streaming VAE decode per timed chunk (with --vae)
 
     def summary(self, chunk_frames: int) -> dict:
         ms = sorted(self.chunk_ms)
@@ -63,7 +66,27 @@ class VariantResult:
             # Each latent frame decodes to 4 video frames (the video's very first to 1).
             "video_fps_dit_only": 4 * latent_fps,
             "host_ms_p50": statistics.median(self.host_ms) if self.host_ms else None,
+            "vae_ms_p50": statistics.median(self.vae_ms) if self.vae_ms else None,
+            # DiT + VAE decode of the timed (steady-state) chunks: 4 video frames per latent frame.
+            "video_fps_end_to_end": (
+                4 * chunk_frames * len(ms) / ((sum(ms) + sum(self.vae_ms)) / 1000) if self.vae_ms else None
+            ),
         }
+
+
+def _random_vae(preset, device: torch.device, dtype: torch.dtype, seed: int):
+    """A random-weight streaming Wan VAE: the tiny preset's small one, else Wan2.1's structure."""
+    from diffusers import AutoencoderKLWan
+
+    from arvid.runtime.vae import WAN21_VAE_CONFIG, tiny_vae
+
+    if preset.name == "tiny":
+        return tiny_vae(seed=seed, device=device, dtype=dtype)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        with torch.device(device):
+            model = AutoencoderKLWan(**WAN21_VAE_CONFIG)
+    return torch.nn.Module.to(model, dtype=dtype).eval().requires_grad_(False)
 
 
 def _percentile(sorted_ms: list[float], q: float) -> float:
@@ -90,8 +113,13 @@ def run_stream_bench(
     checkpoint: str | None = None,
     stream: StreamConfig | None = None,
     batch_size: int = 1,
+    vae: bool = False,
 ) -> dict:
-    """Run every backend on the same inputs; returns a JSON-ready dict (see ``format_table``)."""
+    """Run every backend on the same inputs; returns a JSON-ready dict (see ``format_table``).
+
+    With ``vae`` every chunk is also decoded by a streaming Wan VAE of the preset's size (random
+    weights: the speed does not depend on them), timed apart, for end-to-end FPS.
+    """
     p = get_preset(preset)
     stream = stream or StreamConfig()
     frames = frames or max(p.default_frames, stream.chunk_frames * (warmup + 8))
@@ -114,6 +142,7 @@ def run_stream_bench(
             graph_granularity="step" if "stepgraphs" in flags else "chunk",
             kv_cache_dtype=torch.float8_e4m3fn if "fp8kv" in flags else None,
         )  # fmt: skip
+    vae_model = _random_vae(p, device, dtype, seed) if vae else None
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(batch_size, frames, p.model.in_dim, p.latent_height, p.latent_width, generator=g)
     prompts = [placeholder_prompt_embeds(f"prompt {i}", p, batch_size) for i in range(len(switch_frames) + 1)]
@@ -134,6 +163,7 @@ def run_stream_bench(
             chunks, peak_rss = [], proc.memory_info().rss
             t0 = time.perf_counter()
             renoise_gen = torch.Generator(device=device).manual_seed(seed + 1)
+            decoder = StreamingVAEDecoder(vae_model) if vae_model is not None else None
             for i, c in enumerate(gen.stream(noise, prompts, switch_frames, generator=renoise_gen)):
                 _sync(device)
                 t1 = time.perf_counter()
@@ -143,6 +173,11 @@ def run_stream_bench(
                 if i >= warmup:
                     res.chunk_ms.append(ms)
                     res.host_ms.append(gen.runner.last_host_ms)
+                if decoder is not None:
+                    decoder.decode(c.latents)
+                    _sync(device)
+                    if i >= warmup:
+                        res.vae_ms.append((time.perf_counter() - t1) * 1000)
                 chunks.append(c.latents.cpu())
                 rss = proc.memory_info().rss
                 peak_rss = max(peak_rss, rss)
@@ -181,6 +216,7 @@ def run_stream_bench(
         "chunks": frames // stream.chunk_frames,
         "warmup_chunks": warmup,
         "rounds": rounds,
+        "vae_decode_timed": vae,
         "switch_frames": list(switch_frames),
         "stream": asdict(stream),
         "model_parameters": n_params,
@@ -189,6 +225,10 @@ def run_stream_bench(
         "environment": environment(device),
         "variants": variants,
     }
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
 
 
 def _mib(n: int | None) -> str:
@@ -206,14 +246,16 @@ def format_table(report: dict) -> str:
         f"CUDA {env['cuda']}, driver {env['driver']}; commit {(env['git_commit'] or 'unknown')[:12]}",
         "",
         "| variant | chunk ms p50 | p90 | host ms p50 | latent frames/s | video FPS (DiT only) | vs baseline "
-        "| first chunk ms | capture s | peak memory MiB | cache MiB | max diff vs baseline |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| first chunk ms | capture s | VAE ms p50 | video FPS end to end | peak memory MiB | cache MiB "
+        "| max diff vs baseline |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for v in report["variants"]:
         lines.append(
             f"| {v['backend']} | {v['chunk_ms_p50']:.2f} | {v['chunk_ms_p90']:.2f} | {v['host_ms_p50']:.2f} "
             f"| {v['latent_fps']:.2f} | {v['video_fps_dit_only']:.2f} | {v['speedup_vs_baseline']:.2f}x "
-            f"| {v['first_chunk_ms']:.1f} | {v['capture_seconds']:.2f} "
+            f"| {v['first_chunk_ms']:.1f} | {v['capture_seconds']:.2f} | {_fmt(v['vae_ms_p50'])} "
+            f"| {_fmt(v['video_fps_end_to_end'])} "
             f"| {_mib(v['peak_memory_bytes'])} ({v['memory_kind']}) | {_mib(v['cache_bytes'])} "
             f"| {v['max_abs_diff_vs_baseline']:.2e} |"
         )

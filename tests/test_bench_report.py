@@ -171,3 +171,16 @@ def test_cli(run_json, tmp_path, capsys):
     other.write_text(json.dumps({"schema": "x"}))
     with pytest.raises(ValueError, match=r"not an arvid\.stream_bench/1 report"):
         load_report(other)
+
+
+def test_vae_decode_is_timed_apart_for_end_to_end_fps():
+    report = run_stream_bench(
+        "tiny", device=torch.device("cpu"), dtype=torch.float32, backends=["sdpa"], frames=9, warmup=1, vae=True
+    )
+    v = report["variants"][0]
+    assert report["vae_decode_timed"] is True
+    assert len(v["vae_ms"]) == 2 and v["vae_ms_p50"] > 0
+    # end to end = 12 video frames per chunk over DiT + VAE time: below the DiT-only rate
+    want = 12 * 2 / ((sum(v["chunk_ms"]) + sum(v["vae_ms"])) / 1000)
+    assert v["video_fps_end_to_end"] == pytest.approx(want)
+    assert v["video_fps_end_to_end"] < v["video_fps_dit_only"]

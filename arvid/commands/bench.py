@@ -20,6 +20,11 @@ def register(sub) -> None:
     p.add_argument("--warmup", type=int, default=2, help="chunks left out of the statistics (default: 2)")
     p.add_argument("--rounds", type=int, default=1, help="times every backend runs, interleaved (default: 1)")
     p.add_argument("--json", help="also write the full report as JSON here")
+    p.add_argument(
+        "--vae",
+        action="store_true",
+        help="also decode every chunk with a random-weight streaming Wan VAE (end-to-end FPS)",
+    )
     p.set_defaults(func=cmd_bench)
 
 
@@ -52,6 +57,7 @@ def cmd_bench(args) -> int:
         seed=args.seed,
         checkpoint=args.checkpoint,
         stream=stream_config(args),
+        vae=args.vae,
     )
     print(format_table(report))
     if args.json:
