@@ -13,6 +13,7 @@ first ``warmup`` chunks of every run are left out of the statistics; each varian
 from __future__ import annotations
 
 import copy
+import gc
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -129,19 +130,25 @@ def run_stream_bench(
         raise ValueError(f"{frames} frames give no timed chunk after {warmup} warm-up chunks")
     model = load_model(p, device=device, dtype=dtype, checkpoint=checkpoint, seed=seed)
     compiled = None
-    gens = {}
-    for spec in backends:
+
+    def make_generator(spec: str) -> StreamingGenerator:
+        # Built per run and freed after it, so a variant's peak memory holds its own cache and
+        # graphs only (a +compile variant keeps one compiled copy of the model for the process).
+        nonlocal compiled
         backend, flags = parse_variant(spec)
         m = model
         if "compile" in flags:  # compiled copy, so the other variants keep running the eager model
             compiled = compiled or copy.deepcopy(model).compile_regions()
             m = compiled
-        gens[spec] = StreamingGenerator(
+        return StreamingGenerator(
             m, stream, latent_size=(p.latent_height, p.latent_width), batch_size=batch_size,
             backend=backend, cuda_graphs=bool(flags & {"graphs", "stepgraphs"}),
             graph_granularity="step" if "stepgraphs" in flags else "chunk",
             kv_cache_dtype=torch.float8_e4m3fn if "fp8kv" in flags else None,
         )  # fmt: skip
+
+    for spec in backends:
+        parse_variant(spec)  # fail on a bad spec before any work
     vae_model = _random_vae(p, device, dtype, seed) if vae else None
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(batch_size, frames, p.model.in_dim, p.latent_height, p.latent_width, generator=g)
@@ -151,15 +158,18 @@ def run_stream_bench(
     proc = psutil.Process()
 
     for r in range(rounds):
-        for b, gen in gens.items():
+        for b in backends:
             res = results[b]
+            gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
+            gen = make_generator(b)
             _sync(device)
-            if gen.runner.cuda_graphs and not gen.runner.graphs:
+            if gen.runner.cuda_graphs:
                 gen.runner.set_prompt(model.text_kv(prompts[0].to(device)))
-                res.capture_seconds = gen.runner.capture_all()
+                capture = gen.runner.capture_all()
+                res.capture_seconds = capture if r == 0 else res.capture_seconds
             chunks, peak_rss = [], proc.memory_info().rss
             t0 = time.perf_counter()
             renoise_gen = torch.Generator(device=device).manual_seed(seed + 1)
@@ -195,6 +205,7 @@ def run_stream_bench(
                 res.peak_memory_bytes = max(res.peak_memory_bytes, peak_rss)
             res.cache_bytes = gen.cache.nbytes
             outputs[b] = torch.cat(chunks, dim=1)
+            del gen
 
     base = backends[0]
     variants = []

@@ -50,7 +50,9 @@ class ChunkRunner:
         self.x_in = torch.zeros(shape, device=dev)
         self.renoise = torch.zeros(max(len(sched) - 1, 1), *shape, device=dev)
         self.x0_out = torch.zeros(shape, device=dev)
-        self.x_next = torch.zeros(shape, device=dev)  # the re-noised latents between steps
+        # Step si reads x_steps[si] and writes x_steps[si + 1]: every step is idempotent, so the
+        # warm-up runs before a capture cannot feed a step its own output.
+        self.x_steps = [self.x_in] + [torch.zeros(shape, device=dev) for _ in range(len(sched) - 1)]
         self.t_steps = [torch.full((b, chunk), t, device=dev) for t in sched.timesteps]
         self.t_context = torch.full((b, chunk), sched.context_timestep, device=dev)
         self.text_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -83,12 +85,12 @@ class ChunkRunner:
         if si == len(sched):
             model(self.x0_out, self.t_context, self.text_kv, frame_offset=offset, cache=cache, plan=plan)
             return
-        x = self.x_in if si == 0 else self.x_next
+        x = self.x_steps[si]
         flow = model(x, self.t_steps[si], self.text_kv, frame_offset=offset, cache=cache, plan=plan)
         x0 = sched.flow_to_x0(x, flow, sched.sigmas[si])
         self.x0_out.copy_(x0)
         if si + 1 < len(sched):
-            self.x_next.copy_(sched.add_noise(x0, self.renoise[si], sched.sigmas[si + 1]))
+            self.x_steps[si + 1].copy_(sched.add_noise(x0, self.renoise[si], sched.sigmas[si + 1]))
 
     def _body(self, plan) -> None:
         """The whole chunk: 4 denoising steps + the clean-context update, on static buffers."""
@@ -126,6 +128,7 @@ class ChunkRunner:
         cache.commit(plan)
 
     # -- capture -----------------------------------------------------------------------------
+    @torch.no_grad()
     def capture_all(self) -> float:
         """Capture the graph of every fill state and the steady state up front; returns seconds.
 

@@ -78,6 +78,9 @@ class RingKVCache:
         # FP8: one float32 dequantization scale per token and head (x ~= x8 * scale).
         self.k_scale = self.v_scale = None
         if kv_dtype == torch.float8_e4m3fn:
+            dev = torch.device(device)
+            if backend.name == "triton" and dev.type == "cuda" and torch.cuda.get_device_capability(dev) < (8, 9):
+                raise ValueError("an FP8 KV cache with the triton backend needs an sm_89+ GPU (Ada, Hopper, Blackwell)")
             self.k_scale = torch.ones(shape[:-1], device=device, dtype=torch.float32)
             self.v_scale = torch.ones(shape[:-1], device=device, dtype=torch.float32)
         # The plan as device scalars at fixed addresses: kernels and captured graphs read these,

@@ -155,7 +155,7 @@ class WanAttentionBlock(nn.Module):
     ) -> torch.Tensor:
         """``x`` ``[B, L, dim]`` float32 residual stream; ``e`` ``[B, F, 6, dim]`` float32 per-frame modulation."""
         b, n, d = x.shape
-        wdtype = self.ffn[0].weight.dtype
+        wdtype = self.modulation.dtype  # model dtype; reading a quantized Linear's weight would dequantize it
         mod = (self.modulation.float().unsqueeze(1) + e).unbind(2)  # 6 x [B, F, dim]
         shift1, scale1, gate1, shift2, scale2, gate2 = (m.unsqueeze(2) for m in mod)  # [B, F, 1, dim]
 
@@ -183,7 +183,7 @@ class WanHead(nn.Module):
         b, n, d = x.shape
         shift, scale = (self.modulation.float().unsqueeze(1) + e.unsqueeze(2)).unbind(2)  # [B, F, dim]
         h = self.norm(x).view(b, frames, n // frames, d) * (1 + scale.unsqueeze(2)) + shift.unsqueeze(2)
-        return self.head(h.view(b, n, d).to(self.head.weight.dtype))
+        return self.head(h.view(b, n, d).to(self.modulation.dtype))
 
 
 class CausalWanModel(nn.Module):

@@ -112,9 +112,11 @@ class VideoWriter:
         try:
             for packet in self._stream.encode(None):
                 self._container.mux(packet)
-        finally:
-            self._container.close()
-            self._container = None
+        except BaseException:
+            self.abort()  # a file that could not be finalized is not passed off as a video
+            raise
+        self._container.close()
+        self._container = None
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:

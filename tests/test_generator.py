@@ -229,3 +229,23 @@ def test_static_buffers_keep_their_addresses_across_chunks_and_switches(model):
         now += [t.data_ptr() for t in gen.cache.plan_tensors.values()]
         assert ptrs is None or now == ptrs
         ptrs = now
+
+
+@pytest.mark.parametrize("granularity", ["chunk", "step"])
+def test_chunk_work_is_idempotent_for_graph_warmup(model, granularity):
+    """A capture runs the work twice to warm up before the replay: running a chunk's body (or each
+    step) again on the same static buffers must give the same result."""
+    gen = StreamingGenerator(model, latent_size=HW, backend="sdpa", graph_granularity=granularity)
+    runner, cache = gen.runner, gen.cache
+    noise, embeds = _inputs(3)
+    runner.set_prompt(model.text_kv(embeds[0]))
+    runner.x_in.copy_(noise)
+    runner.renoise.normal_(generator=torch.Generator().manual_seed(2))
+    plan = cache.plan_chunk(0)
+    cache.activate(plan)
+    runner._body(plan)  # the plain run
+    once = runner.x0_out.clone()
+    for key in runner._keys(plan):
+        for _ in range(3):  # each graph's work runs twice to warm up, then once more captured/replayed
+            runner._body(plan) if key[2] < 0 else runner._step(plan, key[2])
+    assert torch.equal(runner.x0_out, once)
