@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from _builders import diffusers_wan_transformer
 from safetensors.torch import save_file
 
 from arvid.runtime import build_model, get_preset
@@ -84,22 +85,7 @@ def test_wan_config_defaults_and_required_keys(tmp_path):
 
 
 def test_diffusers_layout(tmp_path):
-    diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    ref = diffusers.WanTransformer3DModel(
-        patch_size=CFG.patch_size,
-        num_attention_heads=CFG.num_heads,
-        attention_head_dim=CFG.head_dim,
-        in_channels=CFG.in_dim,
-        out_channels=CFG.out_dim,
-        text_dim=CFG.text_dim,
-        freq_dim=CFG.freq_dim,
-        ffn_dim=CFG.ffn_dim,
-        num_layers=CFG.num_layers,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=CFG.eps,
-    ).eval()
+    ref = diffusers_wan_transformer(CFG)
     ref.save_pretrained(str(tmp_path / "transformer"))
     assert find_model_files(tmp_path).layout == "diffusers"
     model = load_dit(model_dir=tmp_path, config=None)

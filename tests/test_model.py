@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from _builders import diffusers_wan_transformer
 
 from arvid.runtime import build_model, get_preset
 from arvid.runtime.checkpoint import diffusers_to_wan_state_dict
@@ -11,28 +12,7 @@ TINY = get_preset("tiny")
 
 
 def _diffusers_model(cfg):
-    diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    model = diffusers.WanTransformer3DModel(
-        patch_size=cfg.patch_size,
-        num_attention_heads=cfg.num_heads,
-        attention_head_dim=cfg.head_dim,
-        in_channels=cfg.in_dim,
-        out_channels=cfg.out_dim,
-        text_dim=cfg.text_dim,
-        freq_dim=cfg.freq_dim,
-        ffn_dim=cfg.ffn_dim,
-        num_layers=cfg.num_layers,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=cfg.eps,
-    ).eval()
-    # diffusers initialises biases / norms to constants; randomise everything so a swapped or
-    # dropped weight cannot hide behind a zero or a one.
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p) * (0.3 if p.dim() <= 1 else 1.0 / max(p[0].numel(), 1) ** 0.5))
-    return model
+    return diffusers_wan_transformer(cfg, randomize=True)
 
 
 def _arvid_from_diffusers(ref):
