@@ -27,7 +27,6 @@ import torch
 
 from arvid.bench.bench_sink_window_attention import (
     CACHE_TOKENS,
-    DTYPES,
     FRAME_GRID,
     TOKENS_PER_FRAME,
     Row,
@@ -45,6 +44,7 @@ from arvid.kernels.qk_norm_rope_append import (
 )
 from arvid.kernels.rope_3d import apply_rope_3d_ref, rope_3d_cos_sin, rope_3d_tables
 from arvid.kernels.sink_window_attention import sink_window_attention_with_kv_cache, warmup_sink_window_attention
+from arvid.runtime.pipeline import DTYPES
 
 ROPE_POSITIONS = 1024
 

@@ -39,6 +39,7 @@ from arvid.kernels.sink_window_attention import (
     sink_window_attention_with_kv_cache,
     warmup_sink_window_attention,
 )
+from arvid.runtime.pipeline import DTYPES
 
 TOKENS_PER_FRAME = 1560  # 30 x 52 latent patches at 832 x 480
 FRAME_GRID = (30, 52)
@@ -308,9 +309,6 @@ def _append_row(shape, heads, head_dim, dtype, device, args, attn_row: Row | Non
     except Exception as exc:
         row.note = _short_error(exc)
     return row
-
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

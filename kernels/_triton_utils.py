@@ -18,6 +18,21 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+# Dtypes the kernels take: 16/32-bit activations; an e4m3 cache where this torch has the type.
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn",) if hasattr(torch, n))
+
+
+def import_triton():
+    """``(triton, triton.language)``, or ``(None, None)`` where Triton does not import."""
+    try:
+        import triton
+        import triton.language as tl
+    except Exception:  # ImportError, or a broken install raising something else
+        return None, None
+    return triton, tl
+
+
 @functools.cache
 def _triton_import_error() -> str | None:
     try:

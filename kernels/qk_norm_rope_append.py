@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import torch
 
-from ._triton_utils import check_kernel_device, interpreting, next_power_of_2, require_triton
+from ._triton_utils import (
+    FLOAT_DTYPES,
+    FP8_DTYPES,
+    check_kernel_device,
+    import_triton,
+    interpreting,
+    next_power_of_2,
+    require_triton,
+)
 from .rope_3d import apply_rope_3d_ref, rope_3d_cos_sin, rope_3d_split
 
-try:  # Triton is optional: the reference must import and run without it.
-    import triton
-    import triton.language as tl
-except Exception:  # pragma: no cover - exercised only on machines without triton
-    triton = None
-    tl = None
+triton, tl = import_triton()  # optional: the reference must import and run without it
 
 __all__ = [
     "FP8_E4M3_MAX",
@@ -43,8 +46,6 @@ __all__ = [
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 FP8_E4M3_MAX = 448.0  # largest finite float8_e4m3fn
 FP8_SCALE_MIN = 1e-12  # floor of the per token-head scale, so an all-zero head does not divide by 0
-_FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn",) if hasattr(torch, n))
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 # ----------------------------------------------------------------------------------------
@@ -63,7 +64,7 @@ def _check_inputs(
             raise ValueError(f"{name}: {n} must be a 4-D tensor [B, L, H, D], got {getattr(t, 'shape', type(t))}")
     if not (q.shape == k.shape == v.shape):
         raise ValueError(f"{name}: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} must share a shape")
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in _FLOAT_DTYPES:
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in FLOAT_DTYPES:
         raise ValueError(
             f"{name}: q, k, v must share a float16/bfloat16/float32 dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
         )
@@ -77,7 +78,7 @@ def _check_inputs(
     if f * hp * wp != seq:
         raise ValueError(f"{name}: grid_sizes {(f, hp, wp)} hold {f * hp * wp} tokens but q has L={seq}")
     for t, n in ((norm_q_weight, "norm_q_weight"), (norm_k_weight, "norm_k_weight")):
-        if t.dim() != 1 or t.shape[0] != h * d or t.dtype not in _FLOAT_DTYPES:
+        if t.dim() != 1 or t.shape[0] != h * d or t.dtype not in FLOAT_DTYPES:
             raise ValueError(f"{name}: {n} must be a float vector of H*D={h * d}, got {t.dtype} {tuple(t.shape)}")
     for t, n in ((rope_cos, "rope_cos"), (rope_sin, "rope_sin")):
         if t.dim() != 2 or t.shape[1] != d // 2 or t.dtype != torch.float32:
@@ -96,7 +97,7 @@ def _check_inputs(
         raise ValueError(f"{name}: the cache is [B={bc}, S, H={hc}, D={dc}] but q is [B={b}, L, H={h}, D={d}]")
     if seq > s:
         raise ValueError(f"{name}: L={seq} tokens do not fit a cache of S={s} slots")
-    is_fp8 = k_cache.dtype in _FP8_DTYPES
+    is_fp8 = k_cache.dtype in FP8_DTYPES
     if (k_scale is None) != (v_scale is None):
         raise ValueError(f"{name}: give both k_scale and v_scale, or neither")
     if is_fp8:
@@ -107,7 +108,7 @@ def _check_inputs(
                 raise ValueError(f"{name}: {n} must be float32 [B={b}, S={s}, H={h}], got {t.dtype} {tuple(t.shape)}")
     elif k_scale is not None:
         raise ValueError(f"{name}: k_scale/v_scale are only for a float8_e4m3fn cache, the cache is {k_cache.dtype}")
-    elif k_cache.dtype not in _FLOAT_DTYPES:
+    elif k_cache.dtype not in FLOAT_DTYPES:
         raise ValueError(f"{name}: unsupported cache dtype {k_cache.dtype}")
     for t, n in ((write_start, "write_start"), (frame_offset, "frame_offset")):
         if not isinstance(t, torch.Tensor) or t.dtype != torch.int32 or tuple(t.shape) != (1,):

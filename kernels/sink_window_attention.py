@@ -27,19 +27,17 @@ import math
 import torch
 
 from ._triton_utils import (
+    FLOAT_DTYPES,
+    FP8_DTYPES,
     check_kernel_device,
+    import_triton,
     interpreting,
     max_shared_memory,
     next_power_of_2,
     require_triton,
 )
 
-try:  # Triton is optional: the reference must import and run without it.
-    import triton
-    import triton.language as tl
-except Exception:  # pragma: no cover - exercised only on machines without triton
-    triton = None
-    tl = None
+triton, tl = import_triton()  # optional: the reference must import and run without it
 
 __all__ = [
     "SUPPORTED_HEAD_DIMS",
@@ -50,8 +48,6 @@ __all__ = [
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 _LOG2E = 1.4426950408889634
-_FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn",) if hasattr(torch, n))
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 # ----------------------------------------------------------------------------------------
@@ -80,11 +76,11 @@ def _check_inputs(
         raise ValueError(f"{name}: q is [B={b}, Lq, H={h}, D] but the cache is [B={bk}, S, H={hk}, D]")
     if dk != d:
         raise ValueError(f"{name}: head dim mismatch: q has D={d}, the cache D={dk}")
-    if q.dtype not in _FLOAT_DTYPES:
+    if q.dtype not in FLOAT_DTYPES:
         raise ValueError(f"{name}: q must be float16, bfloat16 or float32, got {q.dtype}")
     if k_cache.dtype != v_cache.dtype:
         raise ValueError(f"{name}: k_cache ({k_cache.dtype}) and v_cache ({v_cache.dtype}) dtypes differ")
-    is_fp8 = k_cache.dtype in _FP8_DTYPES
+    is_fp8 = k_cache.dtype in FP8_DTYPES
     if (k_scale is None) != (v_scale is None):
         raise ValueError(f"{name}: give both k_scale and v_scale, or neither")
     if is_fp8:
