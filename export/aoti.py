@@ -1,0 +1,338 @@
+"""AOTInductor packages of the exported chunk step, and the ``aoti`` executor built on them.
+
+``torch.export.export(strict=False)`` of a graph of :mod:`arvid.export.graphs` (the one graph
+definition every exporter shares), then ``torch._inductor.aoti_compile_and_package`` gives a
+``.pt2`` package: C++ kernels on the CPU, Triton kernels on CUDA. The package loads in Python
+(``torch._inductor.aoti_load_package``) and in libtorch C++ (``AOTIModelPackageLoader``, used by
+the native streamer ``arvid-stream`` under ``native/``).
+
+One output directory holds one graph kind and its ``export.json`` manifest:
+
+- ``step``: one DiT forward over a chunk (``step_f3.pt2``); the host runs it 5 times per chunk.
+- ``chunk``: the whole chunk (4 denoising steps, re-noise, clean-context pass; ``chunk_f3.pt2``).
+- ``recache``: the re-cache forwards at a prompt switch, one package per span length
+  (``recache_f{n}.pt2``; by default every length the stream settings can ask for).
+
+The manifest is written last and atomically; its ``key`` covers everything that decides the
+packages (graph, frames, configs, weight hash, shapes, device, versions), so an export whose key
+matches the directory's reuses it: the compile (tens of seconds per package on a CPU) runs once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from arvid.runtime.config import StreamConfig
+
+FORMAT = "aoti"
+MANIFEST_NAME = "export.json"
+GRAPH_KINDS = ("step", "chunk", "recache")
+
+
+# -- manifest ----------------------------------------------------------------------------------
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, torch.dtype):
+        return str(obj).removeprefix("torch.")
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def spec_json(spec: Any) -> dict:
+    """A ``GraphSpec`` as JSON: name, inputs/outputs as ``{"name", "shape", "dtype"}``, meta."""
+
+    def tensors(items):
+        return [{"name": t.name, "shape": [int(s) for s in t.shape], "dtype": _jsonable(t.dtype)} for t in items]
+
+    return {
+        "name": spec.name,
+        "inputs": tensors(spec.inputs),
+        "outputs": tensors(spec.outputs),
+        "meta": _jsonable(getattr(spec, "meta", None) or {}),
+    }
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 over the state dict in name order: name, dtype, shape and raw bytes of each tensor."""
+    h = hashlib.sha256()
+    sd = model.state_dict()
+    for name in sorted(sd):
+        t = sd[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{tuple(t.shape)}".encode())
+        if t.numel():
+            h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    out: dict[str, str | None] = {"python": platform.python_version(), "torch": torch.__version__}
+    try:
+        out["arvid"] = metadata.version("arvid")
+    except metadata.PackageNotFoundError:
+        out["arvid"] = None
+    out["cuda"] = torch.version.cuda
+    return out
+
+
+def _device_info(device: torch.device) -> dict[str, str]:
+    info = {"device": str(device)}
+    if device.type == "cuda":
+        info["name"] = torch.cuda.get_device_name(device)
+        info["capability"] = "{}.{}".format(*torch.cuda.get_device_capability(device))
+    else:
+        info["name"] = platform.processor() or platform.machine()
+    return info
+
+
+def _key(parts: dict) -> str:
+    blob = json.dumps(_jsonable(parts), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def read_manifest(out_dir: str | Path) -> dict:
+    """``out_dir/export.json`` of an AOTInductor export; one-line ``ValueError`` when it is not one."""
+    path = Path(out_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise ValueError(f"no export manifest at {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a valid export manifest ({e})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"{path}: not an AOTInductor export (format is {data.get('format')!r}, want {FORMAT!r})")
+    for field in ("graph", "packages", "spec", "key", "device", "weights_sha256"):
+        if field not in data:
+            raise ValueError(f"{path}: manifest has no {field!r}")
+    return data
+
+
+def default_recache_frames(stream: StreamConfig) -> list[int]:
+    """Every re-cache span length the stream settings can ask for (``RingKVCache.plan_recache``)."""
+    c = stream.chunk_frames
+    frames = set(range(c, stream.attention_frames + 1, c))  # rebuild from min(attention_frames, s) frames
+    if stream.global_sink:
+        frames.add(stream.window_frames)
+    return sorted(frames)
+
+
+# -- export ------------------------------------------------------------------------------------
+def _graph_frames(graph: str, stream: StreamConfig, recache_frames: Sequence[int] | None) -> list[int]:
+    if graph not in GRAPH_KINDS:
+        raise ValueError(f"unknown graph {graph!r}; choose one of {', '.join(GRAPH_KINDS)}")
+    if graph != "recache":
+        return [stream.chunk_frames]
+    frames = sorted(set(recache_frames or default_recache_frames(stream)))
+    for f in frames:
+        if f <= 0 or f % stream.chunk_frames or f > stream.attention_frames:
+            raise ValueError(
+                f"re-cache span {f} must be a multiple of the chunk ({stream.chunk_frames}) "
+                f"in [{stream.chunk_frames}, {stream.attention_frames}]"
+            )
+    return frames
+
+
+def export_aoti(
+    model: torch.nn.Module,
+    *,
+    graph: str,
+    stream: StreamConfig,
+    latent_size: tuple[int, int],
+    out_dir: str | Path,
+    batch_size: int = 1,
+    rope_positions: int | None = None,
+    recache_frames: Sequence[int] | None = None,
+    reuse: bool = True,
+    log=None,
+) -> dict:
+    """Export ``graph`` (``step``, ``chunk`` or ``recache``) as ``.pt2`` packages plus ``export.json``.
+
+    Returns the manifest. With ``reuse`` a directory whose manifest has the same key is kept as is.
+    Parity with the eager graph on its example inputs is measured after each compile and recorded.
+    """
+    from arvid.export.graphs import build_graph
+
+    out_dir = Path(out_dir)
+    frames = _graph_frames(graph, stream, recache_frames)
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    rope_positions = int(rope_positions or model.cfg.rope_max_positions)
+    weights = weights_sha256(model)
+    key_parts = {
+        "format": FORMAT,
+        "graph": graph,
+        "frames": frames,
+        "model_config": model.cfg,
+        "stream_config": stream,
+        "weights_sha256": weights,
+        "latent_size": list(latent_size),
+        "batch_size": batch_size,
+        "rope_positions": rope_positions,
+        "dtype": dtype,
+        "device": device.type,
+        "torch": torch.__version__,
+    }
+    key = _key(key_parts)
+    if reuse:
+        try:
+            old = read_manifest(out_dir)
+        except ValueError:
+            old = None
+        if old is not None and old["key"] == key and all((out_dir / p["file"]).is_file() for p in old["packages"]):
+            return old
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)  # the manifest's presence means "export finished"
+    packages, parity, spec = [], {}, None
+    for f in frames:
+        g = build_graph(
+            graph, model, stream=stream, latent_size=latent_size, batch_size=batch_size,
+            num_frames=f, rope_positions=rope_positions,
+        )  # fmt: skip
+        args = g.example_inputs()
+        name = f"{graph}_f{f}.pt2"
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            ref = g(*args)
+            ep = torch.export.export(g, args, strict=False)
+            t1 = time.perf_counter()
+            with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+                built = torch._inductor.aoti_compile_and_package(ep, package_path=str(Path(tmp) / name))
+                t2 = time.perf_counter()
+                runner = torch._inductor.aoti_load_package(built)
+                got = runner(*args)
+                os.replace(built, out_dir / name)
+        diff = max((a.float() - b.float()).abs().max().item() for a, b in zip(got, ref, strict=True))
+        s = g.spec()
+        spec = spec or spec_json(s)
+        packages.append(
+            {"file": name, "num_frames": f, "spec": spec_json(s), "export_s": round(t1 - t0, 3),
+             "compile_s": round(t2 - t1, 3)}
+        )  # fmt: skip
+        parity[name] = {"max_abs_diff": diff, "vs": "eager graph on its example inputs"}
+        if log:
+            log(f"{name}: export {t1 - t0:.1f} s, compile {t2 - t1:.1f} s, max |aoti - eager| {diff:.2e}")
+    manifest = {
+        "format": FORMAT,
+        "graph": graph,
+        "spec": spec,
+        "model_config": _jsonable(model.cfg),
+        "stream_config": _jsonable(stream),
+        "weights_sha256": weights,
+        "versions": _versions(),
+        "device": _device_info(device),
+        "parity": parity,
+        "rope_positions": rope_positions,
+        "key": key,
+        "artifact": [p["file"] for p in packages],
+        "packages": packages,
+        "latent_size": list(latent_size),
+        "batch_size": batch_size,
+        "dtype": _jsonable(dtype),
+    }
+    tmp = out_dir / f".{MANIFEST_NAME}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, out_dir / MANIFEST_NAME)
+    return manifest
+
+
+def export_stream_packages(
+    model: torch.nn.Module,
+    *,
+    stream: StreamConfig,
+    latent_size: tuple[int, int],
+    cache_dir: str | Path,
+    batch_size: int = 1,
+    rope_positions: int | None = None,
+    graph: str = "step",
+    recache_frames: Sequence[int] | None = None,
+    log=None,
+) -> list[Path]:
+    """The packages a whole stream needs (``step`` or ``chunk``, plus ``recache``), each in
+    ``cache_dir/<graph>`` and reused when its key matches; returns the directories."""
+    cache_dir = Path(cache_dir)
+    dirs = []
+    for kind in (graph, "recache"):
+        d = cache_dir / kind
+        export_aoti(
+            model, graph=kind, stream=stream, latent_size=latent_size, out_dir=d, batch_size=batch_size,
+            rope_positions=rope_positions, recache_frames=recache_frames, log=log,
+        )  # fmt: skip
+        dirs.append(d)
+    return dirs
+
+
+# -- load --------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class AotiGraphs:
+    """Loaded packages of one or more export directories: callables in the spec's input order."""
+
+    manifests: list[dict]
+    step: Any = None
+    chunk: Any = None
+    recache: dict[int, Any] = dataclasses.field(default_factory=dict)
+
+
+def _load_one(path: Path, device: torch.device):
+    if not path.is_file():
+        raise ValueError(f"package {path} is missing")
+    try:
+        kwargs = {"device_index": device.index if device.index is not None else 0} if device.type == "cuda" else {}
+        return torch._inductor.aoti_load_package(str(path), **kwargs)
+    except Exception as e:  # a truncated zip, a foreign file, a package of another torch: one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"package {path} is corrupt or not an AOTInductor package ({first[:200]})") from None
+
+
+def load_package(
+    dirs: str | Path | Sequence[str | Path],
+    *,
+    device: torch.device | str | None = None,
+    expect: dict[str, Any] | None = None,
+) -> AotiGraphs:
+    """Load the packages of export directories, refusing with one clear line a manifest made for
+    another device, or whose fields differ from ``expect`` (e.g. ``weights_sha256``,
+    ``model_config``, ``latent_size``, ``batch_size``), or a corrupt package."""
+    dirs = [dirs] if isinstance(dirs, (str, Path)) else list(dirs)
+    out = AotiGraphs(manifests=[])
+    for d in map(Path, dirs):
+        m = read_manifest(d)
+        built = torch.device(m["device"]["device"])
+        if device is not None and torch.device(device).type != built.type:
+            raise ValueError(
+                f"{d}: the packages were built for {built.type}, this run is on {torch.device(device).type}; "
+                f"export them on a {torch.device(device).type} machine"
+            )
+        for field, want in (expect or {}).items():
+            have = m.get(field)
+            if _jsonable(want) != have:
+                raise ValueError(f"{d}: manifest {field} is {have!r}, this run needs {_jsonable(want)!r}")
+        run_dev = torch.device(device) if device is not None else built
+        for p in m["packages"]:
+            fn = _load_one(d / p["file"], run_dev)
+            if m["graph"] == "step":
+                out.step = fn
+            elif m["graph"] == "chunk":
+                out.chunk = fn
+            else:
+                out.recache[int(p["num_frames"])] = fn
+        out.manifests.append(m)
+    return out
