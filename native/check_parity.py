@@ -96,8 +96,17 @@ def main(argv=None) -> int:
     in_path = args.work / "inputs.safetensors"
     save_file({k: v for k, v in inputs.items() if not k.startswith("_")}, str(in_path))
     worst = 0.0
+    refs = {gs: reference(model, inputs, gs) for gs in (True, False)}
+    # The settings differ only after the switch past the first window: they must differ there, or
+    # this check could not tell a streamer that ignores global_sink from a right one.
+    split = (refs[True] - refs[False]).abs()
+    print(f"reference: max |global_sink true - false| before frame {SWITCHES[1]}: "
+          f"{split[:, : SWITCHES[1]].max().item():.3e}, after: {split[:, SWITCHES[1] :].max().item():.3e}")  # fmt: skip
+    if split[:, SWITCHES[1] :].max().item() < 1e-3:
+        print("FAIL: the two global_sink settings give the same latents; the check would be blind")
+        return 1
     for gs in (True, False):
-        ref = reference(model, inputs, gs)
+        ref = refs[gs]
         got, chunk_ms, _ = run_stream(args.stream, dirs, in_path, args.work / f"latents_gs{int(gs)}.safetensors", gs)
         if got.shape != ref.shape:
             print(f"global_sink={gs}: shape {tuple(got.shape)} != {tuple(ref.shape)}")

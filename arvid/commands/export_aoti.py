@@ -1,0 +1,51 @@
+"""``arvid export aoti``: AOTInductor ``.pt2`` packages of the chunk step plus ``export.json``.
+
+``register_aoti(subparsers)`` adds the ``aoti`` subcommand to the ``arvid export`` group.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ._common import add_common_args, int_list, stream_config
+
+
+def register_aoti(sub) -> None:
+    from .generate import add_model_args
+
+    p = sub.add_parser("aoti", help="AOTInductor .pt2 packages of the step / chunk / re-cache graphs + export.json")
+    add_common_args(p)
+    add_model_args(p)
+    p.add_argument("--graph", required=True, choices=["step", "chunk", "recache"], help="which graph to export")
+    p.add_argument(
+        "--recache-frames",
+        type=int_list,
+        help="with --graph recache: the span lengths to export, e.g. 9,12 (default: every one the stream can need)",
+    )
+    p.add_argument("--rope-positions", type=int, help="RoPE table rows baked in (default: the model's, 1024)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--force", action="store_true", help="rebuild even when the directory's manifest key matches")
+    p.add_argument("--out", required=True, type=Path, help="output directory (packages + export.json)")
+    p.set_defaults(func=cmd_export_aoti)
+
+
+def cmd_export_aoti(args) -> int:
+    from arvid.export.aoti import export_aoti
+
+    from .generate import load_components
+
+    if args.recache_frames and args.graph != "recache":
+        raise ValueError("--recache-frames only applies to --graph recache")
+    comp = load_components(args, need_vae=False, need_text=False)
+    p = comp.preset
+    t0 = time.perf_counter()
+    m = export_aoti(
+        comp.model, graph=args.graph, stream=stream_config(args), latent_size=(p.latent_height, p.latent_width),
+        out_dir=args.out, batch_size=args.batch_size, rope_positions=args.rope_positions,
+        recache_frames=args.recache_frames, reuse=not args.force, log=print,
+    )  # fmt: skip
+    took = time.perf_counter() - t0
+    files = ", ".join(pk["file"] for pk in m["packages"])
+    print(f"{args.out}: {files} + export.json ({m['device']['device']}, key {m['key']}; {took:.1f} s)")
+    return 0
