@@ -336,3 +336,33 @@ def load_package(
                 out.recache[int(p["num_frames"])] = fn
         out.manifests.append(m)
     return out
+
+
+# -- inputs of the native streamer ---------------------------------------------------------------
+def stream_inputs(
+    model: torch.nn.Module,
+    prompt_embeds: Sequence[torch.Tensor],
+    *,
+    stream: StreamConfig,
+    noise: torch.Tensor,
+    renoise: torch.Tensor,
+    switch_frames: Sequence[int] = (),
+) -> dict[str, torch.Tensor]:
+    """The tensors ``arvid-stream --inputs`` reads: noise, renoise, the prompts' cross-attention
+    K/V ``text_k/text_v [P, L, B, H, Lt, D]`` (computed here, so the C++ side needs no text path)
+    and ``switch_frames``. Save with ``safetensors.torch.save_file``."""
+    from arvid.runtime import validate_schedule
+
+    switches = validate_schedule(noise.shape[1], len(prompt_embeds), switch_frames, stream.chunk_frames)
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        kvs = [model.text_kv(e.to(dev)) for e in prompt_embeds]
+    text_k = torch.stack([torch.stack([k for k, _ in kv]) for kv in kvs]).cpu().contiguous()
+    text_v = torch.stack([torch.stack([v for _, v in kv]) for kv in kvs]).cpu().contiguous()
+    return {
+        "noise": noise.float().cpu().contiguous(),
+        "renoise": renoise.float().cpu().contiguous(),
+        "text_k": text_k,
+        "text_v": text_v,
+        "switch_frames": torch.tensor(switches, dtype=torch.int64),
+    }

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from arvid.export.aoti import export_stream_packages
+from arvid.export.aoti import export_stream_packages, stream_inputs
 from arvid.runtime import StreamConfig, StreamingGenerator, build_model, get_preset
 
 TOL = 1e-5
@@ -53,14 +53,8 @@ def parity_inputs(model) -> dict[str, torch.Tensor]:
     chunks, steps = FRAMES // cfg.chunk_frames, len(cfg.denoising_steps)
     renoise = torch.randn(chunks, steps - 1, 1, cfg.chunk_frames, *shape[2:], generator=g)
     prompts = [torch.randn(1, p.model.text_len, p.model.text_dim, generator=g) for _ in range(PROMPTS)]
-    with torch.no_grad():
-        kvs = [model.text_kv(e) for e in prompts]
-    text_k = torch.stack([torch.stack([k for k, _ in kv]) for kv in kvs])  # [P, L, B, H, Lt, D]
-    text_v = torch.stack([torch.stack([v for _, v in kv]) for kv in kvs])
-    return {
-        "noise": noise, "renoise": renoise, "text_k": text_k.contiguous(), "text_v": text_v.contiguous(),
-        "switch_frames": torch.tensor(SWITCHES, dtype=torch.int64), "_prompts": torch.stack(prompts),
-    }  # fmt: skip
+    inputs = stream_inputs(model, prompts, stream=cfg, noise=noise, renoise=renoise, switch_frames=SWITCHES)
+    return {**inputs, "_prompts": torch.stack(prompts)}
 
 
 def reference(model, inputs, global_sink: bool) -> torch.Tensor:

@@ -27,6 +27,12 @@ def register_aoti(sub) -> None:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--force", action="store_true", help="rebuild even when the directory's manifest key matches")
     p.add_argument("--out", required=True, type=Path, help="output directory (packages + export.json)")
+    p.add_argument(
+        "--example-inputs",
+        type=Path,
+        help="also write an arvid-stream --inputs file (.safetensors): seeded noise, re-noise and the text K/V "
+        "of random prompt embeddings, for --frames (default: the preset's) and --switch-frames",
+    )
     p.set_defaults(func=cmd_export_aoti)
 
 
@@ -48,4 +54,33 @@ def cmd_export_aoti(args) -> int:
     took = time.perf_counter() - t0
     files = ", ".join(pk["file"] for pk in m["packages"])
     print(f"{args.out}: {files} + export.json ({m['device']['device']}, key {m['key']}; {took:.1f} s)")
+    if args.example_inputs:
+        write_example_inputs(args, comp)
     return 0
+
+
+def write_example_inputs(args, comp) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from arvid.export.aoti import stream_inputs
+
+    from ._common import atomic_write
+
+    p, stream = comp.preset, stream_config(args)
+    frames = args.frames or p.default_frames
+    if frames <= 0 or frames % stream.chunk_frames:
+        raise ValueError(f"--frames {frames} is not a positive multiple of the chunk ({stream.chunk_frames})")
+    g = torch.Generator().manual_seed(args.seed)
+    c, cfg = comp.model.cfg, stream
+    noise = torch.randn(args.batch_size, frames, c.in_dim, p.latent_height, p.latent_width, generator=g)
+    chunks, steps = frames // cfg.chunk_frames, len(cfg.denoising_steps)
+    renoise = torch.randn(chunks, steps - 1, args.batch_size, cfg.chunk_frames, *noise.shape[2:], generator=g)
+    embeds = [
+        torch.randn(args.batch_size, c.text_len, c.text_dim, generator=g) for _ in range(len(args.switch_frames) + 1)
+    ]
+    tensors = stream_inputs(comp.model, embeds, stream=cfg, noise=noise, renoise=renoise,
+                            switch_frames=args.switch_frames)  # fmt: skip
+    atomic_write(args.example_inputs, lambda tmp: save_file(tensors, str(tmp)))
+    switches = list(args.switch_frames)
+    print(f"{args.example_inputs}: {frames} latent frames, {len(embeds)} prompt(s), switches {switches}")
