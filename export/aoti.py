@@ -126,10 +126,11 @@ def read_manifest(out_dir: str | Path) -> dict:
 
 
 def default_recache_frames(stream: StreamConfig) -> list[int]:
-    """Every re-cache span length the stream settings can ask for (``RingKVCache.plan_recache``)."""
+    """Every re-cache span length the stream settings can ask for (``plan_recache``) but one chunk,
+    which the step graph serves."""
     c = stream.chunk_frames
-    frames = set(range(c, stream.attention_frames + 1, c))  # rebuild from min(attention_frames, s) frames
-    if stream.global_sink:
+    frames = set(range(2 * c, stream.attention_frames + 1, c))  # rebuild from min(attention_frames, s) frames
+    if stream.global_sink and stream.window_frames > c:
         frames.add(stream.window_frames)
     return sorted(frames)
 
@@ -266,11 +267,14 @@ def export_stream_packages(
     recache_frames: Sequence[int] | None = None,
     log=None,
 ) -> list[Path]:
-    """The packages a whole stream needs (``step`` or ``chunk``, plus ``recache``), each in
-    ``cache_dir/<graph>`` and reused when its key matches; returns the directories."""
+    """The packages a whole stream needs (``step``, with ``graph="chunk"`` also ``chunk``, and
+    ``recache``), each in ``cache_dir/<graph>`` and reused when its key matches; returns the
+    directories. The step serves the one-chunk re-cache span too."""
+    if graph not in ("step", "chunk"):
+        raise ValueError(f"a stream runs the 'step' or the 'chunk' graph, not {graph!r}")
     cache_dir = Path(cache_dir)
     dirs = []
-    for kind in (graph, "recache"):
+    for kind in ("step", "chunk", "recache") if graph == "chunk" else ("step", "recache"):
         d = cache_dir / kind
         export_aoti(
             model, graph=kind, stream=stream, latent_size=latent_size, out_dir=d, batch_size=batch_size,

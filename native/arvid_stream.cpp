@@ -325,10 +325,18 @@ class Streamer {
   }
   at::Tensor scalar(float v) const { return at::full({1}, v, at::TensorOptions().dtype(at::kFloat).device(dev_)); }
 
+  // The re-cache graph of an n-frame span: a recache package, or the step package for a one-chunk span.
+  Graph* recache_graph(int frames) const {
+    auto it = pk_.recache.find(frames);
+    if (it != pk_.recache.end()) return it->second.get();
+    if (pk_.step && pk_.step->num_frames == frames) return pk_.step.get();
+    return nullptr;
+  }
+
   void check_recache_graphs(const std::vector<int>& switches) const {
     for (int s : switches) {
       const int f = plan_.plan_recache(s).num_frames;
-      if (!pk_.recache.count(f))
+      if (!recache_graph(f))
         throw std::runtime_error("the prompt switch at frame " + std::to_string(s) + " needs a re-cache package of " +
                                  std::to_string(f) + " frames; export it (arvid export aoti --graph recache)");
     }
@@ -359,7 +367,7 @@ class Streamer {
     activate(p);
     const int first = p.frame_start - (switch_frame - pk_.stream.attention_frames);
     at::Tensor x = history.narrow(1, first, p.num_frames).contiguous();
-    auto out = pk_.recache.at(p.num_frames)->run(step_inputs(x, t_freq(0.f, p.num_frames), scalar(0.f)));
+    auto out = recache_graph(p.num_frames)->run(step_inputs(x, t_freq(0.f, p.num_frames), scalar(0.f)));
     write_kv(p, out[1], out[2]);
     plan_.commit(p);
   }

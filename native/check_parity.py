@@ -1,8 +1,9 @@
 """ctest `arvid_stream_parity`: arvid-stream's latents against arvid's Python generate().
 
-Tiny preset, 36 latent frames, prompt switches at frames 12 (the re-cache span starts at frame
-0: the cache is rebuilt) and 24 (past the first window: with global_sink the sink keeps its K/V),
-run with global_sink true and false. The reference is the eager baseline (the reference-style
+Tiny preset, 36 latent frames, prompt switches at frames 3 and 12 (the re-cache span starts at
+frame 0: the cache is rebuilt from 3, served by the step package, and from 12 frames) and 24
+(past the first window: with global_sink the sink keeps its K/V and 9 frames are re-run), run
+with global_sink true and false. The reference is the eager baseline (the reference-style
 concatenating cache). The packages are exported once into --cache and reused while their
 manifest key matches. Exit status 0 iff every max |C++ - Python| <= 1e-5.
 
@@ -25,11 +26,12 @@ from arvid.runtime import StreamConfig, StreamingGenerator, build_model, get_pre
 
 TOL = 1e-5
 FRAMES = 36
-SWITCHES = (12, 24)
-PROMPTS = 3
+SWITCHES = (3, 12, 24)
+PROMPTS = 4
 PRESET = "tiny"
 SEED = 0
-# Re-cache spans these switches need: 12 frames (a rebuild) and 9 (global_sink past the first window).
+# Re-cache spans these switches need besides the step's 3: 12 frames (a rebuild) and 9 (global_sink
+# past the first window).
 RECACHE_FRAMES = (9, 12)
 
 
@@ -94,9 +96,10 @@ def main(argv=None) -> int:
     # The settings differ only after the switch past the first window: they must differ there, or
     # this check could not tell a streamer that ignores global_sink from a right one.
     split = (refs[True] - refs[False]).abs()
-    print(f"reference: max |global_sink true - false| before frame {SWITCHES[1]}: "
-          f"{split[:, : SWITCHES[1]].max().item():.3e}, after: {split[:, SWITCHES[1] :].max().item():.3e}")  # fmt: skip
-    if split[:, SWITCHES[1] :].max().item() < 1e-3:
+    last = SWITCHES[-1]
+    print(f"reference: max |global_sink true - false| before frame {last}: "
+          f"{split[:, :last].max().item():.3e}, after: {split[:, last:].max().item():.3e}")  # fmt: skip
+    if split[:, last:].max().item() < 1e-3:
         print("FAIL: the two global_sink settings give the same latents; the check would be blind")
         return 1
     for gs in (True, False):

@@ -1,6 +1,6 @@
 """The native streamer `arvid-stream` (native/, CMakeLists.txt): built with CMake against the installed
 torch, its ctest suite run (selftest + latents equal to arvid's Python generate() within 1e-5 over
-36 frames with prompt switches at 12 and 24, global_sink true and false), and its one-line errors.
+36 frames with prompt switches at 3, 12 and 24, global_sink true and false), and its one-line errors.
 """
 
 from __future__ import annotations
