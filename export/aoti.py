@@ -175,7 +175,15 @@ def export_aoti(
     frames = _graph_frames(graph, stream, recache_frames)
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
-    rope_positions = int(rope_positions or model.cfg.rope_max_positions)
+
+    def make(f: int):
+        return build_graph(
+            graph, model, stream=stream, latent_size=latent_size, batch_size=batch_size,
+            num_frames=f if graph == "recache" else None, rope_positions=rope_positions or 0,
+        )  # fmt: skip
+
+    graphs = {frames[0]: make(frames[0])}  # building a graph is cheap (no trace): it settles the RoPE rows
+    rope_positions = int(graphs[frames[0]].rope_positions)
     weights = weights_sha256(model)
     key_parts = {
         "format": FORMAT,
@@ -204,10 +212,7 @@ def export_aoti(
     (out_dir / MANIFEST_NAME).unlink(missing_ok=True)  # the manifest's presence means "export finished"
     packages, parity, spec = [], {}, None
     for f in frames:
-        g = build_graph(
-            graph, model, stream=stream, latent_size=latent_size, batch_size=batch_size,
-            num_frames=f, rope_positions=rope_positions,
-        )  # fmt: skip
+        g = graphs.pop(f, None) or make(f)
         args = g.example_inputs()
         name = f"{graph}_f{f}.pt2"
         t0 = time.perf_counter()
