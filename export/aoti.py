@@ -375,3 +375,162 @@ def stream_inputs(
         "text_v": text_v,
         "switch_frames": torch.tensor(switches, dtype=torch.int64),
     }
+
+
+# -- the `aoti` executor -------------------------------------------------------------------------
+def default_cache_dir() -> Path:
+    """Where the ``aoti`` executor keeps packages it exports itself (``ARVID_AOTI_CACHE`` overrides)."""
+    env = os.environ.get("ARVID_AOTI_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "arvid" / "aoti"
+
+
+def aoti_executor(model, stream, *, latent_size, batch_size, flags=frozenset(), **options):
+    """A ``GraphRunner`` over AOTInductor packages.
+
+    Options: ``package_dirs`` (directories of ``arvid export aoti``; default: export into
+    ``cache_dir`` / :func:`default_cache_dir` once per model, shapes and device, then reuse).
+    Flags: ``chunk`` runs the whole-chunk package instead of 5 step calls; ``graphs`` (CUDA only)
+    captures each chunk's package calls, re-noising and ring writes as a CUDA graph.
+    """
+    from arvid.runtime.chunk_runner import GraphRunner
+
+    unknown = set(options) - {"package_dirs", "cache_dir"}
+    if unknown:
+        raise ValueError(f"executor 'aoti' takes the options package_dirs, cache_dir; got {sorted(unknown)}")
+    param = model.patch_embedding.weight
+    device = param.device
+    if "graphs" in flags and device.type != "cuda":
+        raise ValueError(f"aoti+graphs captures CUDA graphs: it needs a CUDA device, the model is on {device}")
+    weights = weights_sha256(model)
+    dirs = options.get("package_dirs")
+    if not dirs:
+        h, w = latent_size
+        cache = Path(options.get("cache_dir") or default_cache_dir()) / f"{weights[:16]}-{h}x{w}-b{batch_size}-{device}"
+        dirs = export_stream_packages(
+            model, stream=stream, latent_size=latent_size, cache_dir=cache, batch_size=batch_size,
+            graph="chunk" if "chunk" in flags else "step",
+        )  # fmt: skip
+    expect = {"weights_sha256": weights, "latent_size": list(latent_size), "batch_size": batch_size}
+    graphs = load_package(dirs, device=device, expect=expect)
+    if graphs.step is None:
+        raise ValueError("the aoti executor needs a step package (arvid export aoti --graph step)")
+    if "chunk" in flags and graphs.chunk is None:
+        raise ValueError("aoti+chunk needs a chunk package (arvid export aoti --graph chunk)")
+    for m in graphs.manifests:
+        for field in ("chunk_frames", "sink_frames", "attention_frames"):
+            if m["stream_config"][field] != getattr(stream, field):
+                raise ValueError(f"the packages were exported for {field}={m['stream_config'][field]}, "
+                                 f"the stream has {getattr(stream, field)}")  # fmt: skip
+    cls = _CudaGraphRunner if "graphs" in flags else GraphRunner
+    return cls(
+        model.cfg, stream, latent_size=latent_size, batch_size=batch_size, device=device, dtype=param.dtype,
+        step=graphs.step, chunk=graphs.chunk if "chunk" in flags else None, recache_steps=graphs.recache,
+        rope_positions=min(m["rope_positions"] for m in graphs.manifests),
+    )  # fmt: skip
+
+
+def _cuda_graph_runner_class():
+    from arvid.runtime.chunk_runner import GraphRunner
+
+    class CudaGraphRunner(GraphRunner):
+        """``GraphRunner`` whose chunks replay CUDA graphs of the package calls.
+
+        Everything a captured chunk touches sits at a fixed address: the input noise and re-noise
+        buffers, the text K/V (``set_prompt`` copies into them), the host ring and the plan's
+        device scalars, filled before each replay (outside the graph). The ring write's slice
+        start is a host value baked into the graph, so there is one graph per write slot (the
+        sink slot and the window slots); the valid length is a device scalar, so fill states
+        share a graph. Re-caches run without a graph (once per switch).
+        """
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+            self._pool = None
+            self._x_in = self._renoise = self._x0 = None
+            self._in_graph = False
+
+        def set_prompt(self, text_kv) -> None:
+            k = torch.stack([k for k, _ in text_kv])
+            v = torch.stack([v for _, v in text_kv])
+            if self.text_k is None or self.text_k.shape != k.shape:
+                self.text_k, self.text_v = k, v
+                self.graphs.clear()
+            else:
+                self.text_k.copy_(k)
+                self.text_v.copy_(v)
+
+        def _state(self, plan):
+            if not self._in_graph:  # inside a capture, fill_ of a host value would be baked in
+                self.plan_tensors.fill(plan)
+            pt = self.plan_tensors
+            return (self.text_k, self.text_v, self.k, self.v, pt.write_start, pt.kv_len, pt.frame_offset)
+
+        def _body(self, plan) -> None:
+            self._x0.copy_(GraphRunner.run_chunk(self, self._x_in, list(self._renoise), plan.frame_start))
+
+        def run_chunk(self, noise, renoise, frame_start: int) -> torch.Tensor:
+            import time
+
+            t0 = time.perf_counter()
+            if self._x_in is None:
+                self._x_in = torch.zeros_like(noise, device=self.device, dtype=torch.float32)
+                self._renoise = torch.zeros(len(renoise), *noise.shape, device=self.device)
+                self._x0 = torch.zeros_like(self._x_in)
+            self._x_in.copy_(noise)
+            for si, r in enumerate(renoise):
+                self._renoise[si].copy_(r)
+            plan = self.planner.plan_chunk(frame_start)
+            self.plan_tensors.fill(plan)  # outside the graph, before the replay
+            graph = self.graphs.get(plan.write_start)
+            if graph is None:
+                graph = self._capture(plan)
+            graph.replay()
+            self.planner.commit(plan)
+            self.last_host_ms = (time.perf_counter() - t0) * 1000
+            return self._x0
+
+        def _capture(self, plan) -> torch.cuda.CUDAGraph:
+            import time
+
+            t0 = time.perf_counter()
+            filled, next_slot = self.planner.filled, self.planner.next_slot
+            self._in_graph = True
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._body(plan)  # warm-up: the package's first run, allocator
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                self._body(plan)
+            self._pool = graph.pool()
+            self._in_graph = False
+            self.graphs[plan.write_start] = graph
+            self.planner.filled, self.planner.next_slot = filled, next_slot  # _body committed the plan
+            torch.cuda.synchronize()
+            self.capture_seconds += time.perf_counter() - t0
+            return graph
+
+    return CudaGraphRunner
+
+
+def _register() -> None:
+    global _CudaGraphRunner
+    from arvid.runtime.chunk_runner import Executor, register_executor
+
+    _CudaGraphRunner = _cuda_graph_runner_class()
+    register_executor(
+        Executor(
+            "aoti",
+            "AOTInductor packages of the exported chunk step (C++ kernels on the CPU, Triton on CUDA)",
+            aoti_executor,
+            flags=("chunk", "graphs"),
+        )
+    )
+
+
+_CudaGraphRunner = None
+_register()

@@ -39,11 +39,11 @@ def parity_model():
     return build_model(get_preset(PRESET).model, seed=SEED)
 
 
-def parity_packages(model, cache: Path, log=None) -> list[Path]:
+def parity_packages(model, cache: Path, log=None, graph: str = "step") -> list[Path]:
     p = get_preset(PRESET)
     return export_stream_packages(
         model, stream=StreamConfig(), latent_size=(p.latent_height, p.latent_width), cache_dir=cache,
-        recache_frames=RECACHE_FRAMES, log=log,
+        recache_frames=RECACHE_FRAMES, log=log, graph=graph,
     )  # fmt: skip
 
 
@@ -83,10 +83,14 @@ def main(argv=None) -> int:
     ap.add_argument("--stream", required=True, help="the arvid-stream executable")
     ap.add_argument("--cache", required=True, type=Path, help="package cache (reused by manifest key)")
     ap.add_argument("--work", required=True, type=Path, help="scratch folder for inputs and outputs")
+    ap.add_argument(
+        "--graph", choices=["step", "chunk"], default="step",
+        help="stream with the step package (5 calls per chunk, the default) or the whole-chunk package",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     model = parity_model()
-    dirs = parity_packages(model, args.cache, log=print)
+    dirs = parity_packages(model, args.cache, log=print, graph=args.graph)
     args.work.mkdir(parents=True, exist_ok=True)
     inputs = parity_inputs(model)
     in_path = args.work / "inputs.safetensors"
