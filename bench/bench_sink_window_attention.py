@@ -39,7 +39,7 @@ from arvid.kernels.sink_window_attention import (
     sink_window_attention_with_kv_cache,
     warmup_sink_window_attention,
 )
-from arvid.runtime.pipeline import DTYPES
+from arvid.runtime.devices import DTYPES
 
 TOKENS_PER_FRAME = 1560  # 30 x 52 latent patches at 832 x 480
 FRAME_GRID = (30, 52)

@@ -27,6 +27,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from arvid.runtime.devices import require_sm89
+
 from ._linear import QuantizedLinear
 from .fp8 import Fp8EmulatedLinear
 from .int8 import Int8DynamicLinear, Int8WeightOnlyLinear
@@ -205,13 +207,10 @@ def _check_torchao_device(config: QuantConfig, device: torch.device) -> None:
             f"use backend='emulate' to get the same numerics on the CPU"
         )
     if isinstance(config, Fp8Config):
-        cap = torch.cuda.get_device_capability(device)
-        if cap < (8, 9):
-            raise ValueError(
-                f"Fp8Config(backend='torchao') needs FP8 tensor cores (compute capability >= 8.9, "
-                f"Ada / Hopper / Blackwell); {torch.cuda.get_device_name(device)} has {cap[0]}.{cap[1]}; "
-                "use backend='emulate' to validate FP8 numerics on this device"
-            )
+        require_sm89(
+            device, "Fp8Config(backend='torchao') (FP8 tensor cores)",
+            hint="; use backend='emulate' to validate FP8 numerics on this device",
+        )  # fmt: skip
 
 
 def quantize_(model: nn.Module, config: QuantConfig) -> nn.Module:

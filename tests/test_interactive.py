@@ -9,7 +9,8 @@ import torch
 from arvid.cli import main
 from arvid.runtime import StreamConfig, StreamingGenerator, build_model, get_preset
 from arvid.runtime.interactive import LivePromptReader
-from arvid.runtime.prompts import align_switch_frames, latent_frames_for_seconds, read_prompt_jsonl
+from arvid.runtime.prompts import align_switch_frames, read_prompt_jsonl
+from arvid.runtime.vae import latent_frames_for_seconds
 
 TINY = get_preset("tiny")
 

@@ -6,12 +6,13 @@ import json
 import sys
 from pathlib import Path
 
-from ._common import add_common_args, atomic_write, stream_config
+from ._common import add_common_args, add_model_args, stream_config
 
 
 def register(sub) -> None:
     p = sub.add_parser("bench", help="eager baseline vs optimised backends, same inputs, one process")
     add_common_args(p)
+    add_model_args(p)
     p.add_argument(
         "--backends",
         help="comma-separated variants, baseline first: BACKEND[+graphs|+stepgraphs][+compile][+fp8kv], "
@@ -31,8 +32,16 @@ def register(sub) -> None:
 def cmd_bench(args) -> int:
     from arvid.bench.stream_bench import format_table, parse_variant, run_stream_bench
     from arvid.runtime import backend_names, default_backend
-    from arvid.runtime.pipeline import resolve_device, resolve_dtype
+    from arvid.runtime.devices import resolve_device, resolve_dtype
+    from arvid.runtime.files import atomic_write
 
+    # run_stream_bench loads the DiT itself from a preset and --checkpoint (through load_dit); the
+    # other weight flags need it to take a built model.
+    unsupported = [f for f, v in (("--model", args.model), ("--longlive-ckpt", args.longlive_ckpt),
+                                  ("--lora", args.lora)) if v]  # fmt: skip
+    if unsupported:
+        raise ValueError(f"{', '.join(unsupported)}: not supported by `arvid bench` yet; give --checkpoint")
+    preset = args.preset or "tiny"
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     if args.backends:
@@ -44,9 +53,9 @@ def cmd_bench(args) -> int:
         name, _ = parse_variant(spec)
         if name not in backend_names():
             raise ValueError(f"unknown backend {name!r} in {spec!r}; choose from {backend_names()}")
-    print(f"benchmarking {', '.join(backends)} on {device} ({args.preset}, {dtype}) ...", file=sys.stderr)
+    print(f"benchmarking {', '.join(backends)} on {device} ({preset}, {dtype}) ...", file=sys.stderr)
     report = run_stream_bench(
-        args.preset,
+        preset,
         device=device,
         dtype=dtype,
         backends=backends,
