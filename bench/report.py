@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from pathlib import Path
+
+from arvid.runtime.files import atomic_write
 
 from .roofline import measured_over_ceiling
 from .stream_bench import format_table
@@ -33,18 +34,6 @@ def load_report(path: str | Path) -> dict:
         got = report.get("schema") if isinstance(report, dict) else type(report).__name__
         raise ValueError(f"{path}: not an {SCHEMA} report (schema {got!r})")
     return report
-
-
-def _write_atomic(path: Path, write) -> Path:
-    """Write through a temporary file beside ``path`` and rename: never a half-written output."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 # -- Markdown ----------------------------------------------------------------------------------
@@ -76,7 +65,7 @@ def format_markdown(report: dict) -> str:
 def write_markdown(report: dict, path: str | Path) -> Path:
     """Write :func:`format_markdown` of ``report`` to ``path``; returns the path."""
     text = format_markdown(report)
-    return _write_atomic(Path(path), lambda tmp: tmp.write_text(text))
+    return atomic_write(Path(path), lambda tmp: tmp.write_text(text))
 
 
 # -- plots -------------------------------------------------------------------------------------
@@ -101,7 +90,7 @@ def plot_report(report: dict, out_dir: str | Path) -> list[Path]:
 
     def save(fig: Figure, name: str) -> None:
         fig.tight_layout()
-        written.append(_write_atomic(out_dir / name, lambda tmp: fig.savefig(tmp, dpi=120, format="png")))
+        written.append(atomic_write(out_dir / name, lambda tmp: fig.savefig(tmp, dpi=120, format="png")))
 
     fig = Figure(figsize=(6.4, 4.0))
     ax = fig.add_subplot()
@@ -229,7 +218,7 @@ def update_readme_results(readme_path: str | Path, results_dir: str | Path) -> b
     new = f"{head}{README_START}\n{results_table(results_dir)}\n{README_END}{tail}"
     if new == text:
         return False
-    _write_atomic(path, lambda tmp: tmp.write_text(new))
+    atomic_write(path, lambda tmp: tmp.write_text(new))
     return True
 
 

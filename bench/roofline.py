@@ -28,12 +28,12 @@ import argparse
 import itertools
 import json
 import math
-import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from arvid.runtime import PRESETS, ModelConfig, Preset, StreamConfig, get_preset
+from arvid.runtime.files import atomic_write
 
 TERA = 1e12
 GIGA = 1e9
@@ -578,7 +578,8 @@ def cmd_roofline(args: argparse.Namespace) -> int:
         print("\n" + format_roofline_summary(results))
     if args.json:
         payload = {"schema": "arvid.roofline/1", "gpus": {args.gpu: asdict(GPUS[args.gpu])}, "results": results}
-        _write_atomic(Path(args.json), json.dumps(payload, indent=2))
+        text = json.dumps(payload, indent=2)
+        atomic_write(Path(args.json), lambda tmp: tmp.write_text(text))
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
 
@@ -590,14 +591,3 @@ def _supported(gpu: str, precision: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write beside ``path`` and rename, so no partly written file is left behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
