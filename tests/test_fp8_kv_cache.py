@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-from arvid.kernels.qk_norm_rope_append import quantize_fp8_per_token_head_ref
+from arvid.kernels.fp8 import quantize_fp8_per_token_head_ref
 from arvid.runtime import StreamingGenerator, build_model, get_preset
 
 TINY = get_preset("tiny")
