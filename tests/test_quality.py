@@ -11,6 +11,7 @@ import torch
 from arvid.cli import main
 from arvid.quant import Fp8Config, quantize_
 from arvid.quant.metrics import (
+    FlickerMeter,
     cosine,
     decoded_to_frames,
     drift_stats,
@@ -100,6 +101,42 @@ def test_flicker_and_drift():
     assert d["drop_db"] == pytest.approx(2.0) and d["slope_db_per_chunk"] == pytest.approx(-0.1)
     assert drift_stats([30.0, 31.0, 29.0])["window"] == 1
     assert drift_stats([math.inf, 30.0])["drop_db"] == 0.0
+
+
+def test_flicker_meter_fed_by_chunk_equals_flicker_stats_and_is_not_inverted():
+    g = torch.Generator().manual_seed(2)
+    moving = torch.rand(1, 4, 4, 3, generator=g) + torch.linspace(0, 0.5, 6).view(6, 1, 1, 1)
+    flickering = moving + 0.05 * torch.tensor([1.0, -1, 1, -1, 1, -1]).view(6, 1, 1, 1)
+    meter = FlickerMeter()
+    for lo, hi in ((0, 3), (3, 6)):  # as `arvid quality` feeds it: chunk by chunk, pairs across the border
+        meter.add(moving[lo:hi], flickering[lo:hi])
+    assert len(meter.ref) == 5
+    assert meter.summary()["flicker_ratio"] == pytest.approx(1.6)  # the variant flickers more: > 1
+    assert meter.summary() == pytest.approx(flicker_stats(moving, flickering))
+    assert flicker_stats(flickering, moving)["flicker_ratio"] == pytest.approx(1 / 1.6)  # smoother variant: < 1
+
+
+def _alternating_flow(amplitude):
+    """A forward hook that adds +-amplitude to the predicted flow of alternate latent frames."""
+
+    def hook(module, args, out):
+        sign = torch.tensor([(-1.0) ** i for i in range(out.shape[1])], dtype=out.dtype, device=out.device)
+        return out + amplitude * sign.view(1, -1, 1, 1, 1)
+
+    return hook
+
+
+def test_quality_report_flicker_ratio_says_which_model_flickers():
+    """The flicker `arvid quality` reports (compare_streams) is > 1 for a variant that flickers, < 1 swapped."""
+    model = build_model(TINY.model, seed=0)
+    flickery = copy.deepcopy(model)
+    flickery.register_forward_hook(_alternating_flow(0.5))
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(1, 6, TINY.model.in_dim, *HW, generator=g)
+    prompts = [torch.randn(1, TINY.model.text_len, TINY.model.text_dim, generator=g)]
+    more = compare_streams(model, flickery, noise=noise, prompts=prompts)["summary"]["latent_flicker"]
+    less = compare_streams(flickery, model, noise=noise, prompts=prompts)["summary"]["latent_flicker"]
+    assert more["flicker_ratio"] > 1.05 and less["flicker_ratio"] < 1 / 1.05, (more, less)
 
 
 def test_decoded_to_frames():
