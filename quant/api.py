@@ -8,8 +8,8 @@ Two backends:
   scales (the model really shrinks, and :mod:`arvid.quant.serialize` saves it) and compute the
   same numbers as torchao's kernels, so quality can be validated without a GPU.
 * ``"torchao"`` (CUDA only): torchao's own configs, whose kernels are the fast path on a GPU.
-  torchao's quantized linears are only fast when compiled (Flux on an H100, as quoted in arvid's
-  quantization issue and not measured here: INT8 dynamic 3.4 s compiled vs 130 s eager, against
+  torchao's quantized linears are only fast when compiled (published Flux figures on an H100,
+  cited in issue 6 and not measured here: INT8 dynamic 3.4 s compiled vs 130 s eager, against
   6.6 s BF16 eager), hence ``compile=True``;
   the speed of either setting on this model is still to be measured.
 
