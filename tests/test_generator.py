@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import assert_close
 
 from arvid.runtime import FlowMatchScheduler, StreamConfig, StreamingGenerator, build_model, get_preset
 
@@ -27,12 +28,6 @@ def _run(model, backend, frames, switches=(), stream=None, batch=1, seed=0):
     return gen.generate(noise, embeds, switches, generator=torch.Generator().manual_seed(seed + 1))
 
 
-def _mismatch(out, want):
-    err = (out - want).abs()
-    idx = tuple(int(i) for i in torch.unravel_index(err.argmax(), err.shape))
-    return f"max abs err {err.max().item():.3e} at (b, frame, c, h, w) = {idx}"
-
-
 def test_scheduler_warped_steps():
     s = FlowMatchScheduler(StreamConfig())
     assert s.timesteps == pytest.approx([1000.0, 937.5, 833.333, 625.0], abs=1e-3)
@@ -56,7 +51,7 @@ def test_ring_cache_matches_eager_baseline(model, global_sink, frames, switches)
     stream = StreamConfig(global_sink=global_sink)
     want = _run(model, "eager", frames, switches, stream)
     out = _run(model, "sdpa", frames, switches, stream)
-    assert torch.allclose(out, want, atol=1e-5, rtol=1e-5), _mismatch(out, want)
+    assert_close(out, want, atol=1e-5, rtol=1e-5)
 
 
 def test_ring_matches_baseline_batch_and_other_geometry(model):
@@ -64,7 +59,7 @@ def test_ring_matches_baseline_batch_and_other_geometry(model):
     stream = StreamConfig(chunk_frames=2, sink_frames=4, attention_frames=10)
     want = _run(model, "eager", 26, (8, 16), stream, batch=2)
     out = _run(model, "sdpa", 26, (8, 16), stream, batch=2)
-    assert torch.allclose(out, want, atol=1e-5, rtol=1e-5), _mismatch(out, want)
+    assert_close(out, want, atol=1e-5, rtol=1e-5)
 
 
 def test_prompt_switch_changes_the_video_after_the_switch_only(model):

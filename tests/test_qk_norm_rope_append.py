@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _mismatch import mismatch_report
+from conftest import mismatch_report
 
 from arvid.kernels import qk_norm_rope_append as mod
 from arvid.kernels._triton_utils import triton_available

@@ -29,20 +29,7 @@ TINY = get_preset("tiny")
 HW = (TINY.latent_height, TINY.latent_width)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _has_streaming_vae() -> bool:
-    try:
-        from arvid.runtime.vae import StreamingVAEDecoder, tiny_vae  # noqa: F401
-    except ImportError:
-        return False
-    return True
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- metrics on synthetic data ---------------------------------------------------------------
@@ -186,7 +173,6 @@ def test_identical_models_give_infinite_sqnr_in_valid_json(tmp_path):
     assert json.loads((tmp_path / "report.json").read_text())["summary"]["latent_sqnr_db"] == "inf"
 
 
-@pytest.mark.skipif(not _has_streaming_vae(), reason="arvid.runtime.vae has no StreamingVAEDecoder in this build")
 def test_report_with_decoded_video(tmp_path):
     from arvid.runtime.vae import StreamingVAEDecoder, tiny_vae
 
@@ -206,7 +192,8 @@ def test_report_with_decoded_video(tmp_path):
 
 @pytest.fixture
 def tiny_clip_dir(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for c in "abcdefghijklmnopqrstuvwxyz":
         vocab[c] = len(vocab)

@@ -60,13 +60,7 @@ MODULES = {"int8": Int8DynamicLinear, "int8-weight-only": Int8WeightOnlyLinear, 
 E2E_MIN_SQNR_DB = {"int8": 35.0, "int8-weight-only": 38.0, "fp8": 22.0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The tiny model is all per-op overhead: one thread is several times faster than two competing ones.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from _mismatch import mismatch_report
+from conftest import mismatch_report
 
 from arvid.kernels import sink_window_attention as swa
 from arvid.kernels._triton_utils import triton_available

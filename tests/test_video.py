@@ -1,12 +1,11 @@
 """mp4 output: frame count and size read back with PyAV, no broken files on errors or Ctrl-C, CLI video."""
 
+import av
 import pytest
 import torch
 
-av = pytest.importorskip("av")
-
-from arvid.cli import main  # noqa: E402
-from arvid.runtime.video import VideoWriter, pick_codec, read_video_info, write_png_frames  # noqa: E402
+from arvid.cli import main
+from arvid.runtime.video import VideoWriter, pick_codec, read_video_info, write_png_frames
 
 
 def _frames(t, h=48, w=64, seed=0):

@@ -50,11 +50,8 @@ def video_decoders(spec: str | None, device: torch.device) -> tuple | None:
     """
     if spec is None:
         return None
-    try:
-        from arvid.runtime.vae import StreamingVAEDecoder, load_vae, tiny_vae
-    except ImportError as e:
-        # Hook for builds without the streaming VAE decoder: video metrics need it.
-        raise ValueError(f"--vae needs arvid.runtime.vae with StreamingVAEDecoder, not in this build ({e})") from None
+    from arvid.runtime.vae import StreamingVAEDecoder, load_vae, tiny_vae
+
     vae = tiny_vae(device=device) if spec == "tiny" else load_vae(spec, device=device, dtype=torch.float32)
     return StreamingVAEDecoder(vae), StreamingVAEDecoder(copy.deepcopy(vae))
 
