@@ -18,7 +18,9 @@ if not torch.cuda.is_available():
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
-    config.addinivalue_line("markers", "slow: takes more than a few seconds on a CPU")
+    config.addinivalue_line(
+        "markers", "slow: over 10 s on a 2-core CPU machine (a label: -m 'not gpu' runs them, -m 'not slow' skips them)"
+    )
 
 
 def pytest_collection_modifyitems(config, items):

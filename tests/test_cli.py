@@ -27,6 +27,7 @@ def test_bench_tiny_prints_table_and_writes_json(tmp_path, capsys):
     assert len(report["variants"][0]["chunk_ms"]) == 3  # 4 chunks, 1 warm-up
 
 
+@pytest.mark.slow
 def test_generate_writes_latents(tmp_path):
     out = tmp_path / "latents.safetensors"
     args = ["generate", "--preset", "tiny", "--frames", "36", "--seed", "0", "--quiet"]
@@ -205,6 +206,11 @@ def test_diffusers_named_checkpoint_loads_in_bench_and_quantize(tmp_path, diffus
                  "--out", str(out)]) == 0  # fmt: skip
     assert load_quantized(out).arvid_quant.config.scheme == "int8"
     assert "error" not in capsys.readouterr().err
+
+
+def test_bench_says_which_weight_flags_it_does_not_take_yet(tmp_path, capsys):
+    assert main(["bench", "--device", "cpu", "--lora", str(tmp_path / "lora.pt")]) == 2
+    assert "--lora: not supported by `arvid bench` yet" in capsys.readouterr().err
 
 
 def test_console_script_and_module_entry_point():

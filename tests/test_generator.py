@@ -37,6 +37,7 @@ def test_scheduler_warped_steps():
     assert torch.allclose(s.flow_to_x0(torch.ones(2), noise - x0, 0.5), torch.full((2,), 2.5))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("global_sink", [True, False])
 @pytest.mark.parametrize(
     "frames, switches",
@@ -153,6 +154,7 @@ def test_explicit_renoise_equals_generator(model):
     assert torch.equal(b, gen.generate(noise, embeds, generator=torch.Generator().manual_seed(5)))
 
 
+@pytest.mark.slow
 def test_long_run_cache_memory_is_constant(model):
     """102 chunks (306 latent frames): the cache is allocated once and never grows."""
     gen = StreamingGenerator(model, latent_size=HW, backend="sdpa")
@@ -212,6 +214,7 @@ def test_stream_longer_than_the_rope_table_grows_it():
     assert torch.equal(outs[0], outs[1])
 
 
+@pytest.mark.slow
 def test_static_buffers_keep_their_addresses_across_chunks_and_switches(model):
     """What a captured graph reads stays at fixed addresses: a prompt switch only changes contents."""
     noise, embeds = _inputs(30, prompts=3)

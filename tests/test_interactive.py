@@ -79,6 +79,7 @@ def _fixed(setup, names, switches, stream=None):
     return gen.generate(noise, [prompts[n] for n in names], switches, renoise=renoise)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("global_sink", [True, False])
 def test_prompt_source_equals_fixed_schedule(setup, global_sink):
     """A live prompt at frames 6 and 15 (> attention window) gives the scheduled switch's latents."""

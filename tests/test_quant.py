@@ -179,6 +179,7 @@ def test_end_to_end_latent_sqnr(model, scheme):
     assert sqnr_db(want, out) >= E2E_MIN_SQNR_DB[scheme]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_error_does_not_grow_over_100_chunks(model, scheme):
     """300 latent frames = 100 chunks. The ring buffer bounds what a chunk sees (the pinned sink and

@@ -23,6 +23,7 @@ def _generate(model, backend, frames, switches, stream, device="cpu", cuda_graph
     return gen.generate(noise, prompts, switches, generator=torch.Generator().manual_seed(1)), gen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("global_sink", [True, False])
 def test_triton_backend_matches_eager_baseline(global_sink):
     model = build_model(TINY.model)

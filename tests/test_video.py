@@ -75,6 +75,7 @@ def test_png_frames(tmp_path):
     assert Image.open(tmp_path / "png" / names[0]).size == (64, 48)
 
 
+@pytest.mark.slow
 def test_cli_generate_tiny_mp4_with_no_files(tmp_path):
     """`arvid generate --preset tiny --out video.mp4` on a fresh machine: random DiT, tiny umT5, tiny VAE."""
     out = tmp_path / "video.mp4"
