@@ -8,12 +8,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ._common import add_common_args, int_list, stream_config
+from ._common import add_common_args, add_model_args, int_list, load_model_from_args, model_preset, stream_config
 
 
 def register_aoti(sub) -> None:
-    from .generate import add_model_args
-
     p = sub.add_parser("aoti", help="AOTInductor .pt2 packages of the step / chunk / re-cache graphs + export.json")
     add_common_args(p)
     add_model_args(p)
@@ -38,16 +36,16 @@ def register_aoti(sub) -> None:
 
 def cmd_export_aoti(args) -> int:
     from arvid.export.aoti import export_aoti
-
-    from .generate import load_components
+    from arvid.runtime.devices import resolve_device, resolve_dtype
 
     if args.recache_frames and args.graph != "recache":
         raise ValueError("--recache-frames only applies to --graph recache")
-    comp = load_components(args, need_vae=False, need_text=False)
-    p = comp.preset
+    device = resolve_device(args.device)
+    p, _ = model_preset(args)
+    model = load_model_from_args(args, p, device=device, dtype=resolve_dtype(args.dtype, device))
     t0 = time.perf_counter()
     m = export_aoti(
-        comp.model, graph=args.graph, stream=stream_config(args), latent_size=(p.latent_height, p.latent_width),
+        model, graph=args.graph, stream=stream_config(args), latent_size=(p.latent_height, p.latent_width),
         out_dir=args.out, batch_size=args.batch_size, rope_positions=args.rope_positions,
         recache_frames=args.recache_frames, reuse=not args.force, log=print,
     )  # fmt: skip
@@ -55,31 +53,30 @@ def cmd_export_aoti(args) -> int:
     files = ", ".join(pk["file"] for pk in m["packages"])
     print(f"{args.out}: {files} + export.json ({m['device']['device']}, key {m['key']}; {took:.1f} s)")
     if args.example_inputs:
-        write_example_inputs(args, comp)
+        write_example_inputs(args, model, p)
     return 0
 
 
-def write_example_inputs(args, comp) -> None:
+def write_example_inputs(args, model, p) -> None:
     import torch
     from safetensors.torch import save_file
 
     from arvid.export.aoti import stream_inputs
+    from arvid.runtime.files import atomic_write
 
-    from ._common import atomic_write
-
-    p, stream = comp.preset, stream_config(args)
+    stream = stream_config(args)
     frames = args.frames or p.default_frames
     if frames <= 0 or frames % stream.chunk_frames:
         raise ValueError(f"--frames {frames} is not a positive multiple of the chunk ({stream.chunk_frames})")
     g = torch.Generator().manual_seed(args.seed)
-    c, cfg = comp.model.cfg, stream
+    c, cfg = model.cfg, stream
     noise = torch.randn(args.batch_size, frames, c.in_dim, p.latent_height, p.latent_width, generator=g)
     chunks, steps = frames // cfg.chunk_frames, len(cfg.denoising_steps)
     renoise = torch.randn(chunks, steps - 1, args.batch_size, cfg.chunk_frames, *noise.shape[2:], generator=g)
     embeds = [
         torch.randn(args.batch_size, c.text_len, c.text_dim, generator=g) for _ in range(len(args.switch_frames) + 1)
     ]
-    tensors = stream_inputs(comp.model, embeds, stream=cfg, noise=noise, renoise=renoise,
+    tensors = stream_inputs(model, embeds, stream=cfg, noise=noise, renoise=renoise,
                             switch_frames=args.switch_frames)  # fmt: skip
     atomic_write(args.example_inputs, lambda tmp: save_file(tensors, str(tmp)))
     switches = list(args.switch_frames)
