@@ -1,0 +1,536 @@
+"""AOTInductor packages of the exported chunk step, and the ``aoti`` executor built on them.
+
+``torch.export.export(strict=False)`` of a graph of :mod:`arvid.export.graphs` (the one graph
+definition every exporter shares), then ``torch._inductor.aoti_compile_and_package`` gives a
+``.pt2`` package: C++ kernels on the CPU, Triton kernels on CUDA. The package loads in Python
+(``torch._inductor.aoti_load_package``) and in libtorch C++ (``AOTIModelPackageLoader``, used by
+the native streamer ``arvid-stream`` under ``native/``).
+
+One output directory holds one graph kind and its ``export.json`` manifest:
+
+- ``step``: one DiT forward over a chunk (``step_f3.pt2``); the host runs it 5 times per chunk.
+- ``chunk``: the whole chunk (4 denoising steps, re-noise, clean-context pass; ``chunk_f3.pt2``).
+- ``recache``: the re-cache forwards at a prompt switch, one package per span length
+  (``recache_f{n}.pt2``; by default every length the stream settings can ask for).
+
+The manifest is written last and atomically; its ``key`` covers everything that decides the
+packages (graph, frames, configs, weight hash, shapes, device, versions), so an export whose key
+matches the directory's reuses it: the compile (tens of seconds per package on a CPU) runs once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from arvid.runtime.config import StreamConfig
+
+FORMAT = "aoti"
+MANIFEST_NAME = "export.json"
+GRAPH_KINDS = ("step", "chunk", "recache")
+
+
+# -- manifest ----------------------------------------------------------------------------------
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, torch.dtype):
+        return str(obj).removeprefix("torch.")
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def spec_json(spec: Any) -> dict:
+    """A ``GraphSpec`` as JSON: name, inputs/outputs as ``{"name", "shape", "dtype"}``, meta."""
+
+    def tensors(items):
+        return [{"name": t.name, "shape": [int(s) for s in t.shape], "dtype": _jsonable(t.dtype)} for t in items]
+
+    return {
+        "name": spec.name,
+        "inputs": tensors(spec.inputs),
+        "outputs": tensors(spec.outputs),
+        "meta": _jsonable(getattr(spec, "meta", None) or {}),
+    }
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 over the state dict in name order: name, dtype, shape and raw bytes of each tensor."""
+    h = hashlib.sha256()
+    sd = model.state_dict()
+    for name in sorted(sd):
+        t = sd[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{tuple(t.shape)}".encode())
+        if t.numel():
+            h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    out: dict[str, str | None] = {"python": platform.python_version(), "torch": torch.__version__}
+    try:
+        out["arvid"] = metadata.version("arvid")
+    except metadata.PackageNotFoundError:
+        out["arvid"] = None
+    out["cuda"] = torch.version.cuda
+    return out
+
+
+def _device_info(device: torch.device) -> dict[str, str]:
+    info = {"device": str(device)}
+    if device.type == "cuda":
+        info["name"] = torch.cuda.get_device_name(device)
+        info["capability"] = "{}.{}".format(*torch.cuda.get_device_capability(device))
+    else:
+        info["name"] = platform.processor() or platform.machine()
+    return info
+
+
+def _key(parts: dict) -> str:
+    blob = json.dumps(_jsonable(parts), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def read_manifest(out_dir: str | Path) -> dict:
+    """``out_dir/export.json`` of an AOTInductor export; one-line ``ValueError`` when it is not one."""
+    path = Path(out_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise ValueError(f"no export manifest at {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a valid export manifest ({e})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"{path}: not an AOTInductor export (format is {data.get('format')!r}, want {FORMAT!r})")
+    for field in ("graph", "packages", "spec", "key", "device", "weights_sha256"):
+        if field not in data:
+            raise ValueError(f"{path}: manifest has no {field!r}")
+    return data
+
+
+def default_recache_frames(stream: StreamConfig) -> list[int]:
+    """Every re-cache span length the stream settings can ask for (``plan_recache``) but one chunk,
+    which the step graph serves."""
+    c = stream.chunk_frames
+    frames = set(range(2 * c, stream.attention_frames + 1, c))  # rebuild from min(attention_frames, s) frames
+    if stream.global_sink and stream.window_frames > c:
+        frames.add(stream.window_frames)
+    return sorted(frames)
+
+
+# -- export ------------------------------------------------------------------------------------
+def _graph_frames(graph: str, stream: StreamConfig, recache_frames: Sequence[int] | None) -> list[int]:
+    if graph not in GRAPH_KINDS:
+        raise ValueError(f"unknown graph {graph!r}; choose one of {', '.join(GRAPH_KINDS)}")
+    if graph != "recache":
+        return [stream.chunk_frames]
+    frames = sorted(set(recache_frames or default_recache_frames(stream)))
+    for f in frames:
+        if f <= 0 or f % stream.chunk_frames or f > stream.attention_frames:
+            raise ValueError(
+                f"re-cache span {f} must be a multiple of the chunk ({stream.chunk_frames}) "
+                f"in [{stream.chunk_frames}, {stream.attention_frames}]"
+            )
+    return frames
+
+
+def export_aoti(
+    model: torch.nn.Module,
+    *,
+    graph: str,
+    stream: StreamConfig,
+    latent_size: tuple[int, int],
+    out_dir: str | Path,
+    batch_size: int = 1,
+    rope_positions: int | None = None,
+    recache_frames: Sequence[int] | None = None,
+    reuse: bool = True,
+    log=None,
+) -> dict:
+    """Export ``graph`` (``step``, ``chunk`` or ``recache``) as ``.pt2`` packages plus ``export.json``.
+
+    Returns the manifest. With ``reuse`` a directory whose manifest has the same key is kept as is.
+    Parity with the eager graph on its example inputs is measured after each compile and recorded.
+    """
+    from arvid.export.graphs import build_graph
+
+    out_dir = Path(out_dir)
+    frames = _graph_frames(graph, stream, recache_frames)
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+
+    def make(f: int):
+        return build_graph(
+            graph, model, stream=stream, latent_size=latent_size, batch_size=batch_size,
+            num_frames=f if graph == "recache" else None, rope_positions=rope_positions or 0,
+        )  # fmt: skip
+
+    graphs = {frames[0]: make(frames[0])}  # building a graph is cheap (no trace): it settles the RoPE rows
+    rope_positions = int(graphs[frames[0]].rope_positions)
+    weights = weights_sha256(model)
+    key_parts = {
+        "format": FORMAT,
+        "graph": graph,
+        "frames": frames,
+        "model_config": model.cfg,
+        "stream_config": stream,
+        "weights_sha256": weights,
+        "latent_size": list(latent_size),
+        "batch_size": batch_size,
+        "rope_positions": rope_positions,
+        "dtype": dtype,
+        "device": device.type,
+        "torch": torch.__version__,
+    }
+    key = _key(key_parts)
+    if reuse:
+        try:
+            old = read_manifest(out_dir)
+        except ValueError:
+            old = None
+        if old is not None and old["key"] == key and all((out_dir / p["file"]).is_file() for p in old["packages"]):
+            return old
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)  # the manifest's presence means "export finished"
+    packages, parity, spec = [], {}, None
+    for f in frames:
+        g = graphs.pop(f, None) or make(f)
+        args = g.example_inputs()
+        name = f"{graph}_f{f}.pt2"
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            ref = g(*args)
+            ep = torch.export.export(g, args, strict=False)
+            t1 = time.perf_counter()
+            with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+                built = torch._inductor.aoti_compile_and_package(ep, package_path=str(Path(tmp) / name))
+                t2 = time.perf_counter()
+                runner = torch._inductor.aoti_load_package(built)
+                got = runner(*args)
+                os.replace(built, out_dir / name)
+        diff = max((a.float() - b.float()).abs().max().item() for a, b in zip(got, ref, strict=True))
+        s = g.spec()
+        spec = spec or spec_json(s)
+        packages.append(
+            {"file": name, "num_frames": f, "spec": spec_json(s), "export_s": round(t1 - t0, 3),
+             "compile_s": round(t2 - t1, 3)}
+        )  # fmt: skip
+        parity[name] = {"max_abs_diff": diff, "vs": "eager graph on its example inputs"}
+        if log:
+            log(f"{name}: export {t1 - t0:.1f} s, compile {t2 - t1:.1f} s, max |aoti - eager| {diff:.2e}")
+    manifest = {
+        "format": FORMAT,
+        "graph": graph,
+        "spec": spec,
+        "model_config": _jsonable(model.cfg),
+        "stream_config": _jsonable(stream),
+        "weights_sha256": weights,
+        "versions": _versions(),
+        "device": _device_info(device),
+        "parity": parity,
+        "rope_positions": rope_positions,
+        "key": key,
+        "artifact": [p["file"] for p in packages],
+        "packages": packages,
+        "latent_size": list(latent_size),
+        "batch_size": batch_size,
+        "dtype": _jsonable(dtype),
+    }
+    tmp = out_dir / f".{MANIFEST_NAME}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, out_dir / MANIFEST_NAME)
+    return manifest
+
+
+def export_stream_packages(
+    model: torch.nn.Module,
+    *,
+    stream: StreamConfig,
+    latent_size: tuple[int, int],
+    cache_dir: str | Path,
+    batch_size: int = 1,
+    rope_positions: int | None = None,
+    graph: str = "step",
+    recache_frames: Sequence[int] | None = None,
+    log=None,
+) -> list[Path]:
+    """The packages a whole stream needs (``step``, with ``graph="chunk"`` also ``chunk``, and
+    ``recache``), each in ``cache_dir/<graph>`` and reused when its key matches; returns the
+    directories. The step serves the one-chunk re-cache span too."""
+    if graph not in ("step", "chunk"):
+        raise ValueError(f"a stream runs the 'step' or the 'chunk' graph, not {graph!r}")
+    cache_dir = Path(cache_dir)
+    dirs = []
+    for kind in ("step", "chunk", "recache") if graph == "chunk" else ("step", "recache"):
+        d = cache_dir / kind
+        export_aoti(
+            model, graph=kind, stream=stream, latent_size=latent_size, out_dir=d, batch_size=batch_size,
+            rope_positions=rope_positions, recache_frames=recache_frames, log=log,
+        )  # fmt: skip
+        dirs.append(d)
+    return dirs
+
+
+# -- load --------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class AotiGraphs:
+    """Loaded packages of one or more export directories: callables in the spec's input order."""
+
+    manifests: list[dict]
+    step: Any = None
+    chunk: Any = None
+    recache: dict[int, Any] = dataclasses.field(default_factory=dict)
+
+
+def _load_one(path: Path, device: torch.device):
+    if not path.is_file():
+        raise ValueError(f"package {path} is missing")
+    try:
+        kwargs = {"device_index": device.index if device.index is not None else 0} if device.type == "cuda" else {}
+        return torch._inductor.aoti_load_package(str(path), **kwargs)
+    except Exception as e:  # a truncated zip, a foreign file, a package of another torch: one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"package {path} is corrupt or not an AOTInductor package ({first[:200]})") from None
+
+
+def load_package(
+    dirs: str | Path | Sequence[str | Path],
+    *,
+    device: torch.device | str | None = None,
+    expect: dict[str, Any] | None = None,
+) -> AotiGraphs:
+    """Load the packages of export directories, refusing with one clear line a manifest made for
+    another device, or whose fields differ from ``expect`` (e.g. ``weights_sha256``,
+    ``model_config``, ``latent_size``, ``batch_size``), or a corrupt package."""
+    dirs = [dirs] if isinstance(dirs, (str, Path)) else list(dirs)
+    out = AotiGraphs(manifests=[])
+    for d in map(Path, dirs):
+        m = read_manifest(d)
+        built = torch.device(m["device"]["device"])
+        if device is not None and torch.device(device).type != built.type:
+            raise ValueError(
+                f"{d}: the packages were built for {built.type}, this run is on {torch.device(device).type}; "
+                f"export them on a {torch.device(device).type} machine"
+            )
+        for field, want in (expect or {}).items():
+            have = m.get(field)
+            if _jsonable(want) != have:
+                raise ValueError(f"{d}: manifest {field} is {have!r}, this run needs {_jsonable(want)!r}")
+        run_dev = torch.device(device) if device is not None else built
+        for p in m["packages"]:
+            fn = _load_one(d / p["file"], run_dev)
+            if m["graph"] == "step":
+                out.step = fn
+            elif m["graph"] == "chunk":
+                out.chunk = fn
+            else:
+                out.recache[int(p["num_frames"])] = fn
+        out.manifests.append(m)
+    return out
+
+
+# -- inputs of the native streamer ---------------------------------------------------------------
+def stream_inputs(
+    model: torch.nn.Module,
+    prompt_embeds: Sequence[torch.Tensor],
+    *,
+    stream: StreamConfig,
+    noise: torch.Tensor,
+    renoise: torch.Tensor,
+    switch_frames: Sequence[int] = (),
+) -> dict[str, torch.Tensor]:
+    """The tensors ``arvid-stream --inputs`` reads: noise, renoise, the prompts' cross-attention
+    K/V ``text_k/text_v [P, L, B, H, Lt, D]`` (computed here, so the C++ side needs no text path)
+    and ``switch_frames``. Save with ``safetensors.torch.save_file``."""
+    from arvid.runtime import validate_schedule
+
+    switches = validate_schedule(noise.shape[1], len(prompt_embeds), switch_frames, stream.chunk_frames)
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        kvs = [model.text_kv(e.to(dev)) for e in prompt_embeds]
+    text_k = torch.stack([torch.stack([k for k, _ in kv]) for kv in kvs]).cpu().contiguous()
+    text_v = torch.stack([torch.stack([v for _, v in kv]) for kv in kvs]).cpu().contiguous()
+    return {
+        "noise": noise.float().cpu().contiguous(),
+        "renoise": renoise.float().cpu().contiguous(),
+        "text_k": text_k,
+        "text_v": text_v,
+        "switch_frames": torch.tensor(switches, dtype=torch.int64),
+    }
+
+
+# -- the `aoti` executor -------------------------------------------------------------------------
+def default_cache_dir() -> Path:
+    """Where the ``aoti`` executor keeps packages it exports itself (``ARVID_AOTI_CACHE`` overrides)."""
+    env = os.environ.get("ARVID_AOTI_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "arvid" / "aoti"
+
+
+def aoti_executor(model, stream, *, latent_size, batch_size, flags=frozenset(), **options):
+    """A ``GraphRunner`` over AOTInductor packages.
+
+    Options: ``package_dirs`` (directories of ``arvid export aoti``; default: export into
+    ``cache_dir`` / :func:`default_cache_dir` once per model, shapes and device, then reuse).
+    Flags: ``chunk`` runs the whole-chunk package instead of 5 step calls; ``graphs`` (CUDA only)
+    captures each chunk's package calls, re-noising and ring writes as a CUDA graph.
+    """
+    from arvid.runtime.chunk_runner import GraphRunner
+
+    unknown = set(options) - {"package_dirs", "cache_dir"}
+    if unknown:
+        raise ValueError(f"executor 'aoti' takes the options package_dirs, cache_dir; got {sorted(unknown)}")
+    param = model.patch_embedding.weight
+    device = param.device
+    if "graphs" in flags and device.type != "cuda":
+        raise ValueError(f"aoti+graphs captures CUDA graphs: it needs a CUDA device, the model is on {device}")
+    weights = weights_sha256(model)
+    dirs = options.get("package_dirs")
+    if not dirs:
+        h, w = latent_size
+        cache = Path(options.get("cache_dir") or default_cache_dir()) / f"{weights[:16]}-{h}x{w}-b{batch_size}-{device}"
+        dirs = export_stream_packages(
+            model, stream=stream, latent_size=latent_size, cache_dir=cache, batch_size=batch_size,
+            graph="chunk" if "chunk" in flags else "step",
+        )  # fmt: skip
+    expect = {"weights_sha256": weights, "latent_size": list(latent_size), "batch_size": batch_size}
+    graphs = load_package(dirs, device=device, expect=expect)
+    if graphs.step is None:
+        raise ValueError("the aoti executor needs a step package (arvid export aoti --graph step)")
+    if "chunk" in flags and graphs.chunk is None:
+        raise ValueError("aoti+chunk needs a chunk package (arvid export aoti --graph chunk)")
+    for m in graphs.manifests:
+        for field in ("chunk_frames", "sink_frames", "attention_frames"):
+            if m["stream_config"][field] != getattr(stream, field):
+                raise ValueError(f"the packages were exported for {field}={m['stream_config'][field]}, "
+                                 f"the stream has {getattr(stream, field)}")  # fmt: skip
+    cls = _CudaGraphRunner if "graphs" in flags else GraphRunner
+    return cls(
+        model.cfg, stream, latent_size=latent_size, batch_size=batch_size, device=device, dtype=param.dtype,
+        step=graphs.step, chunk=graphs.chunk if "chunk" in flags else None, recache_steps=graphs.recache,
+        rope_positions=min(m["rope_positions"] for m in graphs.manifests),
+    )  # fmt: skip
+
+
+def _cuda_graph_runner_class():
+    from arvid.runtime.chunk_runner import GraphRunner
+
+    class CudaGraphRunner(GraphRunner):
+        """``GraphRunner`` whose chunks replay CUDA graphs of the package calls.
+
+        Everything a captured chunk touches sits at a fixed address: the input noise and re-noise
+        buffers, the text K/V (``set_prompt`` copies into them), the host ring and the plan's
+        device scalars, filled before each replay (outside the graph). The ring write's slice
+        start is a host value baked into the graph, so there is one graph per write slot (the
+        sink slot and the window slots); the valid length is a device scalar, so fill states
+        share a graph. Re-caches run without a graph (once per switch).
+        """
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+            self._pool = None
+            self._x_in = self._renoise = self._x0 = None
+            self._in_graph = False
+
+        def set_prompt(self, text_kv) -> None:
+            k = torch.stack([k for k, _ in text_kv])
+            v = torch.stack([v for _, v in text_kv])
+            if self.text_k is None or self.text_k.shape != k.shape:
+                self.text_k, self.text_v = k, v
+                self.graphs.clear()
+            else:
+                self.text_k.copy_(k)
+                self.text_v.copy_(v)
+
+        def _state(self, plan):
+            if not self._in_graph:  # inside a capture, fill_ of a host value would be baked in
+                self.plan_tensors.fill(plan)
+            pt = self.plan_tensors
+            return (self.text_k, self.text_v, self.k, self.v, pt.write_start, pt.kv_len, pt.frame_offset)
+
+        def _body(self, plan) -> None:
+            self._x0.copy_(GraphRunner.run_chunk(self, self._x_in, list(self._renoise), plan.frame_start))
+
+        def run_chunk(self, noise, renoise, frame_start: int) -> torch.Tensor:
+            import time
+
+            t0 = time.perf_counter()
+            if self._x_in is None:
+                self._x_in = torch.zeros_like(noise, device=self.device, dtype=torch.float32)
+                self._renoise = torch.zeros(len(renoise), *noise.shape, device=self.device)
+                self._x0 = torch.zeros_like(self._x_in)
+            self._x_in.copy_(noise)
+            for si, r in enumerate(renoise):
+                self._renoise[si].copy_(r)
+            plan = self.planner.plan_chunk(frame_start)
+            self.plan_tensors.fill(plan)  # outside the graph, before the replay
+            graph = self.graphs.get(plan.write_start)
+            if graph is None:
+                graph = self._capture(plan)
+            graph.replay()
+            self.planner.commit(plan)
+            self.last_host_ms = (time.perf_counter() - t0) * 1000
+            return self._x0
+
+        def _capture(self, plan) -> torch.cuda.CUDAGraph:
+            import time
+
+            t0 = time.perf_counter()
+            filled, next_slot = self.planner.filled, self.planner.next_slot
+            self._in_graph = True
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._body(plan)  # warm-up: the package's first run, allocator
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                self._body(plan)
+            self._pool = graph.pool()
+            self._in_graph = False
+            self.graphs[plan.write_start] = graph
+            self.planner.filled, self.planner.next_slot = filled, next_slot  # _body committed the plan
+            torch.cuda.synchronize()
+            self.capture_seconds += time.perf_counter() - t0
+            return graph
+
+    return CudaGraphRunner
+
+
+def _register() -> None:
+    global _CudaGraphRunner
+    from arvid.runtime.chunk_runner import Executor, register_executor
+
+    _CudaGraphRunner = _cuda_graph_runner_class()
+    register_executor(
+        Executor(
+            "aoti",
+            "AOTInductor packages of the exported chunk step (C++ kernels on the CPU, Triton on CUDA)",
+            aoti_executor,
+            flags=("chunk", "graphs"),
+        )
+    )
+
+
+_CudaGraphRunner = None
+_register()

@@ -1,0 +1,80 @@
+"""Session-wide AOTInductor packages and native build for the export tests.
+
+AOTInductor compiles take tens of seconds each on this CPU, and the native build about a minute,
+so both happen once per test session, in the session's temporary folder: packages are reused by
+their manifest key (export/aoti.py), the build folder by CMake itself. The native build starts
+in the background before the packages compile, so the two overlap.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "native"))
+
+import check_parity  # noqa: E402  (native/check_parity.py: the parity setup ctest runs)
+
+_memo: dict[str, object] = {}
+
+
+def base(tmp_path_factory) -> Path:
+    return tmp_path_factory.getbasetemp()
+
+
+def packages(tmp_path_factory) -> tuple[torch.nn.Module, list[Path]]:
+    """The tiny model and its step + re-cache packages (check_parity's setup, so ctest reuses them)."""
+    if "packages" not in _memo:
+        torch.set_num_threads(1)
+        model = check_parity.parity_model()
+        dirs = check_parity.parity_packages(model, base(tmp_path_factory) / "aoti-cache")
+        _memo["packages"] = (model, dirs)
+    return _memo["packages"]
+
+
+def cmake_missing() -> str | None:
+    for tool in ("cmake", "g++"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed: the native streamer cannot be built here"
+    return None
+
+
+def configure_cmd(build: Path, cache: Path) -> list[str]:
+    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+    return [
+        "cmake", "-S", str(ROOT), "-B", str(build), *gen, "-DCMAKE_BUILD_TYPE=Release",
+        f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}", f"-DARVID_PYTHON={sys.executable}",
+        f"-DARVID_AOTI_CACHE={cache}",
+    ]  # fmt: skip
+
+
+def start_native_build(tmp_path_factory) -> None:
+    """Configure and start building arvid-stream in the background (once per session)."""
+    if "build" in _memo or cmake_missing():
+        return
+    build = base(tmp_path_factory) / "native-build"
+    cache = base(tmp_path_factory) / "aoti-cache"
+    log = open(build.parent / "native-build.log", "w")  # noqa: SIM115  (closed in native_build)
+    cmd = " && ".join([" ".join(f"'{a}'" for a in configure_cmd(build, cache)), f"cmake --build '{build}' -j 2"])
+    _memo["build"] = (build, subprocess.Popen(cmd, shell=True, stdout=log, stderr=subprocess.STDOUT), log)
+
+
+def native_build(tmp_path_factory) -> Path:
+    """The build folder with arvid-stream built (fails the test with the build log if it did not build)."""
+    reason = cmake_missing()
+    if reason:
+        pytest.skip(reason)
+    start_native_build(tmp_path_factory)
+    build, proc, log = _memo["build"]
+    if proc.wait():
+        log.close()
+        text = Path(log.name).read_text()[-4000:]
+        pytest.fail(f"the native build failed:\n{text}")
+    log.close()
+    return build
