@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["bench", "generate", "roofline", "report", "interactive", "download", "quantize", "quality"]
+COMMANDS = ["bench", "generate", "roofline", "report", "interactive", "download", "quantize", "quality", "export"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,11 +26,16 @@ TWO_GB = 2**31
 STANDARD_DOMAINS = ("", "ai.onnx")
 
 
+class MissingDependencyError(ImportError, ValueError):
+    """An optional package (onnx, onnxruntime, tensorrt) is missing: one line with the install hint.
+    A ``ValueError`` too, so the ``arvid`` command prints it as a one-line error."""
+
+
 def _onnx():
     try:
         import onnx
     except ImportError as e:
-        raise ImportError(f"ONNX export needs onnx (pip install 'arvid[export]'; {e})") from None
+        raise MissingDependencyError(f"ONNX export needs onnx (pip install 'arvid[export]'; {e})") from None
     return onnx
 
 

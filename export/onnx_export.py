@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 import os
 import tempfile
 import time
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .onnx_check import TWO_GB, _onnx
+from .onnx_check import TWO_GB, MissingDependencyError, _onnx
 
 DEFAULT_OPSET = 18  # dynamo's native opset; TensorRT 10's parser reads 9..20
 
@@ -35,7 +36,9 @@ def _ort():
     try:
         import onnxruntime as ort
     except ImportError as e:
-        raise ImportError(f"the ONNX Runtime engine needs onnxruntime (pip install 'arvid[export]'; {e})") from None
+        raise MissingDependencyError(
+            f"the ONNX Runtime engine needs onnxruntime (pip install 'arvid[export]'; {e})"
+        ) from None
     return ort
 
 
@@ -213,6 +216,19 @@ def _names(spec, attr: str, n: int, prefix: str) -> list[str]:
 
 
 def _torch_export(module, args, onnx_path: Path, *, dynamo: bool, opset: int, input_names, output_names):
+    _onnx()
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # e.g. "torchvision is not installed. Skipping torchvision::nms"
+    try:
+        return _torch_export_quiet(
+            module, args, onnx_path, dynamo=dynamo, opset=opset, input_names=input_names, output_names=output_names
+        )
+    finally:
+        quiet.setLevel(level)
+
+
+def _torch_export_quiet(module, args, onnx_path: Path, *, dynamo: bool, opset: int, input_names, output_names):
     onnx = _onnx()
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")

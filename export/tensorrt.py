@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from .onnx_check import MissingDependencyError
+
 SUPPORTED_MAJORS = (10, 11)
 INSTALL_HINT = "TensorRT is not installed (pip install tensorrt; needs an NVIDIA GPU and driver)"
 
@@ -32,7 +34,7 @@ def _trt():
     try:
         import tensorrt as trt
     except ImportError as e:
-        raise ImportError(f"{INSTALL_HINT}; {e}") from None
+        raise MissingDependencyError(f"{INSTALL_HINT}; {e}") from None
     return trt
 
 
