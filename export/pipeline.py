@@ -47,10 +47,11 @@ def _graphs_module():
     return graphs
 
 
-def dit_graphs(kind: str, model, *, stream, latent_size, batch_size: int = 1, rope_positions: int):
-    """``[(file stem, module, example inputs, spec)]`` for a DiT graph kind."""
+def dit_graphs(kind: str, model, *, stream, latent_size, batch_size: int = 1, rope_positions: int, spans=None):
+    """``[(file stem, module, example inputs, spec)]`` for a DiT graph kind (``spans``: the re-cache
+    span lengths to build, default all of :func:`recache_spans`)."""
     graphs = _graphs_module()
-    frames = recache_spans(stream) if kind == "recache" else [None]
+    frames = list(spans or recache_spans(stream)) if kind == "recache" else [None]
     out = []
     for f in frames:
         g = graphs.build_graph(
@@ -90,6 +91,7 @@ def export_graphs(
     opset: int | None = None,
     rope_positions: int | None = None,
     force: bool = False,
+    spans: Sequence[int] | None = None,
     log: Callable[[str], None] = lambda s: None,
     model_tag: Sequence[str] = (),
 ) -> dict:
@@ -137,6 +139,7 @@ def export_graphs(
         device=device.type,
         torch=torch.__version__,
         tag=list(model_tag),
+        spans=list(spans) if spans else None,
     )
     if not force:
         old = mf.reusable(out_dir, key)
@@ -157,18 +160,12 @@ def export_graphs(
                 raise ValueError("a Q/DQ export needs a calibration loop (prompts to calibrate on)")
             log(f"calibrating {quant} with modelopt ...")
             model = calibrate(copy.deepcopy(float_model), quant, calibrate_loop)
-        items = dit_graphs(
-            kind, model, stream=stream, latent_size=latent_size, batch_size=batch_size, rope_positions=rope_positions
+        geo = dict(
+            stream=stream, latent_size=latent_size, batch_size=batch_size, rope_positions=rope_positions, spans=spans
         )
+        items = dit_graphs(kind, model, **geo)
         if quant:
-            floats = dit_graphs(
-                kind,
-                float_model,
-                stream=stream,
-                latent_size=latent_size,
-                batch_size=batch_size,
-                rope_positions=rope_positions,
-            )
+            floats = dit_graphs(kind, float_model, **geo)
     graphs_meta = []
     for i, (stem, graph, inputs, spec) in enumerate(items):
         path = out_dir / f"{stem}.onnx"
