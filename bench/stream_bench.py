@@ -21,22 +21,11 @@ from dataclasses import asdict, dataclass, field
 import psutil
 import torch
 
-from arvid.runtime import StreamConfig, StreamingGenerator, get_preset
+from arvid.runtime import GeneratorOptions, StreamConfig, StreamingGenerator, get_preset
 from arvid.runtime.pipeline import load_model, placeholder_prompt_embeds
 from arvid.runtime.vae import StreamingVAEDecoder
 
 from .env import environment
-
-VARIANT_FLAGS = ("graphs", "stepgraphs", "compile", "fp8kv")
-
-
-def parse_variant(spec: str) -> tuple[str, set[str]]:
-    """``"triton+graphs+compile"`` -> ``("triton", {"graphs", "compile"})``; ``+fp8kv``: FP8 (e4m3) KV cache."""
-    backend, *flags = spec.split("+")
-    unknown = set(flags) - set(VARIANT_FLAGS)
-    if unknown:
-        raise ValueError(f"variant {spec!r}: unknown option(s) {sorted(unknown)}; options are {list(VARIANT_FLAGS)}")
-    return backend, set(flags)
 
 
 @dataclass
@@ -135,20 +124,15 @@ def run_stream_bench(
         # Built per run and freed after it, so a variant's peak memory holds its own cache and
         # graphs only (a +compile variant keeps one compiled copy of the model for the process).
         nonlocal compiled
-        backend, flags = parse_variant(spec)
+        opts = GeneratorOptions.from_variant(spec)
         m = model
-        if "compile" in flags:  # compiled copy, so the other variants keep running the eager model
-            compiled = compiled or copy.deepcopy(model).compile_regions()
+        if opts.compile:  # compiled copy, so the other variants keep running the eager model
+            compiled = compiled or copy.deepcopy(model)
             m = compiled
-        return StreamingGenerator(
-            m, stream, latent_size=(p.latent_height, p.latent_width), batch_size=batch_size,
-            backend=backend, cuda_graphs=bool(flags & {"graphs", "stepgraphs"}),
-            graph_granularity="step" if "stepgraphs" in flags else "chunk",
-            kv_cache_dtype=torch.float8_e4m3fn if "fp8kv" in flags else None,
-        )  # fmt: skip
+        return opts.build(m, stream, latent_size=(p.latent_height, p.latent_width), batch_size=batch_size)
 
     for spec in backends:
-        parse_variant(spec)  # fail on a bad spec before any work
+        GeneratorOptions.from_variant(spec)  # fail on a bad spec before any work
     vae_model = _random_vae(p, device, dtype, seed) if vae else None
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(batch_size, frames, p.model.in_dim, p.latent_height, p.latent_width, generator=g)
@@ -166,10 +150,8 @@ def run_stream_bench(
                 torch.cuda.reset_peak_memory_stats(device)
             gen = make_generator(b)
             _sync(device)
-            if gen.runner.cuda_graphs:
-                gen.runner.set_prompt(model.text_kv(prompts[0].to(device)))
-                capture = gen.runner.capture_all()
-                res.capture_seconds = capture if r == 0 else res.capture_seconds
+            capture = gen.capture(prompts[0])
+            res.capture_seconds = capture if r == 0 else res.capture_seconds
             chunks, peak_rss = [], proc.memory_info().rss
             t0 = time.perf_counter()
             renoise_gen = torch.Generator(device=device).manual_seed(seed + 1)
@@ -182,7 +164,7 @@ def run_stream_bench(
                     res.first_chunk_ms = ms
                 if i >= warmup:
                     res.chunk_ms.append(ms)
-                    res.host_ms.append(gen.runner.last_host_ms)
+                    res.host_ms.append(gen.last_host_ms)
                 if decoder is not None:
                     decoder.decode(c.latents)
                     _sync(device)
@@ -203,7 +185,7 @@ def run_stream_bench(
             else:
                 res.memory_kind = "process_rss"
                 res.peak_memory_bytes = max(res.peak_memory_bytes, peak_rss)
-            res.cache_bytes = gen.cache.nbytes
+            res.cache_bytes = gen.kv_cache_nbytes
             outputs[b] = torch.cat(chunks, dim=1)
             del gen
 

@@ -1,0 +1,10 @@
+"""Triton kernels for streaming attention off a ring-buffer KV cache, each beside its PyTorch reference.
+
+Public entry points live in the op modules (``sink_window_attention``, ``qk_norm_rope_append``,
+``rope_3d``); the availability checks callers need before choosing a Triton path are here.
+"""
+
+from ._triton_utils import interpreting as triton_interpreting
+from ._triton_utils import triton_unavailable_reason
+
+__all__ = ["triton_interpreting", "triton_unavailable_reason"]

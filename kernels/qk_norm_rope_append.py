@@ -41,6 +41,7 @@ __all__ = [
     "qk_norm_rope_append_kv_cache_ref",
     "quantize_fp8_per_token_head_ref",
     "rms_norm_across_heads_ref",
+    "rms_norm_ref",
 ]
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
@@ -132,15 +133,15 @@ def _check_inputs(
 # ----------------------------------------------------------------------------------------
 
 
-def rms_norm_across_heads_ref(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Wan's ``WanRMSNorm`` over all ``H*D`` features of each token of ``x`` ``[B, L, H, D]``.
+def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Wan's ``WanRMSNorm`` over the last dim: the statistic in float32, rounded to ``x.dtype``, then scaled."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x) * weight
 
-    Same operation order as Wan (statistic in fp32, rounded to ``x.dtype`` before the weight);
-    the result is returned in ``x.dtype``.
-    """
-    xf = x.flatten(-2)
-    normed = (xf.float() * torch.rsqrt(xf.float().pow(2).mean(-1, keepdim=True) + eps)).type_as(xf) * weight
-    return normed.to(x.dtype).unflatten(-1, x.shape[-2:])
+
+def rms_norm_across_heads_ref(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """:func:`rms_norm_ref` over all ``H*D`` features of each token of ``x`` ``[B, L, H, D]``; dtype of ``x``."""
+    return rms_norm_ref(x.flatten(-2), weight, eps).to(x.dtype).unflatten(-1, x.shape[-2:])
 
 
 def quantize_fp8_per_token_head_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,45 +1,73 @@
 """Attention backends: a small registry with precondition checks and an explicit choice per run.
 
-A backend provides the two per-layer operations of the streaming self-attention:
+Each backend owns the KV cache its attention reads (``make_cache``, see ``kv_cache.py``) and, for
+the ring-buffer backends, provides the two per-layer operations of the streaming self-attention
+over explicit tensors (never a model module):
 
-``append(q, k, v, attn, cache, layer, plan, rope) -> q_rot``
-    q/k RMSNorm, 3D RoPE, and the write of K (rotated) and V into the plan's slots of one
-    layer's ring buffer ``cache.k[layer]`` ``[B, S, H, D]``; returns the rotated queries
-    ``[B, L, H, D]``. ``rope`` is the per-token ``(cos, sin)`` ``[L, D/2]``; a fused kernel may
-    use ``cache.rope_tables`` and the plan's device frame offset instead.
-``attend(q_rot, cache, layer, plan) -> out``
+``append(q, k, v, norm, rope, layer, plan) -> q_rot``
+    q/k RMSNorm (:class:`QKNorm`), 3D RoPE (:class:`~arvid.runtime.rope.RopeInput`), and the
+    write of K (rotated) and V into the plan's slots of one layer's ring buffer
+    (:class:`~arvid.runtime.kv_cache.RingLayer`); returns the rotated queries ``[B, L, H, D]``.
+``attend(q_rot, layer, plan) -> out``
     attention of the queries over the valid slots ``[0, plan.kv_len)`` of that ring buffer.
 
-With an FP8 cache (``cache.k.dtype == float8_e4m3fn``) K and V are stored as e4m3 with one
-float32 scale per token and head (``cache.k_scale`` / ``cache.v_scale`` ``[layers, B, S, H]``,
+With an FP8 cache (``layer.k.dtype == float8_e4m3fn``) K and V are stored as e4m3 with one
+float32 scale per token and head (``layer.k_scale`` / ``layer.v_scale`` ``[B, S, H]``,
 ``x ~= x8 * scale``): the append quantizes, the attention dequantizes.
 
 ``eager`` is the exception: it is the reference implementation's algorithm (a cache kept in
 temporal order, rolled by copying, cloned and concatenated before every attention call), the
-baseline every benchmark compares against. It owns its cache (see ``baseline.py``).
+baseline every benchmark compares against; its cache does the work itself (``concat_cache.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+
+from arvid.kernels.qk_norm_rope_append import quantize_fp8_per_token_head_ref, rms_norm_across_heads_ref
+from arvid.kernels.rope_3d import apply_rope_3d_ref
+
+if TYPE_CHECKING:
+    from .kv_cache import ForwardPlan, RingLayer
+    from .rope import RopeInput
+
+
+@dataclass(frozen=True)
+class QKNorm:
+    """The q/k RMSNorm of one self-attention layer: Wan normalises over all ``H*D`` features."""
+
+    q_weight: torch.Tensor  # [H*D]
+    k_weight: torch.Tensor  # [H*D]
+    eps: float
+
+
+def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, norm: QKNorm, rope: RopeInput) -> tuple[torch.Tensor, torch.Tensor]:
+    """q/k RMSNorm then 3D RoPE in plain PyTorch: what the fused append kernel does in one pass."""
+    cos, sin = rope.per_token
+    q = rms_norm_across_heads_ref(q, norm.q_weight, norm.eps)
+    k = rms_norm_across_heads_ref(k, norm.k_weight, norm.eps)
+    return apply_rope_3d_ref(q, cos, sin), apply_rope_3d_ref(k, cos, sin)
 
 
 @dataclass(frozen=True)
 class AttentionBackend:
     name: str
     description: str
-    ring: bool  # True: uses the ring-buffer cache through append/attend
     unavailable: Callable[[torch.device, torch.dtype], str | None]  # why it cannot run here, or None
+    # make_cache(model_cfg, stream_cfg, *, batch_size, patch_grid, device, dtype, kv_dtype) -> KVCache
+    make_cache: Callable[..., Any]
     append: Callable[..., torch.Tensor] | None = None
     attend: Callable[..., torch.Tensor] | None = None
-    # True: attend reads the valid length from plan.device_tensors, so one captured graph serves
-    # every fill state; False: it slices by the host int plan.kv_len (a graph per fill state).
+    # True: attend reads the valid length from the plan's device scalars, so one captured graph
+    # serves every fill state; False: it slices by the host int plan.kv_len (a graph per fill state).
     kv_len_on_device: bool = False
+    # False: the cache keeps host-side state per layer that changes inside a forward: not capturable.
+    capturable: bool = True
 
 
 _BACKENDS: dict[str, AttentionBackend] = {}
@@ -68,11 +96,8 @@ def get_backend(name: str, device: torch.device | str, dtype: torch.dtype) -> At
 def default_backend(device: torch.device | str, dtype: torch.dtype) -> str:
     """The fastest backend that runs on ``device``: ``triton`` on CUDA where it is usable, else ``sdpa``."""
     device = torch.device(device)
-    for name in ("triton", "sdpa"):
-        if name in _BACKENDS and _BACKENDS[name].unavailable(device, dtype) is None:
-            if name == "triton" and device.type != "cuda":
-                continue  # the Triton interpreter is for tests, far too slow to be a default
-            return name
+    if device.type == "cuda" and "triton" in _BACKENDS and _BACKENDS["triton"].unavailable(device, dtype) is None:
+        return "triton"  # on the CPU the Triton interpreter is for tests, far too slow to be a default
     return "sdpa"
 
 
@@ -80,11 +105,13 @@ def _always(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 
+def _ring_cache(model_cfg, stream_cfg, *, backend_name: str, **kwargs):
+    from .kv_cache import RingKVCache
+
+    return RingKVCache(model_cfg, stream_cfg, backend=_BACKENDS[backend_name], **kwargs)
+
+
 # -- sdpa: plain PyTorch ops over the ring buffer ---------------------------------------------
-def _is_fp8(cache: Any) -> bool:
-    return cache.k.dtype == torch.float8_e4m3fn
-
-
 def _write(dst: torch.Tensor, idx: torch.Tensor, src: torch.Tensor) -> None:
     """``dst[:, idx] = src`` along dim 1; fp8 goes through a byte view (no fp8 index_copy on the CPU)."""
     if dst.dtype == torch.float8_e4m3fn:
@@ -97,33 +124,30 @@ def sdpa_append(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    attn: Any,
-    cache: Any,
-    layer: int,
-    plan: Any,
-    rope: tuple[torch.Tensor, torch.Tensor],
+    norm: QKNorm,
+    rope: RopeInput,
+    layer: RingLayer,
+    plan: ForwardPlan,
 ) -> torch.Tensor:
-    q, k = attn.norm_rope(q, k, *rope)
+    q, k = qk_norm_rope(q, k, norm, rope)
     # Write at the device-side offset so the same code runs inside a CUDA graph for every slot.
-    idx = plan.device_tensors["write_start"].long() + torch.arange(k.shape[1], device=k.device)
-    if _is_fp8(cache):
-        from arvid.kernels.qk_norm_rope_append import quantize_fp8_per_token_head_ref
-
+    idx = plan.tensors.write_start.long() + torch.arange(k.shape[1], device=k.device)
+    if layer.is_fp8:
         (k, ks), (v, vs) = quantize_fp8_per_token_head_ref(k), quantize_fp8_per_token_head_ref(v)
-        _write(cache.k_scale[layer], idx, ks)
-        _write(cache.v_scale[layer], idx, vs)
-    _write(cache.k[layer], idx, k)
-    _write(cache.v[layer], idx, v)
+        _write(layer.k_scale, idx, ks)
+        _write(layer.v_scale, idx, vs)
+    _write(layer.k, idx, k)
+    _write(layer.v, idx, v)
     return q
 
 
-def sdpa_attend(q: torch.Tensor, cache: Any, layer: int, plan: Any) -> torch.Tensor:
+def sdpa_attend(q: torch.Tensor, layer: RingLayer, plan: ForwardPlan) -> torch.Tensor:
     # The valid slots are a prefix of the ring, so this is a view: no gather, no copy.
-    k = cache.k[layer][:, : plan.kv_len]
-    v = cache.v[layer][:, : plan.kv_len]
-    if _is_fp8(cache):  # reference path: dequantize a copy (the triton kernel scales in registers)
-        k = (k.float() * cache.k_scale[layer][:, : plan.kv_len, :, None]).to(q.dtype)
-        v = (v.float() * cache.v_scale[layer][:, : plan.kv_len, :, None]).to(q.dtype)
+    k = layer.k[:, : plan.kv_len]
+    v = layer.v[:, : plan.kv_len]
+    if layer.is_fp8:  # reference path: dequantize a copy (the triton kernel scales in registers)
+        k = (k.float() * layer.k_scale[:, : plan.kv_len, :, None]).to(q.dtype)
+        v = (v.float() * layer.v_scale[:, : plan.kv_len, :, None]).to(q.dtype)
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return out.transpose(1, 2)
 
@@ -132,8 +156,8 @@ register_backend(
     AttentionBackend(
         name="sdpa",
         description="ring-buffer cache; torch RMSNorm/RoPE/index write + scaled_dot_product_attention on a view",
-        ring=True,
         unavailable=_always,
+        make_cache=lambda *a, **kw: _ring_cache(*a, backend_name="sdpa", **kw),
         append=sdpa_append,
         attend=sdpa_attend,
     )
@@ -142,12 +166,12 @@ register_backend(
 
 # -- triton: fused append + sink/window attention kernels -------------------------------------
 def _triton_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
-    from arvid.kernels._triton_utils import interpreting, triton_unavailable_reason
+    from arvid.kernels import triton_interpreting, triton_unavailable_reason
 
     reason = triton_unavailable_reason()
     if reason:
         return reason
-    if device.type == "cpu" and not interpreting():
+    if device.type == "cpu" and not triton_interpreting():
         return "the model is on the CPU; the Triton kernels run on CUDA (or under TRITON_INTERPRET=1, for tests)"
     if device.type not in ("cpu", "cuda"):
         return f"Triton kernels do not run on {device.type}"
@@ -160,46 +184,57 @@ def triton_append(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    attn: Any,
-    cache: Any,
-    layer: int,
-    plan: Any,
-    rope: tuple[torch.Tensor, torch.Tensor],
+    norm: QKNorm,
+    rope: RopeInput,
+    layer: RingLayer,
+    plan: ForwardPlan,
 ) -> torch.Tensor:
     from arvid.kernels.qk_norm_rope_append import qk_norm_rope_append_kv_cache
 
-    scales = {"k_scale": cache.k_scale[layer], "v_scale": cache.v_scale[layer]} if _is_fp8(cache) else {}
+    scales = {"k_scale": layer.k_scale, "v_scale": layer.v_scale} if layer.is_fp8 else {}
     return qk_norm_rope_append_kv_cache(
-        q, k, v, attn.norm_q.weight, attn.norm_k.weight, *cache.rope_tables, cache.k[layer], cache.v[layer],
-        plan.device_tensors["write_start"], plan.device_tensors["frame_offset"],
-        (plan.num_frames, *cache.patch_grid), eps=attn.eps, **scales,
+        q, k, v, norm.q_weight, norm.k_weight, rope.cos_table, rope.sin_table, layer.k, layer.v,
+        plan.tensors.write_start, plan.tensors.frame_offset, rope.grid, eps=norm.eps, **scales,
     )  # fmt: skip
 
 
-def triton_attend(q: torch.Tensor, cache: Any, layer: int, plan: Any) -> torch.Tensor:
+def triton_attend(q: torch.Tensor, layer: RingLayer, plan: ForwardPlan) -> torch.Tensor:
     from arvid.kernels.sink_window_attention import sink_window_attention_with_kv_cache
 
-    scales = {"k_scale": cache.k_scale[layer], "v_scale": cache.v_scale[layer]} if _is_fp8(cache) else {}
-    kv_len = plan.device_tensors["kv_len"]
-    return sink_window_attention_with_kv_cache(q, cache.k[layer], cache.v[layer], kv_len, **scales)
+    scales = {"k_scale": layer.k_scale, "v_scale": layer.v_scale} if layer.is_fp8 else {}
+    return sink_window_attention_with_kv_cache(q, layer.k, layer.v, plan.tensors.kv_len, **scales)
 
 
 register_backend(
     AttentionBackend(
         name="triton",
         description="ring-buffer cache; fused q/k-norm + RoPE + cache-write kernel, one sink+window attention kernel",
-        ring=True,
         unavailable=_triton_unavailable,
+        make_cache=lambda *a, **kw: _ring_cache(*a, backend_name="triton", **kw),
         append=triton_append,
         attend=triton_attend,
         kv_len_on_device=True,
     )
 )
+
+
+def _concat_cache(model_cfg, stream_cfg, *, batch_size, patch_grid, device, dtype, kv_dtype=None):
+    from .concat_cache import ConcatKVCache
+
+    if kv_dtype not in (None, dtype):
+        raise ValueError("backend 'eager' keeps the KV cache in the model's dtype only")
+    return ConcatKVCache(
+        model_cfg, stream_cfg, batch_size=batch_size, tokens_per_frame=patch_grid[0] * patch_grid[1],
+        device=device, dtype=dtype,
+    )  # fmt: skip
+
+
 register_backend(
     AttentionBackend(
         name="eager",
         description="reference algorithm: temporal-order cache rolled by copying, clone + concat per call",
-        ring=False,
         unavailable=_always,
+        make_cache=_concat_cache,
+        capturable=False,
     )
 )

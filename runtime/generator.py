@@ -16,11 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import default_backend, get_backend
-from .baseline import ConcatKVCache
+from .attention import backend_names, default_backend, get_backend
+from .chunk_runner import ChunkExecutor, ChunkRunner, executor_names, get_executor
 from .config import StreamConfig
-from .graphs import ChunkRunner
-from .kv_cache import RingKVCache
 from .model import CausalWanModel
 from .scheduler import FlowMatchScheduler
 
@@ -53,7 +51,7 @@ def validate_schedule(num_frames: int, num_prompts: int, switch_frames: Sequence
 
 
 class StreamingGenerator:
-    """Runs the streaming algorithm with one model, one cache and one attention backend.
+    """Runs the streaming algorithm with one model and one chunk executor.
 
     Parameters
     ----------
@@ -61,11 +59,16 @@ class StreamingGenerator:
     stream : streaming settings (defaults: LongLive's).
     latent_size : ``(H, W)`` of the latents, e.g. ``(60, 104)`` for 832x480 video.
     batch_size : videos generated together.
-    backend : ``"eager"`` (the reference-style baseline), ``"sdpa"``, ``"triton"``, ... or ``None``
-        for the fastest that runs on the model's device.
+    backend : an attention backend (``"eager"``, the reference-style baseline; ``"sdpa"``;
+        ``"triton"``), an engine registered with ``register_executor`` (``"functional"``, and with
+        ``arvid.export`` imported ``"ort"``, ``"aoti"``, ...), or ``None`` for the fastest attention
+        backend that runs on the model's device.
     cuda_graphs : capture each chunk's work (4 denoising forwards, re-noising, clean-context
-        update) as a CUDA graph and replay it (see ``graphs.py``). Without it the same static
+        update) as a CUDA graph and replay it (see ``chunk_runner.py``). Without it the same static
         code runs eagerly.
+    graph_granularity : ``"chunk"`` (one graph per chunk) or ``"step"`` (one per forward).
+    kv_cache_dtype : ``torch.float8_e4m3fn`` for an FP8 KV cache (ring backends), else the model's.
+    engine_flags, engine_options : passed to an engine's factory (e.g. ``{"int8"}`` for ``ort+int8``).
     """
 
     def __init__(
@@ -79,38 +82,65 @@ class StreamingGenerator:
         cuda_graphs: bool = False,
         graph_granularity: str = "chunk",
         kv_cache_dtype: torch.dtype | None = None,
+        engine_flags: frozenset[str] | set[str] = frozenset(),
+        engine_options: dict | None = None,
     ) -> None:
         self.model = model
         self.stream_cfg = stream or StreamConfig()
         self.scheduler = FlowMatchScheduler(self.stream_cfg)
         param = model.patch_embedding.weight
         self.device, self.dtype = param.device, param.dtype
-        self.backend = get_backend(backend or default_backend(self.device, self.dtype), self.device, self.dtype)
         h, w = latent_size
         _, ph, pw = model.cfg.patch_size
         if h % ph or w % pw:
             raise ValueError(f"latent size {h}x{w} is not divisible by the patch size {ph}x{pw}")
         self.latent_size = (h, w)
         self.batch_size = batch_size
-        self.tokens_per_frame = (h // ph) * (w // pw)
-        if self.backend.ring:
-            self.cache: RingKVCache | ConcatKVCache = RingKVCache(
-                model.cfg, self.stream_cfg, batch_size=batch_size, patch_grid=(h // ph, w // pw),
-                backend=self.backend, rope_tables=model.rope_tables(), device=self.device, dtype=self.dtype,
-                kv_dtype=kv_cache_dtype,
+        name = backend or default_backend(self.device, self.dtype)
+        engine = get_executor(name)
+        if engine is not None:
+            if cuda_graphs or kv_cache_dtype is not None:
+                raise ValueError(f"engine {name!r}: CUDA graphs and the KV-cache dtype are the engine's own options")
+            self.backend_name = name
+            self.executor: ChunkExecutor = engine.factory(
+                model, self.stream_cfg, latent_size=self.latent_size, batch_size=batch_size,
+                flags=frozenset(engine_flags), **(engine_options or {}),
             )  # fmt: skip
-        else:
-            if kv_cache_dtype not in (None, self.dtype):
-                raise ValueError(f"backend {self.backend.name!r} keeps the KV cache in the model's dtype only")
-            self.cache = ConcatKVCache(
-                model.cfg, self.stream_cfg, batch_size=batch_size, tokens_per_frame=self.tokens_per_frame,
-                device=self.device, dtype=self.dtype,
-            )  # fmt: skip
-        if cuda_graphs and not self.backend.ring:
+            return
+        if name not in backend_names():
             raise ValueError(
-                f"backend {self.backend.name!r} keeps host-side state per layer: it cannot be graph-captured"
+                f"unknown attention backend or engine {name!r}; choose one of {backend_names() + executor_names()}"
             )
-        self.runner = ChunkRunner(self, cuda_graphs=cuda_graphs, granularity=graph_granularity)
+        if engine_flags or engine_options:
+            raise ValueError(f"attention backend {name!r} takes no engine options")
+        attn = get_backend(name, self.device, self.dtype)
+        self.backend_name = attn.name
+        cache = attn.make_cache(
+            model.cfg, self.stream_cfg, batch_size=batch_size, patch_grid=(h // ph, w // pw),
+            device=self.device, dtype=self.dtype, kv_dtype=kv_cache_dtype,
+        )  # fmt: skip
+        self.executor = ChunkRunner(
+            model, cache, attn, self.stream_cfg, latent_size=self.latent_size, batch_size=batch_size,
+            cuda_graphs=cuda_graphs, granularity=graph_granularity,
+        )  # fmt: skip
+
+    # -- what benchmarks read ----------------------------------------------------------------
+    @property
+    def kv_cache_nbytes(self) -> int:
+        return self.executor.kv_cache_nbytes
+
+    @property
+    def last_host_ms(self) -> float:
+        """Host time of the last chunk (launches or graph replays, no sync)."""
+        return self.executor.last_host_ms
+
+    @torch.no_grad()
+    def capture(self, prompt: torch.Tensor) -> float:
+        """Capture CUDA graphs up front with ``prompt`` ``[B, text_len, text_dim]``; returns seconds
+        (0 where the executor captures nothing). Streams after it replay them without capturing."""
+        self._check_prompts([prompt])
+        self.executor.set_prompt(self.model.text_kv(prompt.to(self.device)))
+        return self.executor.capture()
 
     # -- input checks ------------------------------------------------------------------------
     def _check_noise(self, noise: torch.Tensor) -> None:
@@ -174,10 +204,10 @@ class StreamingGenerator:
             switches = validate_schedule(num_frames, len(prompts), switch_frames, chunk)
             prompt_source = dict(zip(switches, prompts[1:], strict=True)).get
         renoise_fn = self._renoise_source(renoise, num_chunks, noise, generator)
-        self._ensure_rope(max(num_frames, *self.latent_size))
 
-        self.cache.reset()
-        self.runner.set_prompt(self.model.text_kv(prompts[0].to(self.device)))
+        runner = self.executor
+        runner.prepare(num_frames)
+        runner.set_prompt(self.model.text_kv(prompts[0].to(self.device)))
         # The last attention_frames generated latents, for a re-cache: memory flat in video length.
         history = torch.zeros(self.batch_size, cfg.attention_frames, *noise.shape[2:], device=self.device)
         for ci in range(num_chunks):
@@ -185,10 +215,10 @@ class StreamingGenerator:
             new_prompt = prompt_source(fs) if ci > 0 else None
             if new_prompt is not None:
                 self._check_prompts([new_prompt])
-                self.runner.set_prompt(self.model.text_kv(new_prompt.to(self.device)))
-                self.runner.recache(fs, history)
+                runner.set_prompt(self.model.text_kv(new_prompt.to(self.device)))
+                runner.recache(fs, history)
             renoise_chunk = [renoise_fn(ci, si) for si in range(len(self.scheduler) - 1)]
-            x0 = self.runner.run_chunk(noise[:, fs : fs + chunk], renoise_chunk, fs).clone()
+            x0 = runner.run_chunk(noise[:, fs : fs + chunk].to(self.device), renoise_chunk, fs).clone()
             history = torch.cat([history[:, chunk:], x0], dim=1)
             yield ChunkOutput(ci, fs, x0, new_prompt is not None)
 
@@ -197,13 +227,6 @@ class StreamingGenerator:
         return torch.cat([c.latents for c in self.stream(noise, prompts, switch_frames, **kwargs)], dim=1)
 
     # -- pieces ------------------------------------------------------------------------------
-    def _ensure_rope(self, positions: int) -> None:
-        """Grow the RoPE tables to cover ``positions`` before any chunk (graphs hold the old ones)."""
-        tables = self.model.rope_tables(positions)
-        if getattr(self.cache, "rope_tables", tables) is not tables:
-            self.cache.rope_tables = tables
-            self.runner.graphs.clear()
-
     def _renoise_source(self, renoise, num_chunks: int, noise: torch.Tensor, generator: torch.Generator | None):
         cfg = self.stream_cfg
         shape = (self.batch_size, cfg.chunk_frames, *noise.shape[2:])

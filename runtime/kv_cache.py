@@ -1,6 +1,6 @@
-"""The ring-buffer KV cache: fixed slots for the sink and the window, written by index.
+"""KV caches of the streaming self-attention: the protocol, the ring buffer, and its functional form.
 
-Layout: one allocation per tensor, ``k``/``v`` ``[num_layers, B, S, H, D]`` with
+Ring layout: one allocation per tensor, ``k``/``v`` ``[num_layers, B, S, H, D]`` with
 ``S = attention_frames * tokens_per_frame``, split into chunk slots; the first ``sink_chunks``
 slots hold the sink, the rest the window. The cache is always filled as a prefix (fill phase:
 chunk i goes to slot i; steady state: every slot is valid), so the keys a query attends to are
@@ -8,99 +8,111 @@ exactly slots ``[0, kv_len)``, a view. Softmax attention does not depend on key 
 chunk simply overwrites the slot of the oldest window chunk: nothing is rolled, cloned or
 concatenated, and K is stored after RoPE at its absolute frame position.
 
-Planning is host-side (which slot, how many valid tokens) and kept apart from the per-layer
-work; each plan also carries the same numbers as device tensors for capturable kernels.
+Planning is host-side (:class:`RingPlanner`: which slot, how many valid tokens) and kept apart
+from the per-layer work; each plan carries the same numbers as device scalars at fixed addresses
+(:class:`PlanTensors`) for capturable kernels and exported graphs.
+
+:class:`FunctionalKVCache` is the form exported graphs use: the cache comes in as an input, the
+valid keys are a mask built from the plan scalars, and the forward's own K/V come out for the
+host to write into the ring slot. Nothing is written in place (exporters drop or mis-trace
+``index_copy_``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import torch
+import torch.nn.functional as F
 
-from .attention import AttentionBackend
 from .config import ModelConfig, StreamConfig
+
+if TYPE_CHECKING:
+    from .attention import AttentionBackend, QKNorm
+    from .rope import RopeInput
+
+
+@dataclass(frozen=True)
+class PlanTensors:
+    """A plan's numbers as int32 device scalars; one set per cache, refilled by ``activate``."""
+
+    write_start: torch.Tensor  # [1] first token slot the forward's own K/V go to
+    kv_len: torch.Tensor  # [B] valid tokens attended to, own K/V included
+    frame_offset: torch.Tensor  # [1] absolute latent frame of the first query frame (RoPE position)
+
+    @classmethod
+    def zeros(cls, batch_size: int, device: torch.device | str) -> PlanTensors:
+        z = lambda n: torch.zeros(n, dtype=torch.int32, device=device)
+        return cls(z(1), z(batch_size), z(1))
+
+    def fill(self, plan: ForwardPlan) -> None:
+        self.write_start.fill_(plan.write_start)
+        self.kv_len.fill_(plan.kv_len)
+        self.frame_offset.fill_(plan.frame_start)
 
 
 @dataclass
 class ForwardPlan:
-    """Where one DiT forward reads and writes in the cache.
+    """Where one DiT forward reads and writes in the cache (host ints; ``tensors`` on the device).
 
     frame_start, num_frames : the query frames (absolute latent frame index = RoPE position).
     write_start : first token slot the forward's own K/V are written to.
     kv_len : valid tokens (a prefix of the ring) that the queries attend to, own K/V included.
+    filled_after, next_slot_after : the ring's state once the plan is committed.
     """
 
     frame_start: int
     num_frames: int
     write_start: int
     kv_len: int
-    filled_after: int  # ring state after commit()
+    filled_after: int
     next_slot_after: int
-    kind: str = "chunk"  # "chunk" | "recache"
-    # write_start [1], kv_len [B], frame_offset [1] int32 on the cache's device: the same numbers,
-    # at fixed addresses shared by every plan of a cache; valid once RingKVCache.activate(plan) ran.
-    device_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    tensors: PlanTensors | None = None
+
+    @property
+    def frame_offset(self) -> int | torch.Tensor:
+        """RoPE frame position of the first query frame: the device scalar once the plan has tensors."""
+        return self.frame_start if self.tensors is None else self.tensors.frame_offset
 
 
-class RingKVCache:
-    """Per-layer ring buffers plus the host-side bookkeeping of which chunk sits in which slot."""
+class KVCache(Protocol):
+    """What the generator and the model need of a self-attention cache."""
 
-    def __init__(
-        self,
-        model_cfg: ModelConfig,
-        stream_cfg: StreamConfig,
-        *,
-        batch_size: int,
-        patch_grid: tuple[int, int],
-        backend: AttentionBackend,
-        rope_tables: tuple[torch.Tensor, torch.Tensor],
-        device: torch.device | str,
-        dtype: torch.dtype,
-        kv_dtype: torch.dtype | None = None,
-    ) -> None:
-        if not backend.ring:
-            raise ValueError(f"backend {backend.name!r} does not use the ring-buffer cache")
+    @property
+    def nbytes(self) -> int: ...
+
+    def reset(self) -> None: ...
+
+    def plan_chunk(self, frame_start: int): ...
+
+    def plan_recache(self, switch_frame: int): ...
+
+    def activate(self, plan) -> None:
+        """Load the plan into whatever the forwards read (device scalars); before its forwards."""
+
+    def commit(self, plan) -> None:
+        """The plan's forwards are done: advance the host-side state."""
+
+    def self_attention(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, norm: QKNorm, rope: RopeInput, plan
+    ) -> torch.Tensor:
+        """One layer: q/k norm + RoPE, store this forward's K/V, attend; ``[B, L, H, D]`` in and out."""
+
+
+class RingPlanner:
+    """Host-side bookkeeping of the ring: which chunk slot is written next, how many are valid."""
+
+    def __init__(self, stream_cfg: StreamConfig, tokens_per_frame: int) -> None:
         self.cfg = stream_cfg
-        self.backend = backend
-        self.rope_tables = rope_tables
-        self.patch_grid = patch_grid  # (Hp, Wp) tokens of a latent frame
-        tokens_per_frame = patch_grid[0] * patch_grid[1]
         self.tokens_per_frame = tokens_per_frame
         self.chunk_tokens = stream_cfg.chunk_frames * tokens_per_frame
         self.capacity = stream_cfg.attention_frames * tokens_per_frame
-        shape = (model_cfg.num_layers, batch_size, self.capacity, model_cfg.num_heads, model_cfg.head_dim)
-        kv_dtype = kv_dtype or dtype
-        if kv_dtype not in (dtype, torch.float8_e4m3fn):
-            raise ValueError(f"KV cache dtype must be the model's ({dtype}) or torch.float8_e4m3fn, got {kv_dtype}")
-        self.k = torch.zeros(shape, device=device, dtype=kv_dtype)
-        self.v = torch.zeros(shape, device=device, dtype=kv_dtype)
-        # FP8: one float32 dequantization scale per token and head (x ~= x8 * scale).
-        self.k_scale = self.v_scale = None
-        if kv_dtype == torch.float8_e4m3fn:
-            dev = torch.device(device)
-            if backend.name == "triton" and dev.type == "cuda" and torch.cuda.get_device_capability(dev) < (8, 9):
-                raise ValueError("an FP8 KV cache with the triton backend needs an sm_89+ GPU (Ada, Hopper, Blackwell)")
-            self.k_scale = torch.ones(shape[:-1], device=device, dtype=torch.float32)
-            self.v_scale = torch.ones(shape[:-1], device=device, dtype=torch.float32)
-        # The plan as device scalars at fixed addresses: kernels and captured graphs read these,
-        # activate() refills them (fill_, no host sync) before the forwards of each plan.
-        self.plan_tensors = {
-            "write_start": torch.zeros(1, dtype=torch.int32, device=device),
-            "kv_len": torch.zeros(batch_size, dtype=torch.int32, device=device),
-            "frame_offset": torch.zeros(1, dtype=torch.int32, device=device),
-        }
         self.reset()
 
-    # -- host-side planning ------------------------------------------------------------------
     def reset(self) -> None:
         self.filled = 0  # chunk slots holding valid K/V (a prefix)
         self.next_slot = 0  # steady state: the window slot holding the oldest chunk
-
-    @property
-    def nbytes(self) -> int:
-        scales = 0 if self.k_scale is None else self.k_scale.nbytes + self.v_scale.nbytes
-        return self.k.nbytes + self.v.nbytes + scales
 
     def _advance(self, filled: int, next_slot: int, chunks: int) -> tuple[int, int]:
         """Ring state after writing ``chunks`` chunk slots starting at the current write position."""
@@ -114,7 +126,7 @@ class RingKVCache:
                 next_slot = cfg.sink_chunks + (next_slot - cfg.sink_chunks + 1) % window
         return filled, next_slot
 
-    def _plan(self, frame_start: int, num_frames: int, write_slot: int, filled: int, kind: str) -> ForwardPlan:
+    def _plan(self, frame_start: int, num_frames: int, write_slot: int, filled: int) -> ForwardPlan:
         chunks = num_frames // self.cfg.chunk_frames
         filled_after, next_after = self._advance(filled, write_slot, chunks)
         kv_chunks = max(filled_after, write_slot + chunks)
@@ -125,14 +137,12 @@ class RingKVCache:
             kv_len=kv_chunks * self.chunk_tokens,
             filled_after=filled_after,
             next_slot_after=next_after,
-            kind=kind,
-            device_tensors=self.plan_tensors,
         )
 
     def plan_chunk(self, frame_start: int) -> ForwardPlan:
         """The next chunk: the next free slot during the fill phase, else the oldest window slot."""
         slot = self.filled if self.filled < self.cfg.slot_chunks else self.next_slot
-        return self._plan(frame_start, self.cfg.chunk_frames, slot, self.filled, "chunk")
+        return self._plan(frame_start, self.cfg.chunk_frames, slot, self.filled)
 
     def plan_recache(self, switch_frame: int) -> ForwardPlan:
         """KV re-cache at a prompt switch before latent frame ``switch_frame``.
@@ -147,33 +157,131 @@ class RingKVCache:
         cfg = self.cfg
         n = min(cfg.attention_frames, switch_frame)
         if switch_frame - n == 0 or not cfg.global_sink:
-            return self._plan(switch_frame - n, n, 0, 0, "recache")
-        start = switch_frame - cfg.window_frames
-        return self._plan(start, cfg.window_frames, cfg.sink_chunks, cfg.sink_chunks, "recache")
-
-    def activate(self, plan: ForwardPlan) -> None:
-        """Load ``plan`` into the device scalars that the forwards read (``plan.device_tensors``)."""
-        self.plan_tensors["write_start"].fill_(plan.write_start)
-        self.plan_tensors["kv_len"].fill_(plan.kv_len)
-        self.plan_tensors["frame_offset"].fill_(plan.frame_start)
-
-    def frame_offset(self, plan: ForwardPlan) -> torch.Tensor:
-        """RoPE frame offset of the plan's first query frame, as the device scalar (capturable)."""
-        return self.plan_tensors["frame_offset"]
+            return self._plan(switch_frame - n, n, 0, 0)
+        return self._plan(switch_frame - cfg.window_frames, cfg.window_frames, cfg.sink_chunks, cfg.sink_chunks)
 
     def commit(self, plan: ForwardPlan) -> None:
         self.filled, self.next_slot = plan.filled_after, plan.next_slot_after
 
-    # -- per-layer work ----------------------------------------------------------------------
-    def self_attention(
+
+@dataclass(frozen=True)
+class RingLayer:
+    """One layer's ring buffer as the attention backends see it: ``k``/``v`` ``[B, S, H, D]``,
+    and for an FP8 cache the per token-head scales ``[B, S, H]`` (``x ~= x8 * scale``)."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    k_scale: torch.Tensor | None = None
+    v_scale: torch.Tensor | None = None
+
+    @property
+    def is_fp8(self) -> bool:
+        return self.k_scale is not None
+
+
+class RingKVCache(RingPlanner):
+    """Per-layer ring buffers written in place by a ring backend's ``append``, read by its ``attend``."""
+
+    def __init__(
         self,
-        layer: int,
-        plan: ForwardPlan,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        attn,
-        rope: tuple[torch.Tensor, torch.Tensor],
-    ) -> torch.Tensor:
-        q = self.backend.append(q, k, v, attn, self, layer, plan, rope)
-        return self.backend.attend(q, self, layer, plan)
+        model_cfg: ModelConfig,
+        stream_cfg: StreamConfig,
+        *,
+        backend: AttentionBackend,
+        batch_size: int,
+        patch_grid: tuple[int, int],
+        device: torch.device | str,
+        dtype: torch.dtype,
+        kv_dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(stream_cfg, patch_grid[0] * patch_grid[1])
+        self.backend = backend
+        shape = (model_cfg.num_layers, batch_size, self.capacity, model_cfg.num_heads, model_cfg.head_dim)
+        kv_dtype = kv_dtype or dtype
+        if kv_dtype not in (dtype, torch.float8_e4m3fn):
+            raise ValueError(f"KV cache dtype must be the model's ({dtype}) or torch.float8_e4m3fn, got {kv_dtype}")
+        self.k = torch.zeros(shape, device=device, dtype=kv_dtype)
+        self.v = torch.zeros(shape, device=device, dtype=kv_dtype)
+        self.k_scale = self.v_scale = None
+        if kv_dtype == torch.float8_e4m3fn:
+            dev = torch.device(device)
+            if backend.name == "triton" and dev.type == "cuda" and torch.cuda.get_device_capability(dev) < (8, 9):
+                raise ValueError("an FP8 KV cache with the triton backend needs an sm_89+ GPU (Ada, Hopper, Blackwell)")
+            self.k_scale = torch.ones(shape[:-1], device=device, dtype=torch.float32)
+            self.v_scale = torch.ones(shape[:-1], device=device, dtype=torch.float32)
+        self.layers = [
+            RingLayer(self.k[i], self.v[i], *((self.k_scale[i], self.v_scale[i]) if self.k_scale is not None else ()))
+            for i in range(model_cfg.num_layers)
+        ]
+        # Kernels and captured graphs read these fixed addresses; activate() refills them.
+        self.plan_tensors = PlanTensors.zeros(batch_size, device)
+
+    @property
+    def nbytes(self) -> int:
+        scales = 0 if self.k_scale is None else self.k_scale.nbytes + self.v_scale.nbytes
+        return self.k.nbytes + self.v.nbytes + scales
+
+    def _plan(self, *args) -> ForwardPlan:
+        plan = super()._plan(*args)
+        plan.tensors = self.plan_tensors
+        return plan
+
+    def activate(self, plan: ForwardPlan) -> None:
+        self.plan_tensors.fill(plan)
+
+    def self_attention(self, layer, q, k, v, norm, rope, plan) -> torch.Tensor:
+        ring = self.layers[layer]
+        q = self.backend.append(q, k, v, norm, rope, ring, plan)
+        return self.backend.attend(q, ring, plan)
+
+
+class FunctionalKVCache:
+    """The cache of one traced forward: read from graph inputs, never written; new K/V collected.
+
+    Parameters
+    ----------
+    k, v : ``[num_layers, B, S, H, D]`` the ring buffers as they are before the forward.
+    write_start : int32 ``[1]``; kv_len : int32 ``[B]`` — the plan's device scalars.
+
+    Each layer attends to ``[cached keys | its own new keys]``: cache token ``p`` is valid iff
+    ``p < kv_len`` and ``p`` is outside the slots this forward overwrites,
+    ``[write_start, write_start + L)``; the new K/V are always valid. With the write done
+    afterwards by the host this equals the in-place ring's attention (softmax ignores key order).
+    After the forward, :meth:`new_kv` gives ``[num_layers, B, L, H, D]`` K (rotated) and V.
+    """
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, write_start: torch.Tensor, kv_len: torch.Tensor) -> None:
+        self.k, self.v = k, v
+        self.write_start, self.kv_len = write_start, kv_len
+        self._new_k: list[torch.Tensor] = []
+        self._new_v: list[torch.Tensor] = []
+        self._mask: torch.Tensor | None = None
+
+    def mask(self, new_tokens: int) -> torch.Tensor:
+        """``[B, 1, 1, S + L]`` bool: the valid keys, built once per forward from the plan scalars."""
+        if self._mask is None:
+            s = self.k.shape[2]
+            pos = torch.arange(s, device=self.k.device, dtype=torch.int32)
+            start = self.write_start.to(torch.int32)
+            overwritten = (pos >= start) & (pos < start + new_tokens)
+            cached = (pos[None, :] < self.kv_len.to(torch.int32)[:, None]) & ~overwritten[None, :]
+            own = torch.ones(cached.shape[0], new_tokens, dtype=torch.bool, device=cached.device)
+            self._mask = torch.cat([cached, own], dim=1)[:, None, None, :]
+        return self._mask
+
+    def self_attention(self, layer, q, k, v, norm, rope, plan) -> torch.Tensor:
+        from .attention import qk_norm_rope
+
+        q, k = qk_norm_rope(q, k, norm, rope)
+        k, v = k.to(self.k.dtype), v.to(self.v.dtype)
+        self._new_k.append(k)
+        self._new_v.append(v)
+        keys = torch.cat([self.k[layer], k], dim=1)
+        values = torch.cat([self.v[layer], v], dim=1)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2), attn_mask=self.mask(k.shape[1])
+        )
+        return out.transpose(1, 2)
+
+    def new_kv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.stack(self._new_k), torch.stack(self._new_v)

@@ -2,32 +2,37 @@
 
 Shapes: latents ``x`` are ``[B, F, C, H, W]`` (frame-major, as the streaming runtime keeps
 them), timesteps ``t`` are per frame ``[B, F]``, so every frame gets its own adaLN modulation.
-Self-attention goes through a cache object (ring buffer or the eager baseline's concatenating
-cache) that owns q/k normalisation, RoPE, the K/V write and the attention call; with no cache
-the model runs full (global) attention over its own tokens, as the bidirectional Wan does.
+Self-attention hands its raw q/k/v, its q/k norm weights (:class:`~arvid.runtime.attention.QKNorm`)
+and the forward's RoPE input to a KV cache (``kv_cache.py``), which normalises, rotates, stores and
+attends; with no cache the model runs full (global) attention over its own tokens, as the
+bidirectional Wan does. The model owns the one RoPE table (:class:`~arvid.runtime.rope.RopeTables`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arvid.kernels.rope_3d import apply_rope_3d_ref, rope_3d_cos_sin, rope_3d_tables
+from arvid.kernels.qk_norm_rope_append import rms_norm_ref
 
+from .attention import QKNorm, qk_norm_rope
 from .checkpoint import state_dict_mismatch
 from .config import ModelConfig
+from .kv_cache import KVCache
+from .rope import RopeInput, RopeTables
 
 
 def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
-    """Wan's timestep embedding: ``[cos | sin]`` of ``t * 10000**(-i/half)``, computed in float64."""
+    """Wan's timestep embedding ``[..., dim]``: ``[cos | sin]`` of ``t * 10000**(-i/half)``, computed in
+    float64 and rounded once to float32 (exported graphs take it as an input: no float64 inside)."""
     half = dim // 2
     freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
-    arg = torch.outer(t.reshape(-1).to(torch.float64), freqs)
-    return torch.cat([arg.cos(), arg.sin()], dim=1).float()
+    arg = t.to(torch.float64)[..., None] * freqs
+    return torch.cat([arg.cos(), arg.sin()], dim=-1).float()
 
 
 class WanRMSNorm(nn.Module):
@@ -37,28 +42,7 @@ class WanRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Wan's order of operations: normalise in float32, round to x's dtype, then scale."""
-    xf = x.float()
-    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x) * weight
-
-
-class SelfAttentionCache(Protocol):
-    """What a self-attention KV cache does for one layer of one forward (see kv_cache.py)."""
-
-    def self_attention(
-        self,
-        layer: int,
-        plan: Any,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        attn: WanSelfAttention,
-        rope: tuple[torch.Tensor, torch.Tensor],
-    ) -> torch.Tensor: ...
+        return rms_norm_ref(x, self.weight, self.eps)
 
 
 class WanSelfAttention(nn.Module):
@@ -77,29 +61,18 @@ class WanSelfAttention(nn.Module):
         shape = (*x.shape[:2], self.num_heads, self.head_dim)
         return self.q(x).view(shape), self.k(x).view(shape), self.v(x).view(shape)
 
-    def norm_rope(
-        self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """q/k RMSNorm across heads, then 3D RoPE: the plain-PyTorch version of the fused append."""
-        q = rms_norm(q.flatten(2), self.norm_q.weight, self.eps).view_as(q)
-        k = rms_norm(k.flatten(2), self.norm_k.weight, self.eps).view_as(k)
-        return apply_rope_3d_ref(q, cos, sin), apply_rope_3d_ref(k, cos, sin)
+    @property
+    def qk_norm(self) -> QKNorm:
+        return QKNorm(self.norm_q.weight, self.norm_k.weight, self.eps)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        layer: int,
-        rope: tuple[torch.Tensor, torch.Tensor],
-        cache: SelfAttentionCache | None,
-        plan: Any,
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layer: int, rope: RopeInput, cache: KVCache | None, plan: Any) -> torch.Tensor:
         q, k, v = self.qkv(x)
         if cache is None:  # full-sequence forward: global attention over the tokens given
-            q, k = self.norm_rope(q, k, *rope)
+            q, k = qk_norm_rope(q, k, self.qk_norm, rope)
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
             out = out.transpose(1, 2)
         else:
-            out = cache.self_attention(layer, plan, q, k, v, self, rope)
+            out = cache.self_attention(layer, q, k, v, self.qk_norm, rope, plan)
         return self.o(out.flatten(2))
 
 
@@ -148,9 +121,9 @@ class WanAttentionBlock(nn.Module):
         x: torch.Tensor,
         e: torch.Tensor,
         frames: int,
-        rope: tuple[torch.Tensor, torch.Tensor],
+        rope: RopeInput,
         text_kv: tuple[torch.Tensor, torch.Tensor],
-        cache: SelfAttentionCache | None,
+        cache: KVCache | None,
         plan: Any,
     ) -> torch.Tensor:
         """``x`` ``[B, L, dim]`` float32 residual stream; ``e`` ``[B, F, 6, dim]`` float32 per-frame modulation."""
@@ -200,7 +173,7 @@ class CausalWanModel(nn.Module):
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, cfg.dim * 6))
         self.blocks = nn.ModuleList(WanAttentionBlock(cfg, i) for i in range(cfg.num_layers))
         self.head = WanHead(cfg)
-        self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._rope: RopeTables | None = None
 
     # -- helpers -----------------------------------------------------------------------------
     def compile_regions(self, **compile_kwargs) -> CausalWanModel:
@@ -215,22 +188,25 @@ class CausalWanModel(nn.Module):
         for block in self.blocks:
             block.ffn.compile(**compile_kwargs)
             block.cross_attn.compile(**compile_kwargs)
+        self.regions_compiled = True
         return self
 
-    def rope_tables(self, min_positions: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """float32 cos/sin tables ``[P, D/2]`` on the model's device, built once and grown on demand.
-
-        P starts at ``cfg.rope_max_positions`` (Wan's 1024) and doubles to cover ``min_positions``:
-        frame positions are absolute, so a stream longer than the table needs a longer one (the
-        rotation is defined for any position; Wan's fixed table merely stops at 1024).
-        """
+    @property
+    def rope(self) -> RopeTables:
+        """The model's RoPE tables (the one owner), on the model's device."""
         device = self.patch_embedding.weight.device
-        size = self.cfg.rope_max_positions
-        while size < min_positions:
-            size *= 2
-        if self._rope is None or self._rope[0].device != device or self._rope[0].shape[0] < size:
-            self._rope = rope_3d_tables(self.cfg.head_dim, size, device=device)
+        if self._rope is None:
+            self._rope = RopeTables(self.cfg.head_dim, self.cfg.rope_max_positions, device)
+        else:
+            self._rope.ensure(0, device)
         return self._rope
+
+    def rope_tables(self, min_positions: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 cos/sin tables ``[P, D/2]``, P grown (doubling from ``cfg.rope_max_positions``, Wan's
+        1024) to cover ``min_positions``: frame positions are absolute, so a long stream needs a long table."""
+        rope = self.rope
+        rope.ensure(min_positions)
+        return rope.cos, rope.sin
 
     def grid_sizes(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
         pt, ph, pw = self.cfg.patch_size
@@ -252,17 +228,21 @@ class CausalWanModel(nn.Module):
         t: torch.Tensor,
         text: torch.Tensor | list[tuple[torch.Tensor, torch.Tensor]],
         *,
-        frame_offset: int = 0,
-        cache: SelfAttentionCache | None = None,
+        frame_offset: int | torch.Tensor = 0,
+        cache: KVCache | None = None,
         plan: Any = None,
+        t_freq: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the flow ``noise - x0``.
 
         Parameters
         ----------
         x : ``[B, F, C, H, W]`` latents of F consecutive latent frames, the first at absolute
-            latent frame ``frame_offset`` (this is the RoPE frame position).
-        t : ``[B, F]`` timesteps in [0, 1000], one per frame.
+            latent frame ``frame_offset`` (the RoPE frame position: a host int or an int32 device
+            scalar ``[1]``).
+        t : ``[B, F]`` timesteps in [0, 1000], one per frame; or ``None`` with ``t_freq``.
+        t_freq : ``[B, F, freq_dim]`` float32, the sinusoidal embedding of ``t`` computed beforehand
+            (:func:`sinusoidal_embedding`, float64 inside): exported graphs take it as an input.
         text : ``[B, text_len, text_dim]`` prompt embeddings, or the cross-attention cache
             from :meth:`text_kv`.
         cache, plan : the self-attention KV cache and its host-side plan for this forward;
@@ -278,8 +258,12 @@ class CausalWanModel(nn.Module):
             raise ValueError(f"latents have {c} channels, the model takes {cfg.in_dim}")
         if h % cfg.patch_size[1] or w % cfg.patch_size[2]:
             raise ValueError(f"latent size {h}x{w} is not divisible by the patch size {cfg.patch_size[1:]}")
-        if t.shape != (b, f):
-            raise ValueError(f"timesteps must be [B, F] = {(b, f)}, got {tuple(t.shape)}")
+        if t_freq is None:
+            if t is None or t.shape != (b, f):
+                raise ValueError(f"timesteps must be [B, F] = {(b, f)}, got {None if t is None else tuple(t.shape)}")
+            t_freq = sinusoidal_embedding(cfg.freq_dim, t)
+        elif t_freq.shape != (b, f, cfg.freq_dim):
+            raise ValueError(f"t_freq must be [B, F, freq_dim] = {(b, f, cfg.freq_dim)}, got {tuple(t_freq.shape)}")
         text_kv = self.text_kv(text) if isinstance(text, torch.Tensor) else text
         wdtype = self.patch_embedding.weight.dtype
 
@@ -288,9 +272,9 @@ class CausalWanModel(nn.Module):
         tokens = tokens.flatten(2).transpose(1, 2).float()  # [B, L, dim] residual stream in float32
 
         # Time embedding per frame; the block modulation is per frame too.
-        temb = self.time_embedding(sinusoidal_embedding(cfg.freq_dim, t).to(wdtype)).float()  # [B*F, dim]
+        temb = self.time_embedding(t_freq.reshape(b * f, cfg.freq_dim).to(wdtype)).float()  # [B*F, dim]
         e = self.time_projection(temb.to(wdtype)).float().view(b, f, 6, cfg.dim)
-        rope = rope_3d_cos_sin(*self.rope_tables(), grid, frame_offset)
+        rope = RopeInput(self.rope.cos, self.rope.sin, grid, frame_offset)
 
         for block, kv in zip(self.blocks, text_kv, strict=True):
             tokens = block(tokens, e, f, rope, kv, cache, plan)

@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from arvid.kernels.rope_3d import rope_3d_cos_sin
 from arvid.runtime import StreamConfig, StreamingGenerator, build_model, get_preset
 
 TINY = get_preset("tiny")
@@ -60,26 +59,26 @@ def test_ring_slice_write(benchmark):
 
 
 def test_append_norm_rope_write(benchmark, model):
-    # The sdpa backend's append, spelled out: q/k RMSNorm + 3D RoPE (the model's own reference
-    # code), then the write of rotated K and V into the last slot of a full ring (frames 12..14).
-    # Written against WanSelfAttention.norm_rope rather than sdpa_append, whose signature is
-    # still moving with the fused kernels.
+    # The sdpa backend's append: q/k RMSNorm + 3D RoPE, then the write of rotated K and V into the
+    # last slot of a full ring (frames 12..14), at the device-side write offset.
+    from arvid.runtime import ForwardPlan, PlanTensors
+    from arvid.runtime.attention import sdpa_append
+    from arvid.runtime.kv_cache import RingLayer
+    from arvid.runtime.rope import RopeInput
+
     attn = model.blocks[0].self_attn
-    k_cache, v_cache = torch.zeros(1, LK, H, D), torch.zeros(1, LK, H, D)
+    layer = RingLayer(torch.zeros(1, LK, H, D), torch.zeros(1, LK, H, D))
     start = LK - LQ
-    cos, sin = rope_3d_cos_sin(*model.rope_tables(), (STREAM.chunk_frames, 4, 4), 12)
+    tensors = PlanTensors.zeros(1, "cpu")
+    plan = ForwardPlan(12, STREAM.chunk_frames, start, LK, 4, 1, tensors)
+    tensors.fill(plan)
+    rope = RopeInput(*model.rope_tables(), (STREAM.chunk_frames, 4, 4), 12)
     q, k, v = (torch.randn(1, LQ, H, D) for _ in range(3))
 
-    def append():
-        q_rot, k_rot = attn.norm_rope(q, k, cos, sin)
-        k_cache[:, start:] = k_rot
-        v_cache[:, start:] = v
-        return q_rot
-
     with torch.no_grad():
-        q_rot = _pedantic(benchmark, append)
+        q_rot = _pedantic(benchmark, lambda: sdpa_append(q, k, v, attn.qk_norm, rope, layer, plan))
     assert q_rot.shape == q.shape and not torch.equal(q_rot, q)
-    assert torch.equal(v_cache[:, start:], v) and not v_cache[:, :start].any()
+    assert torch.equal(layer.v[:, start:], v) and not layer.v[:, :start].any()
 
 
 def test_attention_over_cache_prefix(benchmark):

@@ -88,7 +88,7 @@ def test_generate_with_prompt_switch(tmp_path):
         ),
         (["generate", "--preset", "huge", "--out", "x.safetensors"], "unknown preset"),
         (["generate", "--backend", "nope", "--out", "x.safetensors"], "unknown attention backend"),
-        (["bench", "--backends", "eager,nope"], "unknown backend"),
+        (["bench", "--backends", "eager,nope"], "unknown attention backend or engine"),
         (["generate", "--checkpoint", "missing.safetensors", "--out", "x.safetensors"], "does not exist"),
         (["generate", "--out", "x.avi"], "use .mp4 for video or .safetensors for latents"),
     ],
@@ -126,7 +126,7 @@ def test_generate_from_prompt_embeds(tmp_path, capsys):
 
 def test_generate_with_fp8_kv_cache(tmp_path):
     out = tmp_path / "l.safetensors"
-    assert main(["generate", "--frames", "12", "--fp8-kv-cache", "--quiet", "--out", str(out)]) == 0
+    assert main(["generate", "--frames", "12", "--fp8kv", "--quiet", "--out", str(out)]) == 0
     with safe_open(str(out), "pt") as f:
         assert torch.isfinite(f.get_tensor("latents")).all()
 

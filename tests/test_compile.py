@@ -5,8 +5,8 @@ import copy
 import pytest
 import torch
 
-from arvid.bench.stream_bench import parse_variant, run_stream_bench
-from arvid.runtime import StreamingGenerator, build_model, get_preset
+from arvid.bench.stream_bench import run_stream_bench
+from arvid.runtime import GeneratorOptions, StreamingGenerator, build_model, get_preset
 
 TINY = get_preset("tiny")
 
@@ -38,8 +38,16 @@ def test_bench_runs_a_compiled_variant():
 
 
 def test_variant_specs():
-    assert parse_variant("triton+graphs+compile") == ("triton", {"graphs", "compile"})
-    assert parse_variant("eager") == ("eager", set())
-    assert parse_variant("sdpa+fp8kv") == ("sdpa", {"fp8kv"})
+    v = GeneratorOptions.from_variant
+    assert v("triton+graphs+compile") == GeneratorOptions(backend="triton", graphs=True, compile=True)
+    assert v("eager") == GeneratorOptions(backend="eager")
+    assert v("sdpa+fp8kv") == GeneratorOptions(backend="sdpa", fp8kv=True)
+    assert v("functional+chunk") == GeneratorOptions(backend="functional", engine_flags=frozenset({"chunk"}))
+    for spec in ("triton+graphs+compile", "sdpa+stepgraphs+fp8kv", "functional+chunk"):
+        assert v(spec).variant == spec
     with pytest.raises(ValueError, match="unknown option"):
-        parse_variant("sdpa+fast")
+        v("sdpa+fast")
+    with pytest.raises(ValueError, match="unknown attention backend or engine"):
+        v("flash")
+    with pytest.raises(ValueError, match="choose one of"):
+        v("sdpa+graphs+stepgraphs")

@@ -49,11 +49,11 @@ def test_fp8_cache_halves_the_memory_of_a_16_bit_cache():
     model = build_model(TINY.model, dtype=torch.float16)
     _, gen16 = _run(model, "sdpa", 3, (), None)
     _, gen8 = _run(model, "sdpa", 3, (), FP8)
-    n = gen16.cache.k.numel()
-    assert gen16.cache.nbytes == 2 * 2 * n
+    n = gen16.executor.cache.k.numel()
+    assert gen16.executor.cache.nbytes == 2 * 2 * n
     # one byte per element + a float32 scale per token and head (4 / D bytes per element)
-    assert gen8.cache.nbytes == 2 * n + 2 * 4 * n // TINY.model.head_dim
-    assert gen8.cache.k.dtype == FP8
+    assert gen8.executor.cache.nbytes == 2 * n + 2 * 4 * n // TINY.model.head_dim
+    assert gen8.executor.cache.k.dtype == FP8
 
 
 def test_fp8_kv_stream_stays_close_and_does_not_drift():

@@ -95,7 +95,7 @@ def test_recache_with_same_prompt_is_not_a_noop(model):
 
 def test_ring_slots_fill_then_evict_oldest(model):
     gen = StreamingGenerator(model, latent_size=HW, backend="sdpa")
-    cache, ct = gen.cache, gen.cache.chunk_tokens
+    cache, ct = gen.executor.cache, gen.executor.cache.chunk_tokens
     slots, kv = [], []
     for ci in range(9):
         plan = cache.plan_chunk(3 * ci)
@@ -106,8 +106,8 @@ def test_ring_slots_fill_then_evict_oldest(model):
     assert kv == [1, 2, 3, 4, 4, 4, 4, 4, 4]
     plan = cache.plan_chunk(27)
     cache.activate(plan)
-    assert plan.device_tensors["kv_len"].tolist() == [4 * ct]
-    assert plan.device_tensors["write_start"].tolist() == [3 * ct]
+    assert plan.tensors.kv_len.tolist() == [4 * ct]
+    assert plan.tensors.write_start.tolist() == [3 * ct]
 
 
 @pytest.mark.parametrize(
@@ -121,7 +121,7 @@ def test_ring_slots_fill_then_evict_oldest(model):
 )
 def test_recache_plans(model, global_sink, switch, want):
     gen = StreamingGenerator(model, StreamConfig(global_sink=global_sink), latent_size=HW, backend="sdpa")
-    cache, ct = gen.cache, gen.cache.chunk_tokens
+    cache, ct = gen.executor.cache, gen.executor.cache.chunk_tokens
     for ci in range(switch // 3):
         cache.commit(cache.plan_chunk(3 * ci))
     plan = cache.plan_recache(switch)
@@ -140,11 +140,11 @@ def test_sink_is_pinned_and_recache_rules(model):
         gen = StreamingGenerator(model, StreamConfig(global_sink=global_sink), latent_size=HW, backend="sdpa")
         it = gen.stream(noise, embeds, (30,), generator=torch.Generator().manual_seed(1))
         next(it)
-        sink = gen.cache.k[:, :, :st].clone()
+        sink = gen.executor.cache.k[:, :, :st].clone()
         for c in it:
             if c.frame_start == 27:  # the last chunk before the switch: sink still the first chunk
-                assert torch.equal(gen.cache.k[:, :, :st], sink)
-        assert torch.equal(gen.cache.k[:, :, :st], sink) == global_sink
+                assert torch.equal(gen.executor.cache.k[:, :, :st], sink)
+        assert torch.equal(gen.executor.cache.k[:, :, :st], sink) == global_sink
 
 
 def test_explicit_renoise_equals_generator(model):
@@ -162,15 +162,15 @@ def test_long_run_cache_memory_is_constant(model):
     """102 chunks (306 latent frames): the cache is allocated once and never grows."""
     gen = StreamingGenerator(model, latent_size=HW, backend="sdpa")
     noise, embeds = _inputs(306, prompts=3)
-    ptrs = (gen.cache.k.data_ptr(), gen.cache.v.data_ptr())
-    nbytes = gen.cache.nbytes
+    ptrs = (gen.executor.cache.k.data_ptr(), gen.executor.cache.v.data_ptr())
+    nbytes = gen.executor.cache.nbytes
     seen = 0
     for c in gen.stream(noise, embeds, (150, 240), generator=torch.Generator().manual_seed(1)):
         seen += 1
-        assert (gen.cache.k.data_ptr(), gen.cache.v.data_ptr()) == ptrs
+        assert (gen.executor.cache.k.data_ptr(), gen.executor.cache.v.data_ptr()) == ptrs
         assert torch.isfinite(c.latents).all()
     assert seen == 102
-    assert gen.cache.nbytes == nbytes == 2 * 2 * 12 * TINY.tokens_per_frame * 64 * 4
+    assert gen.executor.cache.nbytes == nbytes == 2 * 2 * 12 * TINY.tokens_per_frame * 64 * 4
 
 
 def test_bad_input_errors(model):
@@ -221,12 +221,13 @@ def test_static_buffers_keep_their_addresses_across_chunks_and_switches(model):
     """What a captured graph reads stays at fixed addresses: a prompt switch only changes contents."""
     noise, embeds = _inputs(30, prompts=3)
     gen = StreamingGenerator(model, latent_size=HW, backend="sdpa")
-    runner = gen.runner
+    runner = gen.executor
     ptrs = None
     for _ in gen.stream(noise, embeds, (9, 21), generator=torch.Generator().manual_seed(1)):
         now = [runner.x_in.data_ptr(), runner.renoise.data_ptr(), runner.x0_out.data_ptr()]
         now += [t.data_ptr() for kv in runner.text_kv for t in kv]
-        now += [t.data_ptr() for t in gen.cache.plan_tensors.values()]
+        pt = gen.executor.cache.plan_tensors
+        now += [t.data_ptr() for t in (pt.write_start, pt.kv_len, pt.frame_offset)]
         assert ptrs is None or now == ptrs
         ptrs = now
 
@@ -236,7 +237,7 @@ def test_chunk_work_is_idempotent_for_graph_warmup(model, granularity):
     """A capture runs the work twice to warm up before the replay: running a chunk's body (or each
     step) again on the same static buffers must give the same result."""
     gen = StreamingGenerator(model, latent_size=HW, backend="sdpa", graph_granularity=granularity)
-    runner, cache = gen.runner, gen.cache
+    runner, cache = gen.executor, gen.executor.cache
     noise, embeds = _inputs(3)
     runner.set_prompt(model.text_kv(embeds[0]))
     runner.x_in.copy_(noise)

@@ -29,8 +29,8 @@ def register(sub) -> None:
 
 
 def cmd_bench(args) -> int:
-    from arvid.bench.stream_bench import format_table, parse_variant, run_stream_bench
-    from arvid.runtime import backend_names, default_backend
+    from arvid.bench.stream_bench import format_table, run_stream_bench
+    from arvid.runtime import GeneratorOptions, default_backend
     from arvid.runtime.pipeline import resolve_device, resolve_dtype
 
     device = resolve_device(args.device)
@@ -41,9 +41,7 @@ def cmd_bench(args) -> int:
         best = default_backend(device, dtype)
         backends = ["eager", best] + ([f"{best}+graphs"] if device.type == "cuda" else [])
     for spec in backends:
-        name, _ = parse_variant(spec)
-        if name not in backend_names():
-            raise ValueError(f"unknown backend {name!r} in {spec!r}; choose from {backend_names()}")
+        GeneratorOptions.from_variant(spec)  # a bad variant fails before any model is built
     print(f"benchmarking {', '.join(backends)} on {device} ({args.preset}, {dtype}) ...", file=sys.stderr)
     report = run_stream_bench(
         args.preset,

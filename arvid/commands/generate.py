@@ -56,23 +56,32 @@ def add_model_args(p) -> None:
         choices=["device", "cpu", "offload"],
         help="umT5 placement: on --device, on the CPU, or offloaded to the CPU between prompts",
     )
-    p.add_argument("--backend", help="attention backend (default: the fastest that runs here)")
+    p.add_argument(
+        "--backend",
+        help="attention backend or engine, or a whole variant such as triton+graphs+fp8kv "
+        "(default: the fastest attention backend that runs here)",
+    )
     p.add_argument("--graphs", action="store_true", help="replay each chunk as a captured CUDA graph (CUDA only)")
     p.add_argument("--compile", action="store_true", help="regional torch.compile of the blocks (slow first chunk)")
-    p.add_argument("--fp8-kv-cache", action="store_true", help="store the KV cache as FP8 e4m3 (half the memory)")
+    p.add_argument("--fp8kv", action="store_true", help="store the KV cache as FP8 e4m3 (half the memory)")
+
+
+def generator_options(args):
+    """``--backend VARIANT`` plus ``--graphs`` / ``--compile`` / ``--fp8kv``: the same words as a variant string."""
+    import dataclasses
+
+    from arvid.runtime import GeneratorOptions
+
+    opts = GeneratorOptions.from_variant(args.backend) if args.backend else GeneratorOptions()
+    return dataclasses.replace(
+        opts, graphs=opts.graphs or args.graphs, compile=opts.compile or args.compile, fp8kv=opts.fp8kv or args.fp8kv
+    )
 
 
 def make_generator(comp, stream, args):
-    """The StreamingGenerator the run options ask for (backend, graphs, compile, FP8 KV cache)."""
-    from arvid.runtime import StreamingGenerator
-
+    """The StreamingGenerator the run options ask for (see :func:`generator_options`)."""
     p = comp.preset
-    if args.compile:
-        comp.model.compile_regions()
-    return StreamingGenerator(
-        comp.model, stream, latent_size=(p.latent_height, p.latent_width), backend=args.backend,
-        cuda_graphs=args.graphs, kv_cache_dtype=torch.float8_e4m3fn if args.fp8_kv_cache else None,
-    )  # fmt: skip
+    return generator_options(args).build(comp.model, stream, latent_size=(p.latent_height, p.latent_width))
 
 
 def add_output_args(p) -> None:
@@ -310,7 +319,7 @@ def cmd_generate(args) -> int:
         "preset": p.name,
         "frames": str(frames),
         "seed": str(args.seed),
-        "backend": gen.backend.name,
+        "backend": gen.backend_name,
         "switch_frames": ",".join(map(str, args.switch_frames)),
         "prompts": json.dumps(prompts) if not args.prompt_embeds else f"embeddings from {args.prompt_embeds}",
         "layout": "[B, F, C, H, W]",

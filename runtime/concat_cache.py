@@ -1,4 +1,4 @@
-"""The eager baseline: the streaming algorithm written the way the reference implementation does it.
+"""The eager baseline's cache: the streaming algorithm written the way the reference implementation does it.
 
 Each layer keeps K/V in temporal order (sink first, then the window oldest to newest) with a
 global and a local end index. When a new chunk does not fit, the window is rolled left by
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .attention import qk_norm_rope
 from .config import ModelConfig, StreamConfig
 
 
@@ -23,6 +24,11 @@ class BaselinePlan:
     frame_start: int
     num_frames: int
     kind: str = "chunk"  # "chunk" | "recache" | "recache_keep_sink"
+
+    @property
+    def frame_offset(self) -> int:
+        """RoPE frame position of the first query frame (a host int: the baseline is not capturable)."""
+        return self.frame_start
 
 
 class ConcatKVCache:
@@ -71,14 +77,11 @@ class ConcatKVCache:
     def activate(self, plan: BaselinePlan) -> None:
         pass  # host-side indices only: the baseline is not capturable, by design
 
-    def frame_offset(self, plan: BaselinePlan) -> int:
-        return plan.frame_start
-
     def commit(self, plan: BaselinePlan) -> None:
         pass  # the reference keeps its indices per layer, updated inside the attention call
 
-    def self_attention(self, layer: int, plan: BaselinePlan, q, k, v, attn, rope) -> torch.Tensor:
-        q, k = attn.norm_rope(q, k, *rope)
+    def self_attention(self, layer: int, q, k, v, norm, rope, plan: BaselinePlan) -> torch.Tensor:
+        q, k = qk_norm_rope(q, k, norm, rope)
         kc, vc = self.k[layer], self.v[layer]
         new = k.shape[1]
         current_end = (plan.frame_start + plan.num_frames) * self.tokens_per_frame

@@ -1,0 +1,425 @@
+"""Chunk executors: what runs one chunk (4 denoising forwards, re-noising, the clean-context update)
+and a KV re-cache for :class:`~arvid.runtime.generator.StreamingGenerator`.
+
+:class:`ChunkRunner` runs the chunk step on a backend's KV cache over static buffers, optionally
+captured as CUDA graphs. A 5-forward chunk of a 30-layer model launches hundreds of small kernels
+per forward; replaying a captured graph removes the Python and launch overhead between them.
+Everything the captured work reads or writes lives at a fixed address: the chunk's input noise
+and re-noise, the timesteps, the text K/V, the ring caches and the plan's device scalars (write
+offset, valid length, RoPE frame offset). Per chunk only buffer contents change (``copy_`` /
+``fill_``), so there is no ``.item()``, no host sync and no Python branch on a device value inside
+a chunk. Graphs are keyed by what changes the captured work: the write slot is a device scalar,
+so the steady state's rotating slot is one graph; a backend that slices the valid cache prefix by
+a host int (``sdpa``) needs one graph per fill state (1..4 valid chunks), one that reads the valid
+length on the device (``triton``) needs one graph in all. Warm-up (Triton autotuning, cuBLAS
+workspaces) runs on a side stream before each capture; all graphs share one memory pool. The KV
+re-cache at a prompt switch runs eagerly: it happens once per switch.
+
+:class:`GraphRunner` runs the functional step (``chunk_step.FunctionalStep`` or an engine built
+from it: ONNX Runtime, AOTInductor, TensorRT) over a host-owned ring: the engine returns the new
+K/V, the runner writes them into the plan's slots. Engines register a factory with
+:func:`register_executor`; ``StreamingGenerator(..., backend=NAME)`` finds them there.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from .attention import AttentionBackend
+from .config import StreamConfig
+from .kv_cache import KVCache, PlanTensors, RingPlanner
+from .model import CausalWanModel, sinusoidal_embedding
+from .scheduler import FlowMatchScheduler
+
+
+class ChunkExecutor(Protocol):
+    """What the generator asks of an executor."""
+
+    capture_seconds: float  # warm-up + capture time spent so far (0 where nothing is captured)
+    last_host_ms: float  # host time of the last run_chunk (launches / replays, no sync)
+
+    @property
+    def kv_cache_nbytes(self) -> int: ...
+
+    def prepare(self, num_frames: int) -> None:
+        """Before a stream of ``num_frames`` latent frames: reset the cache, check limits."""
+
+    def set_prompt(self, text_kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None: ...
+
+    def run_chunk(self, noise: torch.Tensor, renoise: Sequence[torch.Tensor], frame_start: int) -> torch.Tensor:
+        """One chunk from its initial noise; returns its x0 ``[B, chunk, C, H, W]`` (may be a static buffer)."""
+
+    def recache(self, switch_frame: int, history: torch.Tensor) -> None:
+        """KV re-cache before ``switch_frame`` from the last ``attention_frames`` generated latents."""
+
+    def capture(self) -> float:
+        """Capture whatever can be captured up front (after ``set_prompt``); returns seconds."""
+
+
+def _history_span(history: torch.Tensor, switch_frame: int, stream: StreamConfig, frame_start: int, n: int):
+    """Frames ``[frame_start, frame_start + n)`` out of ``history`` (the last attention_frames before the switch)."""
+    first = frame_start - (switch_frame - stream.attention_frames)
+    return history[:, first : first + n]
+
+
+class ChunkRunner:
+    """Runs chunks of :func:`~arvid.runtime.chunk_step.denoise_step` on a backend's cache, on static buffers.
+
+    ``granularity="chunk"`` captures a chunk's 5 forwards as one graph; ``"step"`` captures each
+    denoising step (forward, x0, re-noise) and the clean-context update as graphs of their own,
+    replayed in sequence: fewer, larger graphs against smaller ones that share more memory; which
+    is faster is a measurement (``arvid bench`` variants ``+graphs`` and ``+stepgraphs``).
+    """
+
+    def __init__(
+        self,
+        model: CausalWanModel,
+        cache: KVCache,
+        backend: AttentionBackend,
+        stream: StreamConfig,
+        *,
+        latent_size: tuple[int, int],
+        batch_size: int,
+        cuda_graphs: bool = False,
+        granularity: str = "chunk",
+    ) -> None:
+        device = model.patch_embedding.weight.device
+        if cuda_graphs and not backend.capturable:
+            raise ValueError(f"backend {backend.name!r} keeps host-side state per layer: it cannot be graph-captured")
+        if cuda_graphs and device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device; the model is on {device}")
+        if granularity not in ("chunk", "step"):
+            raise ValueError(f"graph granularity must be 'chunk' or 'step', got {granularity!r}")
+        self.model, self.cache, self.stream = model, cache, stream
+        self.scheduler = sched = FlowMatchScheduler(stream)
+        self.cuda_graphs, self.granularity = cuda_graphs, granularity
+        self.kv_len_on_device = backend.kv_len_on_device
+        self.batch_size = b = batch_size
+        shape = (b, stream.chunk_frames, model.cfg.in_dim, *latent_size)
+        self.x_in = torch.zeros(shape, device=device)
+        self.renoise = torch.zeros(max(len(sched) - 1, 1), *shape, device=device)
+        self.x0_out = torch.zeros(shape, device=device)
+        # Step si reads x_steps[si] and writes x_steps[si + 1]: every step is idempotent, so the
+        # warm-up runs before a capture cannot feed a step its own output.
+        self.x_steps = [self.x_in] + [torch.zeros(shape, device=device) for _ in range(len(sched) - 1)]
+        self.t_steps = [torch.full((b, stream.chunk_frames), t, device=device) for t in sched.timesteps]
+        self.t_context = torch.full((b, stream.chunk_frames), sched.context_timestep, device=device)
+        self.text_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.graphs: dict[tuple[int, int, int], torch.cuda.CUDAGraph] = {}
+        self._graph_rope_version = -1  # the RoPE tables the graphs were captured with
+        self._pool = None
+        self.capture_seconds = 0.0
+        self.last_host_ms = 0.0
+
+    @property
+    def kv_cache_nbytes(self) -> int:
+        return self.cache.nbytes
+
+    def prepare(self, num_frames: int) -> None:
+        # RoPE positions are absolute: grow the model's table before any chunk of this stream.
+        rope = self.model.rope
+        rope.ensure(max(num_frames, *self.x_in.shape[-2:]))
+        if rope.version != self._graph_rope_version:  # graphs hold the old tables' addresses
+            self.graphs.clear()
+            self._graph_rope_version = rope.version
+        self.cache.reset()
+
+    # -- static inputs -----------------------------------------------------------------------
+    def set_prompt(self, text_kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Copy a prompt's cross-attention K/V into the static buffers (a switch changes contents only)."""
+        same = self.text_kv is not None and all(
+            a.shape == k.shape for (a, _), (k, _) in zip(self.text_kv, text_kv, strict=True)
+        )
+        if not same:  # first prompt, or another text length: new buffers, so old graphs are stale
+            self.text_kv = [(k.clone(), v.clone()) for k, v in text_kv]
+            self.graphs.clear()
+            return
+        for (dk, dv), (k, v) in zip(self.text_kv, text_kv, strict=True):
+            dk.copy_(k)
+            dv.copy_(v)
+
+    # -- the chunk ---------------------------------------------------------------------------
+    def _step(self, plan, si: int) -> None:
+        """Denoising step ``si`` (forward, x0, re-noise), or with ``si == len(scheduler)`` the
+        clean-context update that overwrites the chunk's slots with the K/V of its clean output."""
+        from .chunk_step import denoise_step
+
+        sched = self.scheduler
+        if si == len(sched):
+            denoise_step(
+                self.model, self.x0_out, 0.0, self.text_kv, self.cache, plan, frame_offset=plan.frame_offset,
+                t=self.t_context,
+            )  # fmt: skip
+            return
+        x = self.x_steps[si]
+        x0 = denoise_step(
+            self.model, x, sched.sigmas[si], self.text_kv, self.cache, plan, frame_offset=plan.frame_offset,
+            t=self.t_steps[si],
+        )  # fmt: skip
+        self.x0_out.copy_(x0)
+        if si + 1 < len(sched):
+            self.x_steps[si + 1].copy_(sched.add_noise(x0, self.renoise[si], sched.sigmas[si + 1]))
+
+    def _body(self, plan) -> None:
+        """The whole chunk: 4 denoising steps + the clean-context update, on static buffers."""
+        for si in range(len(self.scheduler) + 1):
+            self._step(plan, si)
+
+    def run_chunk(self, noise: torch.Tensor, renoise: Sequence[torch.Tensor], frame_start: int) -> torch.Tensor:
+        """Run one chunk starting at latent frame ``frame_start``; returns the static x0 buffer."""
+        t0 = time.perf_counter()
+        cache = self.cache
+        self.x_in.copy_(noise, non_blocking=True)
+        for si, r in enumerate(renoise):
+            self.renoise[si].copy_(r, non_blocking=True)
+        plan = cache.plan_chunk(frame_start)
+        cache.activate(plan)
+        if self.cuda_graphs:
+            for key in self._keys(plan):
+                (self.graphs.get(key) or self._capture(key, plan)).replay()
+        else:
+            self._body(plan)
+        cache.commit(plan)
+        self.last_host_ms = (time.perf_counter() - t0) * 1000
+        return self.x0_out
+
+    def recache(self, switch_frame: int, history: torch.Tensor) -> None:
+        """KV re-cache before ``switch_frame`` from the last generated latents ``history`` (eager)."""
+        from .chunk_step import denoise_step
+
+        cache = self.cache
+        plan = cache.plan_recache(switch_frame)
+        cache.activate(plan)
+        x = _history_span(history, switch_frame, self.stream, plan.frame_start, plan.num_frames)
+        t = torch.zeros(self.batch_size, plan.num_frames, device=x.device)
+        denoise_step(self.model, x, 0.0, self.text_kv, cache, plan, frame_offset=plan.frame_offset, t=t)
+        cache.commit(plan)
+
+    # -- capture -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def capture(self) -> float:
+        """Capture the graph of every fill state and the steady state up front; returns seconds.
+
+        Runs the chunk body on whatever the buffers hold and resets the cache afterwards: each
+        graph writes its chunk's slots before reading them, and slots past the valid prefix are
+        never read, so the garbage it leaves is never seen. Without ``cuda_graphs``: nothing, 0 s.
+        """
+        if not self.cuda_graphs:
+            return 0.0
+        if self.text_kv is None:
+            raise ValueError("capture needs a prompt (set_prompt) first")
+        cache = self.cache
+        t0 = time.perf_counter()
+        cache.reset()
+        for _ in range(self.stream.slot_chunks + 1):
+            plan = cache.plan_chunk(0)
+            cache.activate(plan)
+            for key in self._keys(plan):
+                if key not in self.graphs:
+                    self._capture(key, plan)
+            cache.commit(plan)
+        cache.reset()
+        return time.perf_counter() - t0
+
+    def _keys(self, plan) -> list[tuple[int, int, int]]:
+        """(frames, valid length or -1, step or -1) of the graphs that make up this plan's chunk."""
+        kv = -1 if self.kv_len_on_device else plan.kv_len
+        if self.granularity == "chunk":
+            return [(plan.num_frames, kv, -1)]
+        return [(plan.num_frames, kv, si) for si in range(len(self.scheduler) + 1)]
+
+    def _capture(self, key: tuple[int, int, int], plan) -> torch.cuda.CUDAGraph:
+        t0 = time.perf_counter()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        work = self._body if key[2] < 0 else (lambda p: self._step(p, key[2]))
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up before capture: autotuning, workspaces, allocator
+                work(plan)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            work(plan)
+        self._pool = graph.pool()
+        self.graphs[key] = graph
+        torch.cuda.synchronize()
+        self.capture_seconds += time.perf_counter() - t0
+        return graph
+
+
+# A functional step or chunk: tensors in the order of chunk_step.FunctionalStep / FunctionalChunk,
+# (x0, new_k, new_v) out.
+GraphFn = Callable[..., Sequence[torch.Tensor]]
+
+
+class GraphRunner:
+    """Runs functional graphs (the chunk step as explicit tensors) over a ring the host owns.
+
+    Parameters
+    ----------
+    step : the one-forward graph at ``chunk_frames`` frames
+        ``(x, t_freq, sigma, text_k, text_v, cache_k, cache_v, write_start, kv_len, frame_offset)``.
+    chunk : optional whole-chunk graph ``(x, renoise, text_k, ..., frame_offset)``; without it the
+        chunk is ``step`` called once per denoising step plus once for the clean-context update.
+    recache_steps : one-forward graphs per re-cache span length in frames (``plan_recache`` asks
+        for ``min(attention_frames, s)`` frames, or ``window_frames`` with a kept sink); a missing
+        length is an error naming it. ``step`` serves spans of ``chunk_frames``.
+    rope_positions : rows of the RoPE table baked into the graphs; frames past it are refused.
+    """
+
+    def __init__(
+        self,
+        model_cfg,
+        stream: StreamConfig,
+        *,
+        latent_size: tuple[int, int],
+        batch_size: int,
+        device: torch.device | str,
+        dtype: torch.dtype,
+        step: GraphFn,
+        chunk: GraphFn | None = None,
+        recache_steps: dict[int, GraphFn] | None = None,
+        rope_positions: int,
+    ) -> None:
+        _, ph, pw = model_cfg.patch_size
+        h, w = latent_size
+        self.planner = RingPlanner(stream, (h // ph) * (w // pw))
+        self.stream, self.model_cfg = stream, model_cfg
+        self.scheduler = FlowMatchScheduler(stream)
+        self.step, self.chunk = step, chunk
+        self.recache_steps = {stream.chunk_frames: step, **(recache_steps or {})}
+        self.rope_positions = rope_positions
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        shape = (model_cfg.num_layers, batch_size, self.planner.capacity, model_cfg.num_heads, model_cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.plan_tensors = PlanTensors.zeros(batch_size, device)
+        self.text_k = self.text_v = None
+        f = stream.chunk_frames
+        self.t_freq = [self._t_freq(t, f) for t in self.scheduler.timesteps]
+        self.t_freq_context = self._t_freq(self.scheduler.context_timestep, f)
+        self.sigmas = [torch.tensor([s], device=device) for s in self.scheduler.sigmas]
+        self.sigma_zero = torch.zeros(1, device=device)
+        self.capture_seconds = 0.0
+        self.last_host_ms = 0.0
+
+    def _t_freq(self, t: float, frames: int) -> torch.Tensor:
+        full = torch.full((self.batch_size, frames), float(t), device=self.device)
+        return sinusoidal_embedding(self.model_cfg.freq_dim, full)
+
+    @property
+    def kv_cache_nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
+
+    def prepare(self, num_frames: int) -> None:
+        if num_frames > self.rope_positions:
+            raise ValueError(
+                f"{num_frames} latent frames are past the {self.rope_positions} RoPE positions baked into "
+                "the graphs; export them again for a longer stream"
+            )
+        self.planner.reset()
+
+    def set_prompt(self, text_kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.text_k = torch.stack([k for k, _ in text_kv])
+        self.text_v = torch.stack([v for _, v in text_kv])
+
+    def capture(self) -> float:
+        return 0.0
+
+    def _state(self, plan) -> tuple[torch.Tensor, ...]:
+        self.plan_tensors.fill(plan)
+        pt = self.plan_tensors
+        return (self.text_k, self.text_v, self.k, self.v, pt.write_start, pt.kv_len, pt.frame_offset)
+
+    def _write(self, plan, new_k: torch.Tensor, new_v: torch.Tensor) -> None:
+        """The ring write, on the host side of the graph: the new K/V into the plan's slots."""
+        end = plan.write_start + new_k.shape[2]
+        self.k[:, :, plan.write_start : end] = new_k
+        self.v[:, :, plan.write_start : end] = new_v
+        self.planner.commit(plan)
+
+    def run_chunk(self, noise: torch.Tensor, renoise: Sequence[torch.Tensor], frame_start: int) -> torch.Tensor:
+        t0 = time.perf_counter()
+        plan = self.planner.plan_chunk(frame_start)
+        state = self._state(plan)
+        x = noise.to(self.device, torch.float32).contiguous()
+        if self.chunk is not None:
+            stacked = torch.stack([r.to(self.device, torch.float32) for r in renoise])
+            x0, new_k, new_v = self.chunk(x, stacked, *state)
+        else:
+            sched = self.scheduler
+            for si in range(len(sched)):
+                x0, _, _ = self.step(x, self.t_freq[si], self.sigmas[si], *state)
+                if si + 1 < len(sched):
+                    x = sched.add_noise(x0, renoise[si].to(self.device), sched.sigmas[si + 1])
+            _, new_k, new_v = self.step(x0, self.t_freq_context, self.sigma_zero, *state)
+        self._write(plan, new_k, new_v)
+        self.last_host_ms = (time.perf_counter() - t0) * 1000
+        return x0
+
+    def recache(self, switch_frame: int, history: torch.Tensor) -> None:
+        plan = self.planner.plan_recache(switch_frame)
+        n = plan.num_frames
+        if n not in self.recache_steps:
+            raise ValueError(f"no re-cache graph for a {n}-frame span (have {sorted(self.recache_steps)})")
+        x = _history_span(history, switch_frame, self.stream, plan.frame_start, n).contiguous()
+        _, new_k, new_v = self.recache_steps[n](x, self._t_freq(0.0, n), self.sigma_zero, *self._state(plan))
+        self._write(plan, new_k, new_v)
+
+
+# -- executors beyond the attention backends (engines) ----------------------------------------
+@dataclass(frozen=True)
+class Executor:
+    name: str
+    description: str
+    # factory(model, stream, *, latent_size, batch_size, flags: frozenset[str], **options) -> ChunkExecutor
+    factory: Callable[..., Any]
+    flags: tuple[str, ...] = ()  # variant flags the engine understands, e.g. ("int8", "fp8")
+
+
+_EXECUTORS: dict[str, Executor] = {}
+
+
+def register_executor(executor: Executor) -> Executor:
+    _EXECUTORS[executor.name] = executor
+    return executor
+
+
+def executor_names() -> list[str]:
+    return list(_EXECUTORS)
+
+
+def get_executor(name: str) -> Executor | None:
+    return _EXECUTORS.get(name)
+
+
+def _functional_executor(model, stream, *, latent_size, batch_size, flags=frozenset(), **options):
+    """The exported graphs' functional step, run eagerly by PyTorch: the reference for every engine."""
+    from .chunk_step import FunctionalChunk, FunctionalStep
+
+    if options:
+        raise ValueError(f"executor 'functional' takes no options, got {sorted(options)}")
+    param = model.patch_embedding.weight
+    step = FunctionalStep(model)
+    spans = {n: step for n in range(stream.chunk_frames, stream.attention_frames + 1, stream.chunk_frames)}
+    return GraphRunner(
+        model.cfg, stream, latent_size=latent_size, batch_size=batch_size, device=param.device, dtype=param.dtype,
+        step=step, chunk=FunctionalChunk(model, stream, batch_size) if "chunk" in flags else None,
+        recache_steps=spans, rope_positions=model.rope.positions,
+    )  # fmt: skip
+
+
+register_executor(
+    Executor(
+        "functional",
+        "the export graphs' functional chunk step (cache in, new K/V out), run eagerly by PyTorch",
+        _functional_executor,
+        flags=("chunk",),
+    )
+)

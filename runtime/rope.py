@@ -1,0 +1,67 @@
+"""The one owner of the 3D RoPE tables, and the per-forward RoPE input the attention backends take.
+
+Frame positions are absolute latent-frame indices, so a long stream needs a long table: the
+tables start at ``rope_max_positions`` (Wan's 1024) and double on demand, in one place
+(:meth:`RopeTables.ensure`). Growing replaces the tensors, so whatever captured the old ones
+(CUDA graphs) compares :attr:`RopeTables.version` and re-captures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from arvid.kernels.rope_3d import rope_3d_cos_sin, rope_3d_tables
+
+
+class RopeTables:
+    """float32 ``cos`` / ``sin`` tables ``[P, D/2]`` on one device, grown by doubling."""
+
+    def __init__(self, head_dim: int, positions: int, device: torch.device | str = "cpu") -> None:
+        self.head_dim = head_dim
+        self.cos, self.sin = rope_3d_tables(head_dim, positions, device=device)
+        self.version = 0  # bumped whenever the tensors are replaced
+
+    @property
+    def positions(self) -> int:
+        return self.cos.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.cos.device
+
+    def ensure(self, positions: int, device: torch.device | str | None = None) -> bool:
+        """Cover ``positions`` rows (doubling) on ``device``; returns True if the tensors were replaced."""
+        device = torch.device(device) if device is not None else self.device
+        size = self.positions
+        while size < positions:
+            size *= 2
+        if size == self.positions and device == self.device:
+            return False
+        self.cos, self.sin = rope_3d_tables(self.head_dim, size, device=device)
+        self.version += 1
+        return True
+
+
+@dataclass
+class RopeInput:
+    """RoPE for one forward over a block of frames: the tables, the token grid and the frame offset.
+
+    ``frame_offset`` is a host int or an int32 device scalar ``[1]`` (capturable). A fused kernel
+    reads the tables and the offset itself; plain-PyTorch paths take :attr:`per_token`, computed
+    once per forward and only when asked for.
+    """
+
+    cos_table: torch.Tensor  # [P, D/2] float32
+    sin_table: torch.Tensor
+    grid: tuple[int, int, int]  # (F, Hp, Wp) tokens of the forward
+    frame_offset: int | torch.Tensor
+    _per_token: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def per_token(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cos, sin)`` ``[L, D/2]`` for the forward's ``L = F*Hp*Wp`` tokens."""
+        if self._per_token is None:
+            self._per_token = rope_3d_cos_sin(self.cos_table, self.sin_table, self.grid, self.frame_offset)
+        return self._per_token
