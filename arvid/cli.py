@@ -6,13 +6,23 @@ Each subcommand lives in its own module under ``arvid/commands/`` with a ``regis
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 
+# Engines from arvid.export register as chunk executors on import (``--backend ort``, ``ort+int8``).
+ENGINE_MODULES = ["arvid.export.executors"]
 COMMANDS = ["bench", "generate", "roofline", "report", "interactive", "download", "quantize", "quality", "export"]
 
 
+def register_engines() -> None:
+    for mod in ENGINE_MODULES:
+        with contextlib.suppress(ImportError):  # an engine module that is not there registers nothing
+            importlib.import_module(mod)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    register_engines()
     parser = argparse.ArgumentParser(prog="arvid", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:

@@ -11,6 +11,7 @@ switch runs the exported re-cache graph of its span.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -30,7 +31,18 @@ def cache_root() -> Path:
 
 def _dir_for(kind: str, quant: str | None, model, stream, latent_size, batch_size, exporter: str) -> Path:
     blob = json.dumps(
-        _jsonable([kind, quant, exporter, weight_hash(model), model.cfg, stream, latent_size, batch_size]),
+        _jsonable(
+            [
+                kind,
+                quant,
+                exporter,
+                weight_hash(model),
+                model.cfg,
+                stream.replace(global_sink=True),
+                latent_size,
+                batch_size,
+            ]
+        ),
         sort_keys=True,
     )
     return cache_root() / f"{kind}-{quant or 'float'}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
@@ -72,9 +84,18 @@ def ort_graphs(
     threads = torch.get_num_threads()
     out = {"step": None, "chunk": None, "recache": {}, "manifests": []}
     spans = [f for f in recache_spans(stream) if f != stream.chunk_frames]  # the step graph serves F = chunk
+    memo: dict = {}
+
+    def calibrated():  # once per engine, and only if some graph has to be exported
+        if "model" not in memo:
+            from .qdq import calibrate
+
+            log(f"calibrating {quant} with modelopt (4 random prompts x {2 * stream.chunk_frames} frames) ...")
+            memo["model"] = calibrate(copy.deepcopy(model), quant, _calibration_loop(model, stream, latent_size))
+        return memo["model"]
+
     for kind in ("step", "recache", *(["chunk"] if "chunk" in flags else [])):
         d = Path(out_dir) / kind if out_dir else _dir_for(kind, quant, model, stream, latent_size, batch_size, exporter)
-        loop = _calibration_loop(model, stream, latent_size) if quant else None
         man = export_graphs(
             kind,
             out_dir=d,
@@ -83,7 +104,7 @@ def ort_graphs(
             latent_size=tuple(latent_size),
             batch_size=batch_size,
             quant=quant,
-            calibrate_loop=loop,
+            calibrated_model=calibrated if quant else None,
             dynamo=exporter == "dynamo",
             spans=spans if kind == "recache" else None,
             log=log,

@@ -30,13 +30,8 @@ QDQ_OPSET = 19
 
 
 def recache_spans(stream) -> list[int]:
-    """Frame counts a re-cache forward can have: n = min(attention_frames, s) for chunk-aligned s,
-    and the global-sink window (attention_frames - sink_frames)."""
-    c = stream.chunk_frames
-    spans = set(range(c, stream.attention_frames + 1, c))
-    if stream.global_sink:
-        spans.add(stream.window_frames)
-    return sorted(spans)
+    """Frame counts a re-cache forward can have (``arvid.export.graphs.recache_spans``)."""
+    return _graphs_module().recache_spans(stream)
 
 
 def _graphs_module():
@@ -68,12 +63,10 @@ def dit_graphs(kind: str, model, *, stream, latent_size, batch_size: int = 1, ro
     return out
 
 
-def default_rope_positions(model, frames: int | None = None) -> int:
-    """The RoPE table baked into a DiT graph: the model's table, grown to cover ``frames``."""
-    size = model.cfg.rope_max_positions
-    while frames is not None and size < frames:
-        size *= 2
-    return size
+def default_rope_positions(model) -> int:
+    """The RoPE table baked into a DiT graph by default: the model's current table."""
+    rope = getattr(model, "rope", None)
+    return int(rope.positions) if rope is not None else model.cfg.rope_max_positions
 
 
 def export_graphs(
@@ -87,6 +80,7 @@ def export_graphs(
     batch_size: int = 1,
     quant: str | None = None,
     calibrate_loop: Callable | None = None,
+    calibrated_model=None,
     dynamo: bool | None = None,
     opset: int | None = None,
     rope_positions: int | None = None,
@@ -131,7 +125,8 @@ def export_graphs(
         opset=opset,
         weights=weights,
         model=_config(kind, model, vae),
-        stream=stream,
+        # global_sink only changes the host's re-cache plan, never a graph: one export serves both
+        stream=stream.replace(global_sink=True) if kind != "vae-step" else None,
         latent_size=latent_size,
         batch_size=batch_size,
         rope_positions=rope_positions,
@@ -155,7 +150,13 @@ def export_graphs(
         items = [("vae_step", graph, inputs, spec)]
     else:
         float_model = model
-        if quant:
+        if quant and calibrated_model is not None:  # calibrated once for every graph of an engine
+            model = (
+                calibrated_model()
+                if callable(calibrated_model) and not isinstance(calibrated_model, torch.nn.Module)
+                else calibrated_model
+            )
+        elif quant:
             if calibrate_loop is None:
                 raise ValueError("a Q/DQ export needs a calibration loop (prompts to calibrate on)")
             log(f"calibrating {quant} with modelopt ...")
@@ -184,6 +185,8 @@ def export_graphs(
             }
         )
     parity = {g["artifact"]: g.get("parity") for g in graphs_meta}
+    if kind != "vae-step":  # what the graphs really baked in (the table may have grown to the latent size)
+        rope_positions = graphs_meta[0]["spec"]["meta"].get("rope_positions", rope_positions)
     man = mf.build_manifest(
         artifact=[g["artifact"] for g in graphs_meta],
         kind="onnx-qdq" if quant else "onnx",

@@ -116,18 +116,20 @@ def test_inplace_buffer_is_refused(tmp_path):
 
 
 def test_inplace_ring_cache_of_the_runtime_is_refused():
-    """Today's runtime forward writes K/V into the ring buffer with index_copy_: refused."""
+    """The runtime's ring-buffer forward writes K/V into the cache in place: refused."""
+    from arvid.runtime.chunk_step import denoise_step
+
     preset = get_preset("tiny")
     model = build_model(preset.model)
     gen = StreamingGenerator(model, latent_size=(preset.latent_height, preset.latent_width), backend="sdpa")
-    cache = gen.cache
+    cache = gen.executor.cache
     plan = cache.plan_chunk(0)
     cache.activate(plan)
     text_kv = model.text_kv(torch.randn(1, preset.model.text_len, preset.model.text_dim))
 
     class RuntimeForward(nn.Module):
         def forward(self, x, t):
-            return model(x, t, text_kv, cache=cache, plan=plan)
+            return denoise_step(model, x, 0.5, text_kv, cache, plan, frame_offset=plan.frame_offset, t=t)
 
     x = torch.randn(1, 3, 16, preset.latent_height, preset.latent_width)
     with pytest.raises(ValueError, match="in-place ring-buffer cache"):
