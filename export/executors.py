@@ -48,6 +48,9 @@ def _dir_for(kind: str, quant: str | None, model, stream, latent_size, batch_siz
     return cache_root() / f"{kind}-{quant or 'float'}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
+CALIBRATION = {"prompts": "4 random embeddings (seed 7)", "frames": "2 chunks", "seed": 0}
+
+
 def _calibration_loop(model, stream, latent_size, seed: int = 0):
     from arvid.quant.calibrate import streaming_forward_loop
 
@@ -105,6 +108,7 @@ def ort_graphs(
             batch_size=batch_size,
             quant=quant,
             calibrated_model=calibrated if quant else None,
+            calibration=CALIBRATION,
             dynamo=exporter == "dynamo",
             spans=spans if kind == "recache" else None,
             log=log,

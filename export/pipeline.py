@@ -81,6 +81,7 @@ def export_graphs(
     quant: str | None = None,
     calibrate_loop: Callable | None = None,
     calibrated_model=None,
+    calibration: dict | None = None,
     dynamo: bool | None = None,
     opset: int | None = None,
     rope_positions: int | None = None,
@@ -135,6 +136,7 @@ def export_graphs(
         torch=torch.__version__,
         tag=list(model_tag),
         spans=list(spans) if spans else None,
+        calibration=calibration if quant else None,  # another calibration set is another artifact
     )
     if not force:
         old = mf.reusable(out_dir, key)
@@ -206,6 +208,7 @@ def export_graphs(
             "dtype": dtype,
             "latent_size": list(latent_size) if latent_size else None,
             "batch_size": batch_size,
+            "calibration": calibration if quant else None,
             "graphs": graphs_meta,
             "export_s": round(time.perf_counter() - t0, 2),
             "notes": _notes(kind),

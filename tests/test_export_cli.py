@@ -55,3 +55,25 @@ def test_bad_combinations_are_clear(tmp_path, capsys):
     argv = ["export", "onnx", "--preset", "tiny", "--graph", "vae-step", "--quant", "fp8", "--out", str(tmp_path)]
     assert main(argv) == 2
     assert "not the VAE step" in capsys.readouterr().err
+
+
+def test_export_onnx_step_then_check_and_reuse(tmp_path, capsys):
+    import json
+
+    import onnxruntime as ort
+
+    out = tmp_path / "step"
+    argv = ["export", "onnx", "--preset", "tiny", "--graph", "step", "--torchscript", "--out", str(out)]
+    assert main(argv) == 0
+    assert "wrote" in capsys.readouterr().out
+    man = json.loads((out / "export.json").read_text())
+    assert man["artifact"] == ["step.onnx"] and man["graph"] == "step" and man["exporter"] == "torchscript"
+    assert [t["name"] for t in man["spec"]["inputs"]][:3] == ["x", "t_freq", "sigma"]
+    assert max(man["parity"]["step.onnx"].values()) < 1e-5 and len(man["weight_sha256"]) == 64
+    assert man["rope_positions"] >= 1024 and man["versions"]["onnxruntime"]
+    onnx.checker.check_model(str(out / "step.onnx"))
+    ort.InferenceSession(str(out / "step.onnx"), providers=["CPUExecutionProvider"])
+    assert main(["export", "check", str(out / "step.onnx")]) == 0  # no DOUBLE: t_freq comes from the host
+    assert main(argv) == 0
+    assert "reused" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "step.onnx"]

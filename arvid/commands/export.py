@@ -113,6 +113,16 @@ def _export(args) -> dict:
     stream = stream_config(args)
     latent = (comp.preset.latent_height, comp.preset.latent_width)
     loop = _calibration_loop(args, comp, stream, latent) if args.quant else None
+    calibration = None
+    if args.quant:
+        from arvid.export.manifest import weight_hash
+
+        embeds = {"embeds_sha256": weight_hash({"e": _read_embeds(args.calib_embeds)})} if args.calib_embeds else None
+        calibration = {
+            "prompts": embeds or f"{args.calib_prompts} random embeddings (seed {args.seed + 7})",
+            "frames": args.calib_frames,
+            "seed": args.seed,
+        }
     tag = [str(p) for p in (args.model, args.checkpoint, args.longlive_ckpt, args.lora) if p]
     return export_graphs(
         args.graph,
@@ -124,6 +134,7 @@ def _export(args) -> dict:
         batch_size=args.batch_size,
         quant=args.quant,
         calibrate_loop=loop,
+        calibration=calibration,
         dynamo=False if (args.torchscript or args.quant) else None,
         opset=args.opset,
         rope_positions=args.rope_positions,
@@ -139,9 +150,7 @@ def _calibration_loop(args, comp, stream, latent):
     from arvid.quant.calibrate import streaming_forward_loop
 
     if args.calib_embeds:
-        from .generate import read_prompt_embeds
-
-        prompts = [p.unsqueeze(0) if p.dim() == 2 else p for p in read_prompt_embeds(Path(args.calib_embeds))]
+        prompts = [p.unsqueeze(0) if p.dim() == 2 else p for p in _read_embeds(args.calib_embeds)]
     else:
         if args.calib_prompts < 1:
             raise ValueError(f"--calib-prompts must be >= 1, got {args.calib_prompts}")
@@ -152,6 +161,15 @@ def _calibration_loop(args, comp, stream, latent):
     chunk = stream.chunk_frames
     frames = max(chunk, args.calib_frames // chunk * chunk)
     return streaming_forward_loop(prompts, latent_size=latent, frames=frames, stream=stream, seed=args.seed)
+
+
+def _read_embeds(path: str):
+    import torch
+
+    from .generate import read_prompt_embeds
+
+    embeds = read_prompt_embeds(Path(path))
+    return torch.stack([e.reshape(e.shape[-2:]) for e in embeds])
 
 
 def _summary(man: dict) -> None:
