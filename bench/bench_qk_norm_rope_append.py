@@ -25,17 +25,6 @@ from dataclasses import asdict
 
 import torch
 
-from arvid.bench.bench_sink_window_attention import (
-    CACHE_TOKENS,
-    FRAME_GRID,
-    TOKENS_PER_FRAME,
-    Row,
-    _short_error,
-    environment_info,
-    print_table,
-    time_ms,
-    write_json,
-)
 from arvid.kernels._triton_utils import triton_unavailable_reason
 from arvid.kernels.qk_norm_rope_append import (
     qk_norm_rope_append_kv_cache,
@@ -44,7 +33,19 @@ from arvid.kernels.qk_norm_rope_append import (
 )
 from arvid.kernels.rope_3d import apply_rope_3d_ref, rope_3d_cos_sin, rope_3d_tables
 from arvid.kernels.sink_window_attention import sink_window_attention_with_kv_cache, warmup_sink_window_attention
-from arvid.runtime.pipeline import DTYPES
+from arvid.runtime.devices import DTYPES, has_sm89
+
+from ._timing import (
+    CACHE_TOKENS,
+    FRAME_GRID,
+    TOKENS_PER_FRAME,
+    Row,
+    environment_info,
+    print_table,
+    short_error,
+    time_ms,
+    write_json,
+)
 
 ROPE_POSITIONS = 1024
 
@@ -118,7 +119,7 @@ def run_shape(name, frames, write_start, frame_offset, args_ns, dtype, device, h
             row.ms = time_ms(fn, device, args_ns.warmup, args_ns.iters)
             row.extra["GB/s"] = round(bytes_moved / (row.ms * 1e-3) / 1e9, 1)
         except Exception as exc:
-            row.note = _short_error(exc)
+            row.note = short_error(exc)
         rows.append(row)
         return row
 
@@ -135,7 +136,7 @@ def run_shape(name, frames, write_start, frame_offset, args_ns, dtype, device, h
     fused = measure("fused", lambda: qk_norm_rope_append_kv_cache(*args), expected)
     if fused.ms and eager.ms:
         fused.extra["speedup_vs_torch_ops"] = round(eager.ms / fused.ms, 2)
-    if device.type != "cuda" or torch.cuda.get_device_capability(device) >= (8, 9):
+    if device.type != "cuda" or has_sm89(device):  # the CPU runs it in the interpreter
         fp8_args, fp8_kwargs = _inputs(
             batch, heads, head_dim, frames, slots, write_start, frame_offset, dtype, device, grid, fp8=True
         )

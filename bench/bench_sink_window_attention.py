@@ -23,12 +23,9 @@ CPU times of the plain-PyTorch paths, not kernel numbers), then exits 0.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -39,12 +36,19 @@ from arvid.kernels.sink_window_attention import (
     sink_window_attention_with_kv_cache,
     warmup_sink_window_attention,
 )
-from arvid.runtime.pipeline import DTYPES
+from arvid.runtime.devices import DTYPES
 
-TOKENS_PER_FRAME = 1560  # 30 x 52 latent patches at 832 x 480
-FRAME_GRID = (30, 52)
-SINK_TOKENS = 3 * TOKENS_PER_FRAME
-CACHE_TOKENS = 12 * TOKENS_PER_FRAME  # 18720
+from ._timing import (
+    CACHE_TOKENS,
+    SINK_TOKENS,
+    TOKENS_PER_FRAME,
+    Row,
+    environment_info,
+    print_table,
+    short_error,
+    time_ms,
+    write_json,
+)
 
 
 @dataclass(frozen=True)
@@ -73,82 +77,8 @@ def shapes_for(groups: list[str], batch: int) -> list[Shape]:
     return out
 
 
-@dataclass
-class Row:
-    shape: str
-    method: str
-    batch: int
-    lq: int
-    kv: int
-    heads: int
-    head_dim: int
-    ms: float | None = None
-    tflops: float | None = None
-    max_abs_err: float | None = None  # vs the sdpa-gathered output (or the reference on CPU)
-    ratio: float | None = None  # append rows: append ms / triton attention ms
-    note: str = ""
-    extra: dict = field(default_factory=dict)
-
-
-# ----------------------------------------------------------------------------------------
-# Timing
-# ----------------------------------------------------------------------------------------
-
-
-def time_ms(fn: Callable[[], object], device: torch.device, warmup: int = 5, iters: int = 20) -> float:
-    """Median milliseconds of ``fn()`` after ``warmup`` calls: CUDA events per call on a GPU, else perf_counter."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        for _ in range(iters):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-    else:
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def attention_flops(batch: int, heads: int, lq: int, kv: int, head_dim: int) -> float:
     return 4.0 * batch * heads * lq * kv * head_dim
-
-
-def print_table(rows: list[Row], title: str) -> None:
-    print(f"\n{title}")
-    header = f"{'shape':<16}{'method':<34}{'Lq':>7}{'kv':>7}{'ms':>10}{'TFLOP/s':>10}{'max|err|':>11}{'ratio':>8}  note"
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        ms = f"{r.ms:.3f}" if r.ms is not None else "-"
-        tf = f"{r.tflops:.1f}" if r.tflops is not None else "-"
-        err = f"{r.max_abs_err:.2e}" if r.max_abs_err is not None else "-"
-        ratio = f"{100 * r.ratio:.1f}%" if r.ratio is not None else "-"
-        print(f"{r.shape:<16}{r.method:<34}{r.lq:>7}{r.kv:>7}{ms:>10}{tf:>10}{err:>11}{ratio:>8}  {r.note}")
-
-
-def environment_info(device: torch.device) -> dict:
-    from arvid.bench.env import environment
-
-    return environment(device)
-
-
-def write_json(path: str, payload: dict) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2)
-    print(f"\nwrote {path}")
-
-
-def _short_error(exc: BaseException) -> str:
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"error: {type(exc).__name__}: {msg[:100]}"
 
 
 # ----------------------------------------------------------------------------------------
@@ -220,7 +150,7 @@ def run_shape(shape: Shape, heads: int, head_dim: int, dtype: torch.dtype, devic
             row.ms = time_ms(fn, device, args.warmup, args.iters)
             row.tflops = flops / (row.ms * 1e-3) / 1e12
         except Exception as exc:  # a backend that cannot run this shape/dtype is reported, not fatal
-            row.note = _short_error(exc)
+            row.note = short_error(exc)
         finally:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -258,7 +188,7 @@ def run_shape(shape: Shape, heads: int, head_dim: int, dtype: torch.dtype, devic
                 warmup_sink_window_attention(q, k_cache, v_cache, kv_len)  # autotune outside the timing
                 note = ""
             except Exception as exc:
-                note = _short_error(exc)
+                note = short_error(exc)
             attn_row = measure(
                 "triton", lambda: sink_window_attention_with_kv_cache(q, k_cache, v_cache, kv_len), expected, note
             )
@@ -272,7 +202,7 @@ def run_shape(shape: Shape, heads: int, head_dim: int, dtype: torch.dtype, devic
                 flex_fn = _flex_callable(q, k_cache, v_cache, kv_len, device)
             except Exception as exc:
                 rows.append(
-                    Row(shape.name, "flex", shape.batch, shape.lq, shape.kv, heads, head_dim, note=_short_error(exc))
+                    Row(shape.name, "flex", shape.batch, shape.lq, shape.kv, heads, head_dim, note=short_error(exc))
                 )
             else:
                 measure("flex (compiled, block mask)", lambda: flex_fn().transpose(1, 2), expected)
@@ -295,7 +225,7 @@ def _triton_kernel():
 
 def _append_row(shape, heads, head_dim, dtype, device, args, attn_row: Row | None) -> Row:
     """Fused append for the same chunk (Lq tokens) as a fraction of one triton attention call."""
-    from arvid.bench.bench_qk_norm_rope_append import time_append
+    from .bench_qk_norm_rope_append import time_append
 
     row = Row(shape.name, "append (fused norm+rope+cache write)", shape.batch, shape.lq, shape.kv, heads, head_dim)
     frames = shape.lq // TOKENS_PER_FRAME
@@ -307,7 +237,7 @@ def _append_row(shape, heads, head_dim, dtype, device, args, attn_row: Row | Non
         if attn_row is not None and attn_row.ms:
             row.ratio = row.ms / attn_row.ms
     except Exception as exc:
-        row.note = _short_error(exc)
+        row.note = short_error(exc)
     return row
 
 

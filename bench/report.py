@@ -7,12 +7,11 @@ there) and :func:`update_readme_results` rebuilds the README's results table fro
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import re
-import sys
 from pathlib import Path
+
+from arvid.runtime.files import atomic_write
 
 from .roofline import measured_over_ceiling
 from .stream_bench import format_table
@@ -33,18 +32,6 @@ def load_report(path: str | Path) -> dict:
         got = report.get("schema") if isinstance(report, dict) else type(report).__name__
         raise ValueError(f"{path}: not an {SCHEMA} report (schema {got!r})")
     return report
-
-
-def _write_atomic(path: Path, write) -> Path:
-    """Write through a temporary file beside ``path`` and rename: never a half-written output."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 # -- Markdown ----------------------------------------------------------------------------------
@@ -76,7 +63,7 @@ def format_markdown(report: dict) -> str:
 def write_markdown(report: dict, path: str | Path) -> Path:
     """Write :func:`format_markdown` of ``report`` to ``path``; returns the path."""
     text = format_markdown(report)
-    return _write_atomic(Path(path), lambda tmp: tmp.write_text(text))
+    return atomic_write(Path(path), lambda tmp: tmp.write_text(text))
 
 
 # -- plots -------------------------------------------------------------------------------------
@@ -101,7 +88,7 @@ def plot_report(report: dict, out_dir: str | Path) -> list[Path]:
 
     def save(fig: Figure, name: str) -> None:
         fig.tight_layout()
-        written.append(_write_atomic(out_dir / name, lambda tmp: fig.savefig(tmp, dpi=120, format="png")))
+        written.append(atomic_write(out_dir / name, lambda tmp: fig.savefig(tmp, dpi=120, format="png")))
 
     fig = Figure(figsize=(6.4, 4.0))
     ax = fig.add_subplot()
@@ -229,42 +216,5 @@ def update_readme_results(readme_path: str | Path, results_dir: str | Path) -> b
     new = f"{head}{README_START}\n{results_table(results_dir)}\n{README_END}{tail}"
     if new == text:
         return False
-    _write_atomic(path, lambda tmp: tmp.write_text(new))
+    atomic_write(path, lambda tmp: tmp.write_text(new))
     return True
-
-
-# -- command line (registered by arvid/cli.py as `arvid report`) --------------------------------
-def add_report_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``report`` to an ``argparse`` sub-parser set; the command runs :func:`cmd_report`."""
-    p = subparsers.add_parser("report", help="Markdown / plots of a bench run, or the README results table")
-    p.add_argument("run", nargs="?", help="an `arvid bench --json` file")
-    p.add_argument("--plots", help="write PNG plots of RUN into this folder")
-    p.add_argument("--markdown", help="write a Markdown report of RUN here")
-    p.add_argument("--from", dest="results_dir", help="folder of committed runs (bench/results)")
-    p.add_argument("--readme", help="with --from: rewrite the table between the results markers of this file")
-    p.set_defaults(func=cmd_report)
-    return p
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    if args.run is None and args.results_dir is None:
-        raise ValueError("give a run JSON (with --plots / --markdown) or --from DIR (with --readme)")
-    if args.readme and not args.results_dir:
-        raise ValueError("--readme needs --from DIR")
-    if (args.plots or args.markdown) and not args.run:
-        raise ValueError("--plots / --markdown need a run JSON")
-    if args.run:
-        report = load_report(args.run)
-        if args.markdown:
-            print(f"wrote {write_markdown(report, args.markdown)}", file=sys.stderr)
-        for path in plot_report(report, args.plots) if args.plots else []:
-            print(f"wrote {path}", file=sys.stderr)
-        if not (args.markdown or args.plots):
-            print(format_markdown(report))
-    if args.results_dir:
-        if args.readme:
-            changed = update_readme_results(args.readme, args.results_dir)
-            print(f"{args.readme}: {'updated' if changed else 'already up to date'}", file=sys.stderr)
-        else:
-            print(results_table(args.results_dir))
-    return 0

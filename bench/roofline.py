@@ -18,22 +18,17 @@ are not counted: they run on the vector units and are small next to the matmuls)
 - a chunk is ``len(denoising_steps) + 1`` forwards (the steps + the clean-context update).
 
 Precisions: ``bf16`` everything in bf16; ``fp8`` FP8 linear layers *and* FP8 attention with an
-FP8 KV cache (the assumption behind DESIGN.md's 168 FPS); ``int8`` INT8 linear layers while
+FP8 KV cache (the assumption behind the 168 FPS H100 ceiling of the design brief); ``int8`` INT8 linear layers while
 attention and the KV cache stay bf16. Embeddings, head and the VAE decoder always run in bf16.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import math
-import os
-import sys
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
-from arvid.runtime import PRESETS, ModelConfig, Preset, StreamConfig, get_preset
+from arvid.runtime import ModelConfig, Preset, StreamConfig, get_preset
 
 TERA = 1e12
 GIGA = 1e9
@@ -59,6 +54,8 @@ class GPU:
         return value
 
 
+# No RTX 5090 entry: its tensor-core peaks are not sourced from NVIDIA's published numbers here, and
+# a ceiling from unverified peaks would be worse than none (add it with its datasheet citation).
 GPUS: dict[str, GPU] = {
     # NVIDIA H100 datasheet, SXM5 column: BF16 1,979 / FP8 3,958 / INT8 3,958 "with sparsity",
     # i.e. 989 / 1,979 / 1,979 dense; HBM3 3.35 TB/s.
@@ -67,15 +64,6 @@ GPUS: dict[str, GPU] = {
     "h100-pcie": GPU("NVIDIA H100 PCIe", 756.5, 1513.0, 1513.0, 2.0, "NVIDIA H100 datasheet (PCIe), dense"),
     # NVIDIA H200 datasheet, SXM column: the H100 SXM's tensor peaks, HBM3e 4.8 TB/s.
     "h200": GPU("NVIDIA H200 SXM", 989.0, 1979.0, 1979.0, 4.8, "NVIDIA H200 datasheet (SXM), dense"),
-    # UNCERTAIN, quoted from memory of NVIDIA's RTX Blackwell GPU architecture whitepaper
-    # (appendix, GeForce RTX 5090): FP16/BF16 tensor 419 dense with FP16 accumulate; GeForce
-    # parts have run FP32 accumulate (what bf16 GEMMs use) at half that rate, hence 209.5;
-    # FP8 with FP32 accumulate likewise 419 (838 with FP16 accumulate); INT8 838 TOPS dense.
-    # Memory: 512-bit GDDR7 at 28 Gbps = 1,792 GB/s (confident). Check the whitepaper before
-    # quoting an RTX 5090 ceiling.
-    "rtx5090": GPU(
-        "NVIDIA GeForce RTX 5090", 209.5, 419.0, 838.0, 1.792, "RTX Blackwell whitepaper (from memory, unverified)"
-    ),
     # NVIDIA A100 datasheet, 80GB SXM4 column: BF16 312, INT8 624 TOPS (dense); no FP8;
     # HBM2e 2,039 GB/s.
     "a100": GPU("NVIDIA A100 SXM4 80GB", 312.0, None, 624.0, 2.039, "NVIDIA A100 datasheet (80GB SXM), dense"),
@@ -131,8 +119,6 @@ def gpu_key_for_device(device_name: str | None) -> str | None:
         return "h100-pcie" if "PCIE" in name else "h100"
     if "H200" in name:
         return None if "NVL" in name else "h200"
-    if "5090" in name:
-        return "rtx5090"
     if "A100" in name:
         return "a100" if "SXM4 80GB" in name else None
     if "L40S" in name:
@@ -188,7 +174,7 @@ def chunk_work(
         of a video (0-based), whose queries see only ``min(i + 1, slots)`` chunks (fill phase).
     vae_tflop_per_chunk : override of the VAE decoder's TFLOP per chunk of one video (scaled by
         ``batch_size``); by default counted from the Wan2.1 VAE decoder architecture (see
-        :func:`wan_vae_decode_work`: 40.7 TFLOP at 832x480, DESIGN.md estimates "roughly 35-40").
+        :func:`wan_vae_decode_work`: 40.7 TFLOP at 832x480, the design brief estimates "roughly 35-40").
 
     Returns
     -------
@@ -541,63 +527,11 @@ def measured_over_ceiling(report: dict, gpu: str | None = None, precision: str |
     }
 
 
-# -- command line (registered by arvid/cli.py as `arvid roofline`) -----------------------------
-def add_roofline_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``roofline`` to an ``argparse`` sub-parser set; the command runs :func:`cmd_roofline`."""
-    p = subparsers.add_parser("roofline", help="FLOPs / bytes per chunk and the FPS ceiling on a named GPU")
-    p.add_argument("--preset", default="wan2.1-t2v-1.3b", help=f"one of {', '.join(PRESETS)}")
-    p.add_argument("--gpu", required=True, help=f"one of {', '.join(GPUS)}")
-    p.add_argument("--precision", default="all", help=f"{', '.join(PRECISIONS)} or all (default: all)")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--attention-frames", type=int, help="attention size in latent frames (default: 12)")
-    p.add_argument("--chunk-index", type=int, help="a fill-phase chunk (0-based) instead of the steady state")
-    p.add_argument(
-        "--vae-tflop-per-chunk", type=float, help="override the VAE decoder cost (default: counted from Wan2.1's)"
-    )
-    p.add_argument("--json", help="also write the results as JSON here")
-    p.set_defaults(func=cmd_roofline)
-    return p
-
-
-def cmd_roofline(args: argparse.Namespace) -> int:
-    get_gpu(args.gpu)  # fail early with the list of choices
-    every = [k for k in PRECISIONS if _supported(args.gpu, k)]  # "all": those the GPU has
-    precisions = every if args.precision == "all" else [args.precision]
-    stream = StreamConfig()
-    if args.attention_frames is not None:
-        stream = stream.replace(attention_frames=args.attention_frames)
-    results = [
-        roofline(
-            args.preset, args.gpu, prec, stream, batch_size=args.batch_size, chunk_index=args.chunk_index,
-            vae_tflop_per_chunk=args.vae_tflop_per_chunk,
-        )
-        for prec in precisions
-    ]  # fmt: skip
-    print("\n\n".join(format_roofline(r) for r in results))
-    if len(results) > 1:
-        print("\n" + format_roofline_summary(results))
-    if args.json:
-        payload = {"schema": "arvid.roofline/1", "gpus": {args.gpu: asdict(GPUS[args.gpu])}, "results": results}
-        _write_atomic(Path(args.json), json.dumps(payload, indent=2))
-        print(f"wrote {args.json}", file=sys.stderr)
-    return 0
-
-
-def _supported(gpu: str, precision: str) -> bool:
+def supports(gpu: str, precision: str) -> bool:
+    """Whether ``gpu`` has peaks for both the linear and the attention math of ``precision``."""
     try:
         GPUS[gpu].peak(PRECISIONS[precision].linear)
         GPUS[gpu].peak(PRECISIONS[precision].attention)
     except ValueError:
         return False
     return True
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write beside ``path`` and rename, so no partly written file is left behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -22,7 +22,10 @@ import psutil
 import torch
 
 from arvid.runtime import GeneratorOptions, StreamConfig, StreamingGenerator, get_preset
-from arvid.runtime.pipeline import load_model, placeholder_prompt_embeds
+from arvid.runtime.config import Preset, check_frames
+from arvid.runtime.loaders import load_dit
+from arvid.runtime.model import CausalWanModel
+from arvid.runtime.prompts import placeholder_prompt_embeds
 from arvid.runtime.vae import StreamingVAEDecoder
 
 from .env import environment
@@ -90,7 +93,7 @@ def _sync(device: torch.device) -> None:
 
 
 def run_stream_bench(
-    preset: str = "tiny",
+    preset: str | Preset = "tiny",
     *,
     device: torch.device,
     dtype: torch.dtype,
@@ -100,7 +103,7 @@ def run_stream_bench(
     rounds: int = 1,
     switch_frames: tuple[int, ...] = (),
     seed: int = 0,
-    checkpoint: str | None = None,
+    model: CausalWanModel | None = None,
     stream: StreamConfig | None = None,
     batch_size: int = 1,
     vae: bool = False,
@@ -110,14 +113,14 @@ def run_stream_bench(
     With ``vae`` every chunk is also decoded by a streaming Wan VAE of the preset's size (random
     weights: the speed does not depend on them), timed apart, for end-to-end FPS.
     """
-    p = get_preset(preset)
+    p = get_preset(preset) if isinstance(preset, str) else preset
     stream = stream or StreamConfig()
     frames = frames or max(p.default_frames, stream.chunk_frames * (warmup + 8))
-    if frames % stream.chunk_frames:
-        raise ValueError(f"--frames {frames} is not a multiple of the chunk ({stream.chunk_frames} latent frames)")
+    check_frames(frames, stream.chunk_frames)
     if frames // stream.chunk_frames <= warmup:
         raise ValueError(f"{frames} frames give no timed chunk after {warmup} warm-up chunks")
-    model = load_model(p, device=device, dtype=dtype, checkpoint=checkpoint, seed=seed)
+    if model is None:  # random weights: speed does not depend on them
+        model = load_dit(config=p.model, device=device, dtype=dtype, seed=seed)
     compiled = None
 
     def make_generator(spec: str) -> StreamingGenerator:
@@ -202,7 +205,7 @@ def run_stream_bench(
     return {
         "schema": "arvid.stream_bench/1",
         "methodology": __doc__.strip(),
-        "preset": preset,
+        "preset": p.name,
         "dtype": str(dtype).removeprefix("torch."),
         "batch_size": batch_size,
         "latent_frames": frames,

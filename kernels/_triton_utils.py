@@ -21,6 +21,7 @@ def interpreting() -> bool:
 # Dtypes the kernels take: 16/32-bit activations; an e4m3 cache where this torch has the type.
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn",) if hasattr(torch, n))
+SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)  # head dims the kernels are built and tested for
 
 
 def import_triton():

@@ -23,30 +23,24 @@ import torch
 from ._triton_utils import (
     FLOAT_DTYPES,
     FP8_DTYPES,
+    SUPPORTED_HEAD_DIMS,
     check_kernel_device,
     import_triton,
     interpreting,
     next_power_of_2,
     require_triton,
 )
+from .fp8 import FP8_E4M3_MAX, FP8_SCALE_MIN, quantize_fp8_per_token_head_ref
 from .rope_3d import apply_rope_3d_ref, rope_3d_cos_sin, rope_3d_split
 
 triton, tl = import_triton()  # optional: the reference must import and run without it
 
 __all__ = [
-    "FP8_E4M3_MAX",
-    "FP8_SCALE_MIN",
-    "SUPPORTED_HEAD_DIMS",
     "qk_norm_rope_append_kv_cache",
     "qk_norm_rope_append_kv_cache_ref",
-    "quantize_fp8_per_token_head_ref",
     "rms_norm_across_heads_ref",
     "rms_norm_ref",
 ]
-
-SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
-FP8_E4M3_MAX = 448.0  # largest finite float8_e4m3fn
-FP8_SCALE_MIN = 1e-12  # floor of the per token-head scale, so an all-zero head does not divide by 0
 
 
 # ----------------------------------------------------------------------------------------
@@ -142,16 +136,6 @@ def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> to
 def rms_norm_across_heads_ref(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """:func:`rms_norm_ref` over all ``H*D`` features of each token of ``x`` ``[B, L, H, D]``; dtype of ``x``."""
     return rms_norm_ref(x.flatten(-2), weight, eps).to(x.dtype).unflatten(-1, x.shape[-2:])
-
-
-def quantize_fp8_per_token_head_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quantize ``x`` ``[..., D]`` to float8_e4m3fn with one scale per row: ``scale = amax|x| / 448``.
-
-    Returns ``(x_fp8, scale)`` with ``x ~= x_fp8.float() * scale[..., None]``; scale is float32 ``[...]``.
-    """
-    xf = x.float()
-    scale = (xf.abs().amax(-1) / FP8_E4M3_MAX).clamp_min(FP8_SCALE_MIN)
-    return (xf / scale[..., None]).to(torch.float8_e4m3fn), scale
 
 
 def qk_norm_rope_append_kv_cache_ref(
@@ -263,6 +247,8 @@ if triton is not None:
         CF: tl.constexpr,
         CH: tl.constexpr,
         IS_FP8: tl.constexpr,
+        FP8_MAX: tl.constexpr,  # FP8_E4M3_MAX
+        SCALE_MIN: tl.constexpr,  # FP8_SCALE_MIN
     ):  # fmt: skip
         # One program holds BLOCK_T whole tokens (all H*D features each: the RMS spans heads).
         b = tl.program_id(1).to(tl.int64)  # 64-bit: B * S * H * D of a cache can pass 2**31
@@ -322,9 +308,9 @@ if triton is not None:
         v1 = tl.load(v_ptr + 1, mask=mask, other=0.0).to(tl.float32)
 
         if IS_FP8:
-            # Per token-head scale = amax|x| / 448: x / scale fills e4m3's finite range [-448, 448].
-            k_sc = tl.maximum(tl.maximum(tl.max(tl.abs(k0), 2), tl.max(tl.abs(k1), 2)) / 448.0, 1e-12)  # [T, H]
-            v_sc = tl.maximum(tl.maximum(tl.max(tl.abs(v0), 2), tl.max(tl.abs(v1), 2)) / 448.0, 1e-12)
+            # Per token-head scale [T, H] = amax|x| / 448: x / scale fills e4m3's finite range [-448, 448].
+            k_sc = tl.maximum(tl.maximum(tl.max(tl.abs(k0), 2), tl.max(tl.abs(k1), 2)) / FP8_MAX, SCALE_MIN)
+            v_sc = tl.maximum(tl.maximum(tl.max(tl.abs(v0), 2), tl.max(tl.abs(v1), 2)) / FP8_MAX, SCALE_MIN)
             k0 = _round_to_e4m3(k0 / k_sc[:, :, None])
             k1 = _round_to_e4m3(k1 / k_sc[:, :, None])
             v0 = _round_to_e4m3(v0 / v_sc[:, :, None])
@@ -396,7 +382,7 @@ def _qk_norm_rope_append_fwd(
         rope_cos.stride(0),
         seq, h, k_cache.shape[1], rope_cos.shape[0], hp, wp, 1.0 / (h * d), float(eps),
         HALF_D=d // 2, BLOCK_T=block_t, BLOCK_H=block_h, CF=cf, CH=ch, IS_FP8=is_fp8,
-        num_warps=num_warps,
+        FP8_MAX=FP8_E4M3_MAX, SCALE_MIN=FP8_SCALE_MIN, num_warps=num_warps,
     )  # fmt: skip
     return q_out
 

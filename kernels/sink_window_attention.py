@@ -29,6 +29,7 @@ import torch
 from ._triton_utils import (
     FLOAT_DTYPES,
     FP8_DTYPES,
+    SUPPORTED_HEAD_DIMS,
     check_kernel_device,
     import_triton,
     interpreting,
@@ -46,7 +47,6 @@ __all__ = [
     "warmup_sink_window_attention",
 ]
 
-SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 _LOG2E = 1.4426950408889634
 
 

@@ -66,9 +66,9 @@ class QuantizedLinear(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        # The model reads ``layer.weight.dtype`` to pick the dtype it feeds a layer (runtime/model.py:
-        # ``self.ffn[0].weight.dtype``, ``self.head.head.weight.dtype``). Answer with the dequantized
-        # weight so that any reader gets a true tensor in the compute dtype (one pass over the weight).
+        # runtime/model.py no longer reads a quantized layer's weight (it takes its dtype from the
+        # ``modulation`` parameter and the unquantized ``patch_embedding``); code outside that still
+        # reads ``layer.weight`` gets a true tensor in the compute dtype (one pass over the weight).
         return self.dequantized_weight()
 
     @property

@@ -8,8 +8,8 @@ Two backends:
   scales (the model really shrinks, and :mod:`arvid.quant.serialize` saves it) and compute the
   same numbers as torchao's kernels, so quality can be validated without a GPU.
 * ``"torchao"`` (CUDA only): torchao's own configs, whose kernels are the fast path on a GPU.
-  torchao's quantized linears are only fast when compiled (Flux on an H100, as quoted in arvid's
-  quantization issue and not measured here: INT8 dynamic 3.4 s compiled vs 130 s eager, against
+  torchao's quantized linears are only fast when compiled (published Flux figures on an H100,
+  cited in issue 6 and not measured here: INT8 dynamic 3.4 s compiled vs 130 s eager, against
   6.6 s BF16 eager), hence ``compile=True``;
   the speed of either setting on this model is still to be measured.
 
@@ -26,6 +26,8 @@ from typing import Literal
 
 import torch
 from torch import nn
+
+from arvid.runtime.devices import require_sm89
 
 from ._linear import QuantizedLinear
 from .fp8 import Fp8EmulatedLinear
@@ -205,13 +207,10 @@ def _check_torchao_device(config: QuantConfig, device: torch.device) -> None:
             f"use backend='emulate' to get the same numerics on the CPU"
         )
     if isinstance(config, Fp8Config):
-        cap = torch.cuda.get_device_capability(device)
-        if cap < (8, 9):
-            raise ValueError(
-                f"Fp8Config(backend='torchao') needs FP8 tensor cores (compute capability >= 8.9, "
-                f"Ada / Hopper / Blackwell); {torch.cuda.get_device_name(device)} has {cap[0]}.{cap[1]}; "
-                "use backend='emulate' to validate FP8 numerics on this device"
-            )
+        require_sm89(
+            device, "Fp8Config(backend='torchao') (FP8 tensor cores)",
+            hint="; use backend='emulate' to validate FP8 numerics on this device",
+        )  # fmt: skip
 
 
 def quantize_(model: nn.Module, config: QuantConfig) -> nn.Module:

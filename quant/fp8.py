@@ -18,11 +18,19 @@ from __future__ import annotations
 
 import torch
 
+from arvid.kernels.fp8 import FP8_E4M3_MAX
+
 from ._linear import QuantizedLinear
 
 E4M3 = torch.float8_e4m3fn
-E4M3_MAX = float(torch.finfo(E4M3).max)  # 448.0
+E4M3_MAX = FP8_E4M3_MAX  # 448.0, the one constant (arvid.kernels.fp8)
 _F32_TINY = torch.finfo(torch.float32).tiny
+
+# Two e4m3 quantizers exist on purpose, with the same amax / 448 rule but different contracts:
+# quantize_e4m3_rows (here) reproduces torchao's W8A8 linear recipe bit for bit (scale computed in
+# the input dtype, floored at float32's smallest normal, values clamped to +-448), so the emulation
+# can be checked against torchao; arvid.kernels.fp8.quantize_fp8_per_token_head_ref is the KV
+# cache's recipe, which the Triton append kernel reproduces (scale in float32, floored at 1e-12).
 
 
 def quantize_e4m3_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -115,23 +115,53 @@ def frame_difference_energy(video) -> torch.Tensor:
     return (v[1:] - v[:-1]).pow(2).flatten(1).mean(1)
 
 
-def flicker_stats(ref, test) -> dict:
-    """Temporal flicker of a variant against the reference, both ``[T, ...]`` (latents or frames).
+class FlickerMeter:
+    """Temporal flicker of a variant against the reference, fed frame by frame in order (``add`` per
+    chunk; frame pairs across chunk boundaries count). :func:`flicker_stats` on whole videos and
+    ``arvid quality`` (chunk by chunk) both compute it here.
 
-    Returns
-    -------
-    ``flicker_ratio``: the variant's frame-difference energy over the reference's (1 = as much
-    change between frames as the reference; > 1 = extra flicker). ``temporal_sqnr_db``: SQNR of
-    the variant's frame differences against the reference's (how exactly the motion is kept).
+    ``ref`` / ``var``: per frame pair, the reference's / the variant's frame-difference energy
+    ``mean((X_t - X_{t-1})^2)``. :meth:`summary` gives ``flicker_ratio``: the variant's energy over the
+    reference's (1 = as much change between frames as the reference; > 1 = extra flicker; NaN for a
+    static reference) and ``temporal_sqnr_db``: SQNR of the variant's frame differences against the
+    reference's (how exactly the motion is kept; inf where they are equal).
     """
+
+    def __init__(self) -> None:
+        self.prev: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.ref: list[float] = []  # per frame pair, mean((R_t - R_{t-1})^2)
+        self.var: list[float] = []
+        self.err = 0.0  # sum of ||(V_t - V_{t-1}) - (R_t - R_{t-1})||^2
+        self.numel_per_frame = 0
+
+    def add(self, ref, var) -> None:
+        """``ref``, ``var``: ``[T, ...]`` the next frames of both."""
+        ref, var = _pair(ref, var)
+        if self.prev is not None:
+            ref, var = torch.cat([self.prev[0], ref]), torch.cat([self.prev[1], var])
+        dr, dv = ref[1:] - ref[:-1], var[1:] - var[:-1]
+        self.ref += dr.pow(2).flatten(1).mean(1).tolist()
+        self.var += dv.pow(2).flatten(1).mean(1).tolist()
+        self.err += (dv - dr).pow(2).sum().item()
+        self.numel_per_frame = ref[0].numel()
+        self.prev = (ref[-1:], var[-1:])
+
+    def summary(self) -> dict:
+        ref_e, var_e = sum(self.ref), sum(self.var)
+        err = self.err / self.numel_per_frame if self.numel_per_frame else 0.0
+        sqnr = math.inf if err == 0.0 else 10 * math.log10(ref_e / err) if ref_e > 0 else -math.inf
+        return {"flicker_ratio": var_e / ref_e if ref_e else math.nan, "temporal_sqnr_db": sqnr}
+
+
+def flicker_stats(ref, test) -> dict:
+    """Temporal flicker of a variant against the reference, both ``[T, ...]`` (latents or frames):
+    :class:`FlickerMeter` over the whole videos (see there for ``flicker_ratio`` / ``temporal_sqnr_db``)."""
     ref, test = _pair(ref, test)
     if ref.shape[0] < 2:
         raise ValueError("flicker needs at least two frames")
-    dr, dt = ref[1:] - ref[:-1], test[1:] - test[:-1]
-    return {
-        "flicker_ratio": (dt.pow(2).sum() / dr.pow(2).sum()).item(),
-        "temporal_sqnr_db": sqnr_db(dr, dt),
-    }
+    meter = FlickerMeter()
+    meter.add(ref, test)
+    return meter.summary()
 
 
 def drift_stats(per_chunk_sqnr_db: Sequence[float], window: int = 10) -> dict:

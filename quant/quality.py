@@ -27,6 +27,7 @@ from arvid.runtime.model import CausalWanModel
 
 from .metrics import (
     ClipScorer,
+    FlickerMeter,
     cosine,
     decoded_to_frames,
     drift_stats,
@@ -57,35 +58,6 @@ class Thresholds:
     video_ssim: float = 0.90
     drift_db: float = 3.0
     flicker_band: float = 0.10
-
-
-class _Flicker:
-    """Running frame-difference energies of the reference and the variant, across chunk boundaries."""
-
-    def __init__(self) -> None:
-        self.prev: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.ref: list[float] = []  # per frame pair, mean((R_t - R_{t-1})^2)
-        self.var: list[float] = []
-        self.err = 0.0  # sum of ||(V_t - V_{t-1}) - (R_t - R_{t-1})||^2
-
-    def add(self, ref: torch.Tensor, var: torch.Tensor) -> None:
-        """``ref``, ``var``: ``[T, ...]`` the next frames."""
-        ref, var = ref.double(), var.double()
-        if self.prev is not None:
-            ref, var = torch.cat([self.prev[0], ref]), torch.cat([self.prev[1], var])
-        dr, dv = ref[1:] - ref[:-1], var[1:] - var[:-1]
-        self.ref += dr.pow(2).flatten(1).mean(1).tolist()
-        self.var += dv.pow(2).flatten(1).mean(1).tolist()
-        self.err += (dv - dr).pow(2).sum().item()
-        self.prev = (ref[-1:], var[-1:])
-
-    def summary(self, numel_per_frame: int) -> dict:
-        ref_e, var_e = sum(self.ref), sum(self.var)
-        err = self.err / numel_per_frame
-        return {
-            "flicker_ratio": var_e / ref_e if ref_e else math.nan,
-            "temporal_sqnr_db": 10 * math.log10(ref_e / err) if err else math.inf,
-        }
 
 
 def _finite(xs: Sequence[float]) -> list[float]:
@@ -149,7 +121,7 @@ def compare_streams(
     switches = list(switch_frames)
     rows, frame_rows = [], []
     sig = err = 0.0
-    lat_flicker, vid_flicker = _Flicker(), _Flicker()
+    lat_flicker, vid_flicker = FlickerMeter(), FlickerMeter()
     frame_index = 0
     clip_ref: list[float] = []
     clip_var: list[float] = []
@@ -187,7 +159,6 @@ def compare_streams(
             on_chunk(row)
 
     per_chunk = [row["latent_sqnr_db"] for row in rows]
-    numel = noise[0, 0].numel()
     summary = {
         "chunks": len(rows),
         "latent_sqnr_db": 10 * math.log10(sig / err) if err else math.inf,  # pooled over all chunks
@@ -195,7 +166,7 @@ def compare_streams(
         "latent_rel_err_max": max(row["latent_rel_err"] for row in rows),
         "latent_cosine_min": min(row["latent_cosine"] for row in rows),
         "drift": drift_stats(per_chunk, drift_window),
-        "latent_flicker": lat_flicker.summary(numel),
+        "latent_flicker": lat_flicker.summary(),
         "video": None,
         "clip": None,
     }
@@ -208,14 +179,13 @@ def compare_streams(
     if frame_rows:
         psnrs = [f["psnr_db"] for f in frame_rows]
         ssims = [f["ssim"] for f in frame_rows]
-        h, w = fr.shape[1:3]
         summary["video"] = {
             "frames": len(frame_rows),
             "psnr_db_mean": _mean(psnrs),
             "psnr_db_min": min(psnrs),
             "ssim_mean": sum(ssims) / len(ssims),
             "ssim_min": min(ssims),
-            "flicker": vid_flicker.summary(h * w * 3),
+            "flicker": vid_flicker.summary(),
         }
         verdict["video_psnr"] = summary["video"]["psnr_db_mean"] >= t.video_psnr_db
         verdict["video_ssim"] = summary["video"]["ssim_mean"] >= t.video_ssim

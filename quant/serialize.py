@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -25,6 +24,7 @@ from torch import nn
 
 from arvid.runtime.checkpoint import state_dict_mismatch
 from arvid.runtime.config import ModelConfig
+from arvid.runtime.files import atomic_write
 from arvid.runtime.model import CausalWanModel
 
 from ._linear import QuantizedLinear
@@ -115,12 +115,8 @@ def save_quantized(model: CausalWanModel, directory: str | Path, *, metadata: di
         }
     sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     weights = directory / WEIGHTS_FILE
-    tmp = directory / f".{WEIGHTS_FILE}.{os.getpid()}.tmp"
-    try:
-        save_file(sd, str(tmp), metadata={"format": FORMAT, "scheme": rec.config.scheme, **(metadata or {})})
-        os.replace(tmp, weights)
-    finally:
-        tmp.unlink(missing_ok=True)
+    meta = {"format": FORMAT, "scheme": rec.config.scheme, **(metadata or {})}
+    atomic_write(weights, lambda tmp: save_file(sd, str(tmp), metadata=meta))
     sizes = model_size_report(model) | {"file_bytes": weights.stat().st_size}
     cfg = dataclasses.asdict(model.cfg)
     doc = {
@@ -133,12 +129,7 @@ def save_quantized(model: CausalWanModel, directory: str | Path, *, metadata: di
         "sizes": sizes,
         "metadata": metadata or {},
     }
-    tmp = directory / f".{CONFIG_FILE}.{os.getpid()}.tmp"
-    try:
-        tmp.write_text(json.dumps(doc, indent=2))
-        os.replace(tmp, directory / CONFIG_FILE)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(directory / CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(doc, indent=2)))
     return doc
 
 

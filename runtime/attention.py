@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from arvid.kernels.qk_norm_rope_append import quantize_fp8_per_token_head_ref, rms_norm_across_heads_ref
+from arvid.kernels.fp8 import quantize_fp8_per_token_head_ref
+from arvid.kernels.qk_norm_rope_append import rms_norm_across_heads_ref
 from arvid.kernels.rope_3d import apply_rope_3d_ref
 
 if TYPE_CHECKING:

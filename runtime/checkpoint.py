@@ -86,6 +86,16 @@ def diffusers_to_wan_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
     return out
 
 
+def is_diffusers_state_dict(state_dict: dict[str, torch.Tensor]) -> bool:
+    """Whether ``state_dict`` uses diffusers' ``WanTransformer3DModel`` names (the one place that decides)."""
+    return any(k.startswith("condition_embedder.") or ".attn1." in k for k in state_dict)
+
+
+def to_wan_names(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state_dict`` in original Wan names: diffusers names converted, Wan names returned as they are."""
+    return diffusers_to_wan_state_dict(state_dict) if is_diffusers_state_dict(state_dict) else state_dict
+
+
 # -- reading files -------------------------------------------------------------------------------
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict: ``.safetensors`` (memory-mapped), a sharded ``*.safetensors.index.json``,

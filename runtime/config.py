@@ -133,3 +133,10 @@ class StreamConfig:
 
     def replace(self, **changes) -> StreamConfig:
         return dataclasses.replace(self, **changes)
+
+
+def check_frames(frames: int, chunk: int) -> int:
+    """``frames`` if it is a positive multiple of the chunk (latent frames), else a clear error."""
+    if frames <= 0 or frames % chunk:
+        raise ValueError(f"--frames {frames} is not a positive multiple of the chunk ({chunk})")
+    return frames

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ModelConfig, StreamConfig
+from .devices import require_sm89
 
 if TYPE_CHECKING:
     from .attention import AttentionBackend, QKNorm
@@ -204,9 +205,8 @@ class RingKVCache(RingPlanner):
         self.v = torch.zeros(shape, device=device, dtype=kv_dtype)
         self.k_scale = self.v_scale = None
         if kv_dtype == torch.float8_e4m3fn:
-            dev = torch.device(device)
-            if backend.name == "triton" and dev.type == "cuda" and torch.cuda.get_device_capability(dev) < (8, 9):
-                raise ValueError("an FP8 KV cache with the triton backend needs an sm_89+ GPU (Ada, Hopper, Blackwell)")
+            if backend.name == "triton" and torch.device(device).type == "cuda":
+                require_sm89(device, "an FP8 KV cache with the triton backend")
             self.k_scale = torch.ones(shape[:-1], device=device, dtype=torch.float32)
             self.v_scale = torch.ones(shape[:-1], device=device, dtype=torch.float32)
         self.layers = [

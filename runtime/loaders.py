@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 
 from .checkpoint import (
-    diffusers_to_wan_state_dict,
     load_longlive_state_dict,
     load_lora,
     load_state_dict,
     merge_lora_,
     model_config_from_json,
+    to_wan_names,
 )
 from .config import ModelConfig
 from .model import CausalWanModel, build_model
@@ -93,10 +93,7 @@ def find_model_files(root: str | Path) -> ModelFiles:
 
 def read_dit_state_dict(files: ModelFiles) -> dict[str, torch.Tensor]:
     """The DiT weights of a model directory in Wan's names (diffusers names converted)."""
-    sd = load_state_dict(files.dit_weights)
-    if any(k.startswith("condition_embedder.") or ".attn1." in k for k in sd):
-        sd = diffusers_to_wan_state_dict(sd)
-    return sd
+    return to_wan_names(load_state_dict(files.dit_weights))
 
 
 def load_dit(
@@ -129,9 +126,7 @@ def load_dit(
     if longlive_ckpt is not None:
         source, sd = longlive_ckpt, load_longlive_state_dict(longlive_ckpt, longlive_weights)
     elif checkpoint is not None:
-        source, sd = checkpoint, load_state_dict(checkpoint)
-        if any(k.startswith("condition_embedder.") for k in sd):
-            sd = diffusers_to_wan_state_dict(sd)
+        source, sd = checkpoint, to_wan_names(load_state_dict(checkpoint))
     elif files is not None:
         source, sd = files.dit_weights, read_dit_state_dict(files)
     factors = load_lora(lora) if lora is not None else None  # read (and check) before the big build

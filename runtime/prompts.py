@@ -1,4 +1,4 @@
-"""Prompt schedules: LongLive's interactive JSONL and its switch-frame semantics.
+"""Prompts: LongLive's interactive JSONL, its switch-frame semantics, and stand-in prompt embeddings.
 
 A JSONL file holds one video per line: ``{"prompts": ["first", "second", ...]}``; prompt i+1 takes
 over at switch frame i. LongLive switches at the first chunk that starts at or after the given
@@ -8,9 +8,14 @@ latent frame (``current_start_frame >= next_switch_pos`` in its interactive pipe
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
+
+import torch
+
+from .config import Preset
 
 
 def read_prompt_jsonl(path: str | Path, num_switches: int | None = None) -> list[list[str]]:
@@ -72,11 +77,12 @@ def align_switch_frames(switch_frames: Sequence[int], chunk: int, num_frames: in
     return aligned
 
 
-def latent_frames_for_seconds(seconds: float, fps: int, chunk: int) -> int:
-    """Latent frames for at least ``seconds`` of video: 1 + 4 (F - 1) >= seconds * fps, rounded up to
-    whole chunks."""
-    if seconds <= 0:
-        raise ValueError(f"--seconds must be positive, got {seconds}")
-    want = max(1, round(seconds * fps))
-    frames = 1 + -(-(want - 1) // 4)
-    return -(-frames // chunk) * chunk
+def placeholder_prompt_embeds(text: str, preset: Preset, batch_size: int = 1) -> torch.Tensor:
+    """Deterministic stand-in embeddings ``[B, text_len, text_dim]`` for a prompt when no text encoder
+    is loaded: seeded from the text, zero past a pseudo prompt length, as umT5 padding is."""
+    cfg = preset.model
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(batch_size, cfg.text_len, cfg.text_dim, generator=g)
+    emb[:, min(cfg.text_len, max(1, len(text.split()) + 1)) :] = 0
+    return emb

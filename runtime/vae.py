@@ -37,6 +37,16 @@ def video_frames(latent_frames: int) -> int:
     return 0 if latent_frames <= 0 else 1 + 4 * (latent_frames - 1)
 
 
+def latent_frames_for_seconds(seconds: float, fps: int, chunk: int) -> int:
+    """Latent frames for at least ``seconds`` of video: 1 + 4 (F - 1) >= seconds * fps, rounded up to
+    whole chunks."""
+    if seconds <= 0:
+        raise ValueError(f"--seconds must be positive, got {seconds}")
+    want = max(1, round(seconds * fps))
+    frames = 1 + -(-(want - 1) // 4)
+    return -(-frames // chunk) * chunk
+
+
 def load_vae(
     path: str | Path,
     *,

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .files import atomic_write
+
 PREFERRED_CODECS = ("libx264", "libopenh264", "h264", "mpeg4")
 
 
@@ -163,6 +165,4 @@ def write_png_frames(frames: torch.Tensor, folder: str | Path, start: int) -> No
     folder.mkdir(parents=True, exist_ok=True)
     for i, img in enumerate(to_uint8(frames)):
         dest = folder / f"frame_{start + i:06d}.png"
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        Image.fromarray(img).save(tmp, format="PNG")
-        os.replace(tmp, dest)
+        atomic_write(dest, lambda tmp, img=img: Image.fromarray(img).save(tmp, format="PNG"))

@@ -1,6 +1,6 @@
 """Models the tests build more than once."""
 
-import pytest
+import diffusers
 import torch
 
 
@@ -10,7 +10,6 @@ def diffusers_wan_transformer(cfg, *, randomize: bool = False):
     ``randomize`` draws every parameter at random: diffusers initialises biases and norms to
     constants, behind which a swapped or dropped weight could hide in a parity test.
     """
-    diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(0)
     model = diffusers.WanTransformer3DModel(
         patch_size=cfg.patch_size,

@@ -1,4 +1,10 @@
-"""Test setup: Triton kernels run under the interpreter where there is no CUDA; `gpu` tests skip."""
+"""Test setup: Triton kernels run under the interpreter where there is no CUDA; `gpu` tests skip.
+
+Shared by the test modules (``from conftest import ...``): :func:`mismatch_report` / :func:`assert_close`,
+the one readable report of where two tensors differ, and the ``one_thread`` fixture.
+"""
+
+from __future__ import annotations
 
 import os
 
@@ -12,7 +18,9 @@ if not torch.cuda.is_available():
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
-    config.addinivalue_line("markers", "slow: takes more than a few seconds on a CPU")
+    config.addinivalue_line(
+        "markers", "slow: over 10 s on a 2-core CPU machine (a label: -m 'not gpu' runs them, -m 'not slow' skips them)"
+    )
 
 
 def pytest_collection_modifyitems(config, items):
@@ -22,3 +30,64 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one CPU thread: the tiny model is all per-op overhead, and one thread is several
+    times faster than two competing ones. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def mismatch_report(
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    *,
+    atol: float,
+    rtol: float,
+    name: str = "tensor",
+    dims: str = "blhd",
+) -> str:
+    """Empty string when ``|actual - expected| <= atol + rtol * |expected|`` everywhere (NaN never passes).
+
+    Otherwise: shape, count of mismatching elements, the worst error with its index named by
+    ``dims`` (e.g. ``b=0, l=17, h=2, d=5``), the value pair there, and the first few other offenders.
+    """
+    if actual.shape != expected.shape:
+        return f"{name}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}"
+    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
+    err = (a - e).abs()
+    bad = ~(err <= atol + rtol * e.abs())  # NaN in either compares False, so it counts as bad
+    n_bad = int(bad.sum())
+    if n_bad == 0:
+        return ""
+    # NaN ranks worst; the report still prints the raw (NaN) error.
+    rank = torch.where(torch.isnan(err), torch.full_like(err, float("inf")), err)
+    worst = int(torch.argmax(torch.where(bad, rank, torch.zeros_like(rank))))
+    labels = dims if len(dims) == a.dim() else "".join(f"i{k}" for k in range(a.dim()))
+
+    def where(flat: int) -> str:
+        idx = torch.unravel_index(torch.tensor(flat), a.shape)
+        return ", ".join(f"{lab}={int(i)}" for lab, i in zip(labels, idx, strict=True))
+
+    lines = [
+        f"{name}: {n_bad} of {a.numel()} elements differ (atol={atol:g}, rtol={rtol:g}), shape {tuple(a.shape)}",
+        f"  worst |err|={float(err.flatten()[worst]):.4g} at ({where(worst)}): "
+        f"actual={float(a.flatten()[worst]):.6g} expected={float(e.flatten()[worst]):.6g}",
+    ]
+    for flat in bad.flatten().nonzero().flatten()[:5].tolist():
+        lines.append(
+            f"  e.g. ({where(flat)}): actual={float(a.flatten()[flat]):.6g} expected={float(e.flatten()[flat]):.6g}"
+        )
+    return "\n".join(lines)
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, atol: float, rtol: float, dims: str = "bfchw"):
+    """``torch.allclose(actual, expected, atol, rtol)``, failing with :func:`mismatch_report`'s account
+    (``dims`` names the axes: latents are ``[b, frame, c, h, w]``)."""
+    assert torch.allclose(actual, expected, atol=atol, rtol=rtol), mismatch_report(
+        actual, expected, atol=atol, rtol=rtol, dims=dims
+    )

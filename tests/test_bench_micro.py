@@ -8,8 +8,10 @@ accidental copy of the whole cache, a host sync) and keep the benchmark code its
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from arvid.kernels.qk_norm_rope_append import qk_norm_rope_append_kv_cache_ref
+from arvid.kernels.rope_3d import rope_3d_tables
+from arvid.kernels.sink_window_attention import sink_window_attention_ref
 from arvid.runtime import StreamConfig, StreamingGenerator, build_model, get_preset
 
 TINY = get_preset("tiny")
@@ -43,19 +45,22 @@ def stream_iter(model):
     return it
 
 
-def test_ring_slice_write(benchmark):
-    # The ring buffer's write: one chunk's K and V into its slots, no roll, no concatenation.
-    k_cache, v_cache = torch.zeros(1, LK, H, D), torch.zeros(1, LK, H, D)
-    k, v = torch.randn(1, LQ, H, D), torch.randn(1, LQ, H, D)
-    start = 3 * LQ  # the last slot
-
-    def write():
-        k_cache[:, start : start + LQ] = k
-        v_cache[:, start : start + LQ] = v
-
-    _pedantic(benchmark, write)
-    assert torch.equal(k_cache[:, start:], k) and torch.equal(v_cache[:, start:], v)
-    assert not k_cache[:, :start].any()
+def test_ring_append_write(benchmark):
+    # The ring buffer's write through arvid's append reference (q/k norm + RoPE + K/V into the last
+    # slot, frames 12..14): the chunk's slots only, no roll, no concatenation of the cache.
+    g = torch.Generator().manual_seed(0)
+    k_cache, v_cache = torch.randn(1, LK, H, D, generator=g), torch.randn(1, LK, H, D, generator=g)
+    old_k, old_v = k_cache.clone(), v_cache.clone()
+    q, k, v = (torch.randn(1, LQ, H, D, generator=g) for _ in range(3))
+    wq, wk = torch.ones(H * D), torch.ones(H * D)
+    grid = (STREAM.chunk_frames, 4, 4)
+    cos, sin = rope_3d_tables(D, 16)
+    start = LK - LQ
+    ws, fo = torch.tensor([start], dtype=torch.int32), torch.tensor([12], dtype=torch.int32)
+    args = (q, k, v, wq, wk, cos, sin, k_cache, v_cache, ws, fo, grid)
+    q_rot = _pedantic(benchmark, lambda: qk_norm_rope_append_kv_cache_ref(*args))
+    assert q_rot.shape == q.shape and torch.equal(v_cache[:, start:], v)
+    assert torch.equal(k_cache[:, :start], old_k[:, :start]) and torch.equal(v_cache[:, :start], old_v[:, :start])
 
 
 def test_append_norm_rope_write(benchmark, model):
@@ -82,15 +87,15 @@ def test_append_norm_rope_write(benchmark, model):
 
 
 def test_attention_over_cache_prefix(benchmark):
-    # Reference attention of a chunk's queries over the valid prefix of the ring: a view, no copy.
+    # arvid's reference sink + window attention of a chunk's queries over the valid prefix of the ring.
     g = torch.Generator().manual_seed(0)
     k_cache, v_cache = torch.randn(1, LK, H, D, generator=g), torch.randn(1, LK, H, D, generator=g)
-    q = torch.randn(1, H, LQ, D, generator=g)
+    q = torch.randn(1, LQ, H, D, generator=g)
     kv_len = LK - LQ  # fill phase: the last slot not valid yet
+    lens = torch.tensor([kv_len], dtype=torch.int32)
+    out = _pedantic(benchmark, lambda: sink_window_attention_ref(q, k_cache, v_cache, lens))
     k, v = k_cache[:, :kv_len].transpose(1, 2), v_cache[:, :kv_len].transpose(1, 2)
-    assert k.data_ptr() == k_cache.data_ptr()  # a view of the cache
-    out = _pedantic(benchmark, lambda: F.scaled_dot_product_attention(q, k, v))
-    want = torch.softmax(q @ k.transpose(-1, -2) / D**0.5, dim=-1) @ v
+    want = (torch.softmax(q.transpose(1, 2) @ k.transpose(-1, -2) / D**0.5, dim=-1) @ v).transpose(1, 2)
     assert torch.allclose(out, want, atol=1e-5)
 
 

@@ -1,6 +1,5 @@
 """arvid bench's report on the CPU (tiny preset) and everything built from it: Markdown, plots, tables."""
 
-import argparse
 import json
 import shutil
 
@@ -10,7 +9,6 @@ import torch
 from arvid.bench.report import (
     README_END,
     README_START,
-    add_report_parser,
     load_report,
     plot_report,
     results_table,
@@ -18,6 +16,7 @@ from arvid.bench.report import (
     write_markdown,
 )
 from arvid.bench.stream_bench import format_table, run_stream_bench
+from arvid.cli import build_parser
 
 VARIANT_FIELDS = {
     "backend",
@@ -147,9 +146,8 @@ def test_update_readme_results(run_json, tmp_path):
 
 
 def _cli(argv):
-    parser = argparse.ArgumentParser()
-    add_report_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["report", *argv])
+    """`arvid report ARGV` with ValueError raised (``arvid.cli.main`` would print it and return 2)."""
+    args = build_parser().parse_args(["report", *argv])
     return args.func(args)
 
 
@@ -173,6 +171,7 @@ def test_cli(run_json, tmp_path, capsys):
         load_report(other)
 
 
+@pytest.mark.slow
 def test_vae_decode_is_timed_apart_for_end_to_end_fps():
     report = run_stream_bench(
         "tiny", device=torch.device("cpu"), dtype=torch.float32, backends=["sdpa"], frames=9, warmup=1, vae=True

@@ -27,6 +27,7 @@ def test_bench_tiny_prints_table_and_writes_json(tmp_path, capsys):
     assert len(report["variants"][0]["chunk_ms"]) == 3  # 4 chunks, 1 warm-up
 
 
+@pytest.mark.slow
 def test_generate_writes_latents(tmp_path):
     out = tmp_path / "latents.safetensors"
     args = ["generate", "--preset", "tiny", "--frames", "36", "--seed", "0", "--quiet"]
@@ -149,14 +150,70 @@ def test_checkpoint_round_trip(tmp_path):
     from safetensors.torch import save_file
 
     from arvid.runtime import build_model, get_preset
-    from arvid.runtime.pipeline import load_model
+    from arvid.runtime.loaders import load_dit
 
     model = build_model(get_preset("tiny").model, seed=3)
     ckpt = tmp_path / "dit.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
-    loaded = load_model("tiny", device=torch.device("cpu"), dtype=torch.float32, checkpoint=str(ckpt))
+    loaded = load_dit(config=get_preset("tiny").model, checkpoint=ckpt)
     for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
+
+
+MODEL_FLAGS = [
+    "--model",
+    "--checkpoint",
+    "--longlive-ckpt",
+    "--longlive-weights",
+    "--lora",
+    "--lora-alpha",
+    "--lora-rank",
+]
+
+
+@pytest.mark.parametrize("command", ["generate", "interactive", "bench", "quantize", "quality"])
+def test_every_command_that_loads_the_dit_has_the_same_model_flags(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    help_text = capsys.readouterr().out
+    for flag in MODEL_FLAGS:
+        assert flag in help_text, (command, flag)
+
+
+@pytest.fixture
+def diffusers_checkpoint(tmp_path):
+    """A tiny DiT's weights under diffusers' names (``condition_embedder.*``, ``attn1``), as one .safetensors."""
+    from _builders import diffusers_wan_transformer
+    from safetensors.torch import save_file
+
+    from arvid.runtime import get_preset
+    from arvid.runtime.checkpoint import is_diffusers_state_dict
+
+    sd = diffusers_wan_transformer(get_preset("tiny").model, randomize=True).state_dict()
+    assert is_diffusers_state_dict(sd)
+    ckpt = tmp_path / "diffusers_dit.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(ckpt))
+    return ckpt
+
+
+def test_diffusers_named_checkpoint_loads_in_bench_and_quantize(tmp_path, diffusers_checkpoint, capsys):
+    from arvid.quant import load_quantized
+
+    bench = ["bench", "--device", "cpu", "--frames", "6", "--warmup", "1", "--backends", "eager"]
+    assert main([*bench, "--checkpoint", str(diffusers_checkpoint)]) == 0
+    out = tmp_path / "q"
+    assert main(["quantize", "--device", "cpu", "--scheme", "int8", "--checkpoint", str(diffusers_checkpoint),
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert load_quantized(out).arvid_quant.config.scheme == "int8"
+    assert "error" not in capsys.readouterr().err
+
+
+def test_bench_takes_the_weight_flags_of_every_command(tmp_path, capsys):
+    # bench loads through load_dit like generate: a missing LoRA is the loader's one-line error
+    missing = tmp_path / "lora.pt"
+    assert main(["bench", "--device", "cpu", "--lora", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "Traceback" not in err
 
 
 def test_console_script_and_module_entry_point():

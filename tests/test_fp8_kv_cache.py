@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-from arvid.kernels.qk_norm_rope_append import quantize_fp8_per_token_head_ref
+from arvid.kernels.fp8 import quantize_fp8_per_token_head_ref
 from arvid.runtime import StreamingGenerator, build_model, get_preset
 
 TINY = get_preset("tiny")
@@ -56,6 +56,7 @@ def test_fp8_cache_halves_the_memory_of_a_16_bit_cache():
     assert gen8.executor.cache.k.dtype == FP8
 
 
+@pytest.mark.slow
 def test_fp8_kv_stream_stays_close_and_does_not_drift():
     model = build_model(TINY.model)
     ref, _ = _run(model, "sdpa", 60, (9, 33), None)
@@ -66,6 +67,7 @@ def test_fp8_kv_stream_stays_close_and_does_not_drift():
     assert last >= first - 6, per_chunk
 
 
+@pytest.mark.slow
 def test_triton_fp8_cache_matches_sdpa_fp8_cache():
     """Both quantize to the same e4m3 grid; fp16 activations (the kernel takes 16-bit queries)."""
     model = build_model(TINY.model, dtype=torch.float16)

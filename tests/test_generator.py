@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import assert_close
 
 from arvid.runtime import FlowMatchScheduler, StreamConfig, StreamingGenerator, build_model, get_preset
 
@@ -27,12 +28,6 @@ def _run(model, backend, frames, switches=(), stream=None, batch=1, seed=0):
     return gen.generate(noise, embeds, switches, generator=torch.Generator().manual_seed(seed + 1))
 
 
-def _mismatch(out, want):
-    err = (out - want).abs()
-    idx = tuple(int(i) for i in torch.unravel_index(err.argmax(), err.shape))
-    return f"max abs err {err.max().item():.3e} at (b, frame, c, h, w) = {idx}"
-
-
 def test_scheduler_warped_steps():
     s = FlowMatchScheduler(StreamConfig())
     assert s.timesteps == pytest.approx([1000.0, 937.5, 833.333, 625.0], abs=1e-3)
@@ -42,6 +37,7 @@ def test_scheduler_warped_steps():
     assert torch.allclose(s.flow_to_x0(torch.ones(2), noise - x0, 0.5), torch.full((2,), 2.5))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("global_sink", [True, False])
 @pytest.mark.parametrize(
     "frames, switches",
@@ -56,7 +52,7 @@ def test_ring_cache_matches_eager_baseline(model, global_sink, frames, switches)
     stream = StreamConfig(global_sink=global_sink)
     want = _run(model, "eager", frames, switches, stream)
     out = _run(model, "sdpa", frames, switches, stream)
-    assert torch.allclose(out, want, atol=1e-5, rtol=1e-5), _mismatch(out, want)
+    assert_close(out, want, atol=1e-5, rtol=1e-5)
 
 
 def test_ring_matches_baseline_batch_and_other_geometry(model):
@@ -64,7 +60,7 @@ def test_ring_matches_baseline_batch_and_other_geometry(model):
     stream = StreamConfig(chunk_frames=2, sink_frames=4, attention_frames=10)
     want = _run(model, "eager", 26, (8, 16), stream, batch=2)
     out = _run(model, "sdpa", 26, (8, 16), stream, batch=2)
-    assert torch.allclose(out, want, atol=1e-5, rtol=1e-5), _mismatch(out, want)
+    assert_close(out, want, atol=1e-5, rtol=1e-5)
 
 
 def test_prompt_switch_changes_the_video_after_the_switch_only(model):
@@ -158,6 +154,7 @@ def test_explicit_renoise_equals_generator(model):
     assert torch.equal(b, gen.generate(noise, embeds, generator=torch.Generator().manual_seed(5)))
 
 
+@pytest.mark.slow
 def test_long_run_cache_memory_is_constant(model):
     """102 chunks (306 latent frames): the cache is allocated once and never grows."""
     gen = StreamingGenerator(model, latent_size=HW, backend="sdpa")
@@ -217,6 +214,7 @@ def test_stream_longer_than_the_rope_table_grows_it():
     assert torch.equal(outs[0], outs[1])
 
 
+@pytest.mark.slow
 def test_static_buffers_keep_their_addresses_across_chunks_and_switches(model):
     """What a captured graph reads stays at fixed addresses: a prompt switch only changes contents."""
     noise, embeds = _inputs(30, prompts=3)

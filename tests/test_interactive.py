@@ -9,7 +9,8 @@ import torch
 from arvid.cli import main
 from arvid.runtime import StreamConfig, StreamingGenerator, build_model, get_preset
 from arvid.runtime.interactive import LivePromptReader
-from arvid.runtime.prompts import align_switch_frames, latent_frames_for_seconds, read_prompt_jsonl
+from arvid.runtime.prompts import align_switch_frames, read_prompt_jsonl
+from arvid.runtime.vae import latent_frames_for_seconds
 
 TINY = get_preset("tiny")
 
@@ -78,6 +79,7 @@ def _fixed(setup, names, switches, stream=None):
     return gen.generate(noise, [prompts[n] for n in names], switches, renoise=renoise)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("global_sink", [True, False])
 def test_prompt_source_equals_fixed_schedule(setup, global_sink):
     """A live prompt at frames 6 and 15 (> attention window) gives the scheduled switch's latents."""

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from _builders import diffusers_wan_transformer
+from conftest import assert_close
 
 from arvid.runtime import build_model, get_preset
 from arvid.runtime.checkpoint import diffusers_to_wan_state_dict
@@ -20,12 +21,6 @@ def _arvid_from_diffusers(ref):
     return build_model(TINY.model, state_dict=sd)
 
 
-def _mismatch(out, want):
-    err = (out - want).abs()
-    idx = tuple(int(i) for i in torch.unravel_index(err.argmax(), err.shape))
-    return f"max abs err {err.max().item():.3e} at {idx}: {out[idx].item():.6f} vs {want[idx].item():.6f}"
-
-
 @pytest.mark.parametrize("frames", [1, 3, 5])
 def test_full_sequence_forward_matches_diffusers(frames):
     cfg = TINY.model
@@ -39,7 +34,7 @@ def test_full_sequence_forward_matches_diffusers(frames):
         want = ref(x.transpose(1, 2), t, text, return_dict=False)[0].transpose(1, 2)
         out = model(x, t[:, None].expand(2, frames), text)
     assert out.shape == want.shape
-    assert torch.allclose(out, want, atol=1e-4, rtol=1e-4), _mismatch(out, want)
+    assert_close(out, want, atol=1e-4, rtol=1e-4)
 
 
 def test_per_frame_timesteps_match_diffusers_per_token_timesteps():
@@ -56,7 +51,7 @@ def test_per_frame_timesteps_match_diffusers_per_token_timesteps():
     with torch.no_grad():
         want = ref(x.transpose(1, 2), per_token, text, return_dict=False)[0].transpose(1, 2)
         out = model(x, t, text)
-    assert torch.allclose(out, want, atol=1e-4, rtol=1e-4), _mismatch(out, want)
+    assert_close(out, want, atol=1e-4, rtol=1e-4)
 
 
 def test_diffusers_names_cover_every_wan_parameter():

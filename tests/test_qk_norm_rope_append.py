@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _mismatch import mismatch_report
+from conftest import mismatch_report
 
 from arvid.kernels import qk_norm_rope_append as mod
 from arvid.kernels._triton_utils import triton_available
+from arvid.kernels.fp8 import quantize_fp8_per_token_head_ref
 from arvid.kernels.qk_norm_rope_append import (
     qk_norm_rope_append_kv_cache,
     qk_norm_rope_append_kv_cache_ref,
-    quantize_fp8_per_token_head_ref,
     rms_norm_across_heads_ref,
 )
 from arvid.kernels.rope_3d import apply_rope_3d_ref, rope_3d_cos_sin, rope_3d_tables

@@ -11,6 +11,7 @@ import torch
 from arvid.cli import main
 from arvid.quant import Fp8Config, quantize_
 from arvid.quant.metrics import (
+    FlickerMeter,
     cosine,
     decoded_to_frames,
     drift_stats,
@@ -28,20 +29,7 @@ TINY = get_preset("tiny")
 HW = (TINY.latent_height, TINY.latent_width)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _has_streaming_vae() -> bool:
-    try:
-        from arvid.runtime.vae import StreamingVAEDecoder, tiny_vae  # noqa: F401
-    except ImportError:
-        return False
-    return True
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- metrics on synthetic data ---------------------------------------------------------------
@@ -102,6 +90,42 @@ def test_flicker_and_drift():
     assert drift_stats([math.inf, 30.0])["drop_db"] == 0.0
 
 
+def test_flicker_meter_fed_by_chunk_equals_flicker_stats_and_is_not_inverted():
+    g = torch.Generator().manual_seed(2)
+    moving = torch.rand(1, 4, 4, 3, generator=g) + torch.linspace(0, 0.5, 6).view(6, 1, 1, 1)
+    flickering = moving + 0.05 * torch.tensor([1.0, -1, 1, -1, 1, -1]).view(6, 1, 1, 1)
+    meter = FlickerMeter()
+    for lo, hi in ((0, 3), (3, 6)):  # as `arvid quality` feeds it: chunk by chunk, pairs across the border
+        meter.add(moving[lo:hi], flickering[lo:hi])
+    assert len(meter.ref) == 5
+    assert meter.summary()["flicker_ratio"] == pytest.approx(1.6)  # the variant flickers more: > 1
+    assert meter.summary() == pytest.approx(flicker_stats(moving, flickering))
+    assert flicker_stats(flickering, moving)["flicker_ratio"] == pytest.approx(1 / 1.6)  # smoother variant: < 1
+
+
+def _alternating_flow(amplitude):
+    """A forward hook that adds +-amplitude to the predicted flow of alternate latent frames."""
+
+    def hook(module, args, out):
+        sign = torch.tensor([(-1.0) ** i for i in range(out.shape[1])], dtype=out.dtype, device=out.device)
+        return out + amplitude * sign.view(1, -1, 1, 1, 1)
+
+    return hook
+
+
+def test_quality_report_flicker_ratio_says_which_model_flickers():
+    """The flicker `arvid quality` reports (compare_streams) is > 1 for a variant that flickers, < 1 swapped."""
+    model = build_model(TINY.model, seed=0)
+    flickery = copy.deepcopy(model)
+    flickery.register_forward_hook(_alternating_flow(0.5))
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(1, 6, TINY.model.in_dim, *HW, generator=g)
+    prompts = [torch.randn(1, TINY.model.text_len, TINY.model.text_dim, generator=g)]
+    more = compare_streams(model, flickery, noise=noise, prompts=prompts)["summary"]["latent_flicker"]
+    less = compare_streams(flickery, model, noise=noise, prompts=prompts)["summary"]["latent_flicker"]
+    assert more["flicker_ratio"] > 1.05 and less["flicker_ratio"] < 1 / 1.05, (more, less)
+
+
 def test_decoded_to_frames():
     video = torch.tensor([-1.0, 0.0, 1.0]).view(1, 1, 3, 1, 1).expand(1, 2, 3, 4, 5)
     frames = decoded_to_frames(video)
@@ -149,7 +173,6 @@ def test_identical_models_give_infinite_sqnr_in_valid_json(tmp_path):
     assert json.loads((tmp_path / "report.json").read_text())["summary"]["latent_sqnr_db"] == "inf"
 
 
-@pytest.mark.skipif(not _has_streaming_vae(), reason="arvid.runtime.vae has no StreamingVAEDecoder in this build")
 def test_report_with_decoded_video(tmp_path):
     from arvid.runtime.vae import StreamingVAEDecoder, tiny_vae
 
@@ -169,7 +192,8 @@ def test_report_with_decoded_video(tmp_path):
 
 @pytest.fixture
 def tiny_clip_dir(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for c in "abcdefghijklmnopqrstuvwxyz":
         vocab[c] = len(vocab)

@@ -60,13 +60,7 @@ MODULES = {"int8": Int8DynamicLinear, "int8-weight-only": Int8WeightOnlyLinear, 
 E2E_MIN_SQNR_DB = {"int8": 35.0, "int8-weight-only": 38.0, "fp8": 22.0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The tiny model is all per-op overhead: one thread is several times faster than two competing ones.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +179,7 @@ def test_end_to_end_latent_sqnr(model, scheme):
     assert sqnr_db(want, out) >= E2E_MIN_SQNR_DB[scheme]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_error_does_not_grow_over_100_chunks(model, scheme):
     """300 latent frames = 100 chunks. The ring buffer bounds what a chunk sees (the pinned sink and

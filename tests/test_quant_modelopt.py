@@ -29,12 +29,7 @@ HW = (TINY.latent_height, TINY.latent_width)
 MIN_SQNR_DB = {"int8-smoothquant": 28.0, "fp8": 22.0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _generate(m, noise, prompt):

@@ -11,11 +11,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from _mismatch import mismatch_report
+from conftest import mismatch_report
 
 from arvid.kernels import sink_window_attention as swa
 from arvid.kernels._triton_utils import triton_available
-from arvid.kernels.qk_norm_rope_append import quantize_fp8_per_token_head_ref
+from arvid.kernels.fp8 import quantize_fp8_per_token_head_ref
 from arvid.kernels.sink_window_attention import (
     sink_window_attention_ref,
     sink_window_attention_with_kv_cache,

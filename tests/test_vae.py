@@ -3,8 +3,6 @@
 import pytest
 import torch
 
-pytest.importorskip("diffusers")
-
 from arvid.runtime.vae import TINY_VAE_CONFIG, StreamingVAEDecoder, load_vae, tiny_vae, video_frames
 
 

@@ -1,12 +1,11 @@
 """mp4 output: frame count and size read back with PyAV, no broken files on errors or Ctrl-C, CLI video."""
 
+import av
 import pytest
 import torch
 
-av = pytest.importorskip("av")
-
-from arvid.cli import main  # noqa: E402
-from arvid.runtime.video import VideoWriter, pick_codec, read_video_info, write_png_frames  # noqa: E402
+from arvid.cli import main
+from arvid.runtime.video import VideoWriter, pick_codec, read_video_info, write_png_frames
 
 
 def _frames(t, h=48, w=64, seed=0):
@@ -76,6 +75,7 @@ def test_png_frames(tmp_path):
     assert Image.open(tmp_path / "png" / names[0]).size == (64, 48)
 
 
+@pytest.mark.slow
 def test_cli_generate_tiny_mp4_with_no_files(tmp_path):
     """`arvid generate --preset tiny --out video.mp4` on a fresh machine: random DiT, tiny umT5, tiny VAE."""
     out = tmp_path / "video.mp4"

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
+import dataclasses
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -24,7 +23,6 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default: bf16 on CUDA, fp32 on the CPU")
-    p.add_argument("--checkpoint", help="DiT weights with Wan names (.safetensors or .pt); default: random weights")
     p.add_argument("--frames", type=int, help="latent frames to generate (a multiple of the chunk)")
     p.add_argument("--switch-frames", type=int_list, default=(), help="prompt switch frames, e.g. 12,24")
     p.add_argument("--seed", type=int, default=0)
@@ -37,12 +35,65 @@ def stream_config(args):
     return StreamConfig(global_sink=not args.no_global_sink)
 
 
-def atomic_write(path: Path, write) -> None:
-    """Write to a temporary file beside ``path`` and rename: no partly written output is left behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The DiT's weights, the same flags in every command that loads the model (see ``load_model_from_args``)."""
+    # --preset defaults to tiny without --model and to Wan2.1's 832x480 geometry with it.
+    p.set_defaults(preset=None)
+    g = p.add_argument_group("weights")
+    g.add_argument("--model", help="Wan2.1-T2V model directory (original or diffusers layout)")
+    g.add_argument(
+        "--checkpoint",
+        help="DiT weights, Wan or diffusers names (.safetensors or .pt): replace those of --model; "
+        "default: random weights",
+    )
+    g.add_argument("--longlive-ckpt", help="LongLive longlive_base.pt: replaces the DiT weights of --model")
+    g.add_argument(
+        "--longlive-weights",
+        default="auto",
+        choices=["auto", "generator", "generator_ema", "model"],
+        help="entry of --longlive-ckpt to load; auto = generator if present (LongLive's use_ema: false), "
+        "else generator_ema, else model",
+    )
+    g.add_argument("--lora", help="peft LoRA (LongLive lora.pt) merged into the DiT weights at load")
+    g.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: from the file, else alpha = rank)")
+    g.add_argument("--lora-rank", type=int, help="expected LoRA rank (an error if the file differs)")
+
+
+def model_preset(args):
+    """``(preset, model files or None)`` for ``--preset`` / ``--model``: the preset's geometry with, under
+    ``--model``, the model directory's DiT config."""
+    from arvid.runtime import get_preset
+    from arvid.runtime.checkpoint import model_config_from_json
+    from arvid.runtime.loaders import find_model_files
+
+    files = find_model_files(args.model) if args.model else None
+    preset = get_preset(args.preset or ("wan2.1-t2v-1.3b" if files else "tiny"))
+    if files is not None:
+        preset = dataclasses.replace(preset, model=model_config_from_json(files.dit_config))
+    return preset, files
+
+
+def load_model_from_args(args, preset, *, device, dtype):
+    """The DiT for the :func:`add_model_args` flags: :func:`~arvid.runtime.loaders.load_dit`, the only loader."""
+    from arvid.runtime.loaders import load_dit
+
+    return load_dit(
+        model_dir=args.model,
+        config=preset.model,
+        checkpoint=args.checkpoint,
+        longlive_ckpt=args.longlive_ckpt,
+        longlive_weights=args.longlive_weights,
+        lora=args.lora,
+        lora_alpha=args.lora_alpha,
+        lora_rank=args.lora_rank,
+        device=device,
+        dtype=dtype,
+        seed=args.seed,
+    )
+
+
+def weights_label(args) -> str:
+    """Where the DiT weights came from, for reports and metadata."""
+    parts = [args.model, args.checkpoint, args.longlive_ckpt]
+    label = next((str(x) for x in reversed(parts) if x), f"random weights, seed {args.seed}")
+    return label + (f" + LoRA {args.lora}" if args.lora else "")

@@ -6,12 +6,13 @@ import json
 import sys
 from pathlib import Path
 
-from ._common import add_common_args, atomic_write, stream_config
+from ._common import add_common_args, add_model_args, load_model_from_args, model_preset, stream_config
 
 
 def register(sub) -> None:
     p = sub.add_parser("bench", help="eager baseline vs optimised backends, same inputs, one process")
     add_common_args(p)
+    add_model_args(p)
     p.add_argument(
         "--backends",
         help="comma-separated variants, baseline first: BACKEND[+graphs|+stepgraphs][+compile][+fp8kv], "
@@ -31,8 +32,10 @@ def register(sub) -> None:
 def cmd_bench(args) -> int:
     from arvid.bench.stream_bench import format_table, run_stream_bench
     from arvid.runtime import GeneratorOptions, default_backend
-    from arvid.runtime.pipeline import resolve_device, resolve_dtype
+    from arvid.runtime.devices import resolve_device, resolve_dtype
+    from arvid.runtime.files import atomic_write
 
+    preset, _ = model_preset(args)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     if args.backends:
@@ -42,9 +45,10 @@ def cmd_bench(args) -> int:
         backends = ["eager", best] + ([f"{best}+graphs"] if device.type == "cuda" else [])
     for spec in backends:
         GeneratorOptions.from_variant(spec)  # a bad variant fails before any model is built
-    print(f"benchmarking {', '.join(backends)} on {device} ({args.preset}, {dtype}) ...", file=sys.stderr)
+    print(f"benchmarking {', '.join(backends)} on {device} ({preset.name}, {dtype}) ...", file=sys.stderr)
+    model = load_model_from_args(args, preset, device=device, dtype=dtype)
     report = run_stream_bench(
-        args.preset,
+        preset,
         device=device,
         dtype=dtype,
         backends=backends,
@@ -53,7 +57,7 @@ def cmd_bench(args) -> int:
         rounds=args.rounds,
         switch_frames=args.switch_frames,
         seed=args.seed,
-        checkpoint=args.checkpoint,
+        model=model,
         stream=stream_config(args),
         vae=args.vae,
     )

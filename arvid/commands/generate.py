@@ -8,7 +8,6 @@ tokenizer, tiny random VAE), so ``arvid generate --out video.mp4`` needs no file
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
@@ -18,13 +17,14 @@ from typing import Any
 
 import torch
 
-from ._common import add_common_args, atomic_write, stream_config
+from ._common import add_common_args, add_model_args, model_preset, stream_config
 
 
 def register(sub) -> None:
     p = sub.add_parser("generate", help="generate a video (.mp4) or latents (.safetensors)")
     add_common_args(p)
     add_model_args(p)
+    add_run_args(p)
     p.add_argument("--prompt", action="append", help="prompt text; repeat once per switch")
     p.add_argument("--prompt-embeds", help=".safetensors with 'embeds' [P, text_len, text_dim], one per prompt")
     p.add_argument("--seconds", type=float, help="video length in seconds (instead of --frames)")
@@ -34,23 +34,9 @@ def register(sub) -> None:
 
 
 # -- arguments shared with `arvid interactive` -----------------------------------------------------
-def add_model_args(p) -> None:
-    # --preset defaults to tiny without --model and to Wan2.1's 832x480 geometry with it.
-    p.set_defaults(preset=None)
-    g = p.add_argument_group("weights")
-    g.add_argument("--model", help="Wan2.1-T2V model directory (original or diffusers layout)")
-    g.add_argument("--longlive-ckpt", help="LongLive longlive_base.pt: replaces the DiT weights of --model")
-    g.add_argument(
-        "--longlive-weights",
-        default="auto",
-        choices=["auto", "generator", "generator_ema", "model"],
-        help="entry of --longlive-ckpt to load; auto = generator if present (LongLive's use_ema: false), "
-        "else generator_ema, else model",
-    )
-    g.add_argument("--lora", help="peft LoRA (LongLive lora.pt) merged into the DiT weights at load")
-    g.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: from the file, else alpha = rank)")
-    g.add_argument("--lora-rank", type=int, help="expected LoRA rank (an error if the file differs)")
-    g.add_argument(
+def add_run_args(p) -> None:
+    """Text-encoder placement and the generator's options (backend, graphs, compile, FP8 KV cache)."""
+    p.add_argument(
         "--text-encoder-device",
         default="device",
         choices=["device", "cpu", "offload"],
@@ -105,32 +91,16 @@ class Components:
 
 
 def load_components(args, *, need_vae: bool, need_text: bool = True) -> Components:
-    """DiT, text encoder and VAE for the command-line arguments (see :func:`add_model_args`)."""
-    from arvid.runtime import get_preset
-    from arvid.runtime.checkpoint import model_config_from_json
-    from arvid.runtime.loaders import find_model_files, load_dit
-    from arvid.runtime.pipeline import resolve_device, resolve_dtype
+    """DiT, text encoder and VAE for the command-line arguments (see ``_common.add_model_args``)."""
+    from arvid.runtime.devices import resolve_device, resolve_dtype
+
+    from ._common import load_model_from_args
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    files = find_model_files(args.model) if args.model else None
-    preset = get_preset(args.preset or ("wan2.1-t2v-1.3b" if files else "tiny"))
-    if files is not None:
-        preset = dataclasses.replace(preset, model=model_config_from_json(files.dit_config))
+    preset, files = model_preset(args)
     _check_sources(files, preset, need_vae=need_vae, need_text=need_text)  # fail before loading gigabytes
-    model = load_dit(
-        model_dir=args.model,
-        config=preset.model,
-        checkpoint=args.checkpoint,
-        longlive_ckpt=args.longlive_ckpt,
-        longlive_weights=args.longlive_weights,
-        lora=args.lora,
-        lora_alpha=args.lora_alpha,
-        lora_rank=args.lora_rank,
-        device=device,
-        dtype=dtype,
-        seed=args.seed,
-    )
+    model = load_model_from_args(args, preset, device=device, dtype=dtype)
     text = _text_encoder(args, files, preset, device, dtype) if need_text else None
     vae = _vae(files, preset, device, dtype) if need_vae else None
     return Components(preset, model, text, vae, device, dtype)
@@ -178,7 +148,7 @@ def _vae(files, preset, device, dtype):
 
 def prompt_embeddings(comp: Components, prompts: list[str]) -> list[torch.Tensor]:
     """``[1, text_len, text_dim]`` per prompt: the text encoder, or stand-ins without one."""
-    from arvid.runtime.pipeline import placeholder_prompt_embeds
+    from arvid.runtime.prompts import placeholder_prompt_embeds
 
     if comp.text_encoder is None:
         return [placeholder_prompt_embeds(p, comp.preset) for p in prompts]
@@ -187,7 +157,7 @@ def prompt_embeddings(comp: Components, prompts: list[str]) -> list[torch.Tensor
 
 def latent_frames(args, stream) -> int | None:
     """--frames or --seconds as latent frames (None: the preset's default)."""
-    from arvid.runtime.prompts import latent_frames_for_seconds
+    from arvid.runtime.vae import latent_frames_for_seconds
 
     if getattr(args, "seconds", None) is not None:
         if args.frames:
@@ -274,6 +244,8 @@ def read_prompt_embeds(path: Path) -> list[torch.Tensor]:
 def save_latents(path: Path, latents: torch.Tensor, meta: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
+    from arvid.runtime.files import atomic_write
+
     atomic_write(path, lambda tmp: save_file({"latents": latents}, str(tmp), metadata=meta))
 
 
@@ -293,6 +265,8 @@ def output_kind(path: Path) -> str:
 
 # -- the command ---------------------------------------------------------------------------------
 def cmd_generate(args) -> int:
+    from arvid.runtime.config import check_frames
+
     out = Path(args.out)
     kind = output_kind(out)
     if args.latents and Path(args.latents).suffix != ".safetensors":
@@ -303,9 +277,7 @@ def cmd_generate(args) -> int:
     if not args.prompt_embeds and len(prompts) != len(args.switch_frames) + 1:
         raise ValueError(f"{len(prompts)} --prompt given, {len(args.switch_frames) + 1} needed for the switch frames")
     comp = load_components(args, need_vae=kind == "video" or bool(args.png_dir), need_text=not args.prompt_embeds)
-    frames = frames or comp.preset.default_frames
-    if frames <= 0 or frames % stream.chunk_frames:
-        raise ValueError(f"--frames {frames} is not a positive multiple of the chunk ({stream.chunk_frames})")
+    frames = check_frames(frames or comp.preset.default_frames, stream.chunk_frames)
     embeds = read_prompt_embeds(Path(args.prompt_embeds)) if args.prompt_embeds else prompt_embeddings(comp, prompts)
 
     p = comp.preset

@@ -11,10 +11,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ._common import add_common_args, stream_config
+from ._common import add_common_args, add_model_args, stream_config
 from .generate import (
-    add_model_args,
     add_output_args,
+    add_run_args,
     latent_frames,
     load_components,
     noise_and_generator,
@@ -28,6 +28,7 @@ def register(sub) -> None:
     p = sub.add_parser("interactive", help="prompt switches from a LongLive JSONL file, or typed live")
     add_common_args(p)
     add_model_args(p)
+    add_run_args(p)
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--prompts", help='LongLive JSONL: one {"prompts": [...]} per line, one video per line')
     mode.add_argument("--live", action="store_true", help="read the next prompt from standard input while generating")
@@ -40,6 +41,7 @@ def register(sub) -> None:
 
 
 def cmd_interactive(args) -> int:
+    from arvid.runtime.config import check_frames
     from arvid.runtime.prompts import align_switch_frames, read_prompt_jsonl
 
     stream = stream_config(args)
@@ -52,8 +54,7 @@ def cmd_interactive(args) -> int:
         raise ValueError("--latents is for --live; with --prompts the latents are not saved")
     videos = read_prompt_jsonl(args.prompts, num_switches=len(args.switch_frames))
     comp = load_components(args, need_vae=True)
-    frames = frames or comp.preset.default_frames
-    _check_frames(frames, stream)
+    frames = check_frames(frames or comp.preset.default_frames, stream.chunk_frames)
     switches = align_switch_frames(args.switch_frames, stream.chunk_frames, frames)
     if list(switches) != list(args.switch_frames):
         print(f"switch frames {list(args.switch_frames)} take effect at chunk boundaries {switches}", file=sys.stderr)
@@ -71,14 +72,14 @@ def cmd_interactive(args) -> int:
 
 
 def _live(args, stream, frames) -> int:
+    from arvid.runtime.config import check_frames
     from arvid.runtime.interactive import LivePromptReader
 
     out = Path(args.out or "live.mp4")
     if out.suffix.lower() != ".mp4":
         raise ValueError(f"--out {out}: live mode writes an .mp4")
     comp = load_components(args, need_vae=True)
-    frames = frames or comp.preset.default_frames
-    _check_frames(frames, stream)
+    frames = check_frames(frames or comp.preset.default_frames, stream.chunk_frames)
 
     def encode(text: str):
         return prompt_embeddings(comp, [text])[0]
@@ -109,11 +110,6 @@ def _live(args, stream, frames) -> int:
         save_latents(Path(args.latents), latents, meta)
     print(f"wrote {out}: {frames} latent frames, {len(reader.switches)} live switches in {seconds:.2f} s")
     return 0
-
-
-def _check_frames(frames: int, stream) -> None:
-    if frames <= 0 or frames % stream.chunk_frames:
-        raise ValueError(f"--frames {frames} is not a positive multiple of the chunk ({stream.chunk_frames})")
 
 
 def _generator(comp, stream, args):

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import torch
 
-from ._common import add_common_args, stream_config
+from ._common import add_common_args, add_model_args, load_model_from_args, model_preset, stream_config, weights_label
 from .quantize import add_quant_args, skip_patterns
 
 
 def register(sub) -> None:
     p = sub.add_parser("quality", help="quality loss of an INT8 / FP8 variant vs the reference, per chunk")
     add_common_args(p)
+    add_model_args(p)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--scheme", choices=["int8", "int8-weight-only", "fp8"], help="quantize the reference now")
     which.add_argument("--variant", help="a directory written by `arvid quantize`")
@@ -49,11 +50,8 @@ def video_decoders(spec: str | None, device: torch.device) -> tuple | None:
     """
     if spec is None:
         return None
-    try:
-        from arvid.runtime.vae import StreamingVAEDecoder, load_vae, tiny_vae
-    except ImportError as e:
-        # Hook for builds without the streaming VAE decoder: video metrics need it.
-        raise ValueError(f"--vae needs arvid.runtime.vae with StreamingVAEDecoder, not in this build ({e})") from None
+    from arvid.runtime.vae import StreamingVAEDecoder, load_vae, tiny_vae
+
     vae = tiny_vae(device=device) if spec == "tiny" else load_vae(spec, device=device, dtype=torch.float32)
     return StreamingVAEDecoder(vae), StreamingVAEDecoder(copy.deepcopy(vae))
 
@@ -62,16 +60,15 @@ def cmd_quality(args) -> int:
     from arvid.quant import config_for_scheme, load_quantized, model_size_report, quantize_
     from arvid.quant.metrics import ClipScorer
     from arvid.quant.quality import compare_streams, write_report
-    from arvid.runtime import get_preset
-    from arvid.runtime.pipeline import load_model, placeholder_prompt_embeds, resolve_device, resolve_dtype
+    from arvid.runtime.config import check_frames
+    from arvid.runtime.devices import resolve_device, resolve_dtype
+    from arvid.runtime.prompts import placeholder_prompt_embeds
 
-    preset = get_preset(args.preset)
+    preset, _ = model_preset(args)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     stream = stream_config(args)
-    frames = args.frames or preset.default_frames
-    if frames <= 0 or frames % stream.chunk_frames:
-        raise ValueError(f"--frames {frames} is not a positive multiple of the chunk ({stream.chunk_frames})")
+    frames = check_frames(args.frames or preset.default_frames, stream.chunk_frames)
     prompts = args.prompt or ["a red fox running through fresh snow"]
     if len(prompts) != len(args.switch_frames) + 1:
         raise ValueError(f"{len(prompts)} --prompt given, {len(args.switch_frames) + 1} needed for the switch frames")
@@ -81,7 +78,7 @@ def cmd_quality(args) -> int:
     clip = ClipScorer(args.clip_model, device) if args.clip_model else None
     embeds = [placeholder_prompt_embeds(p, preset) for p in prompts]
 
-    reference = load_model(preset, device=device, dtype=dtype, checkpoint=args.checkpoint, seed=args.seed)
+    reference = load_model_from_args(args, preset, device=device, dtype=dtype)
     skip = skip_patterns(args)
     skip_kw = {"skip": skip} if skip is not None else {}
     sizes = None
@@ -124,7 +121,7 @@ def cmd_quality(args) -> int:
     report["meta"] = {
         "scheme": label,
         "preset": preset.name,
-        "reference": f"{args.checkpoint or 'random weights, seed ' + str(args.seed)} in {dtype}",
+        "reference": f"{weights_label(args)} in {dtype}",
         "device": str(device),
         "frames": frames,
         "switch_frames": list(args.switch_frames),

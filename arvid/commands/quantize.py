@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ._common import add_common_args
+from ._common import add_common_args, add_model_args, load_model_from_args, model_preset, weights_label
 
 
 def add_quant_args(p) -> None:
@@ -24,6 +24,7 @@ def skip_patterns(args) -> tuple[str, ...] | None:
 def register(sub) -> None:
     p = sub.add_parser("quantize", help="write an INT8 / FP8 variant of the DiT (safetensors + quant_config.json)")
     add_common_args(p)
+    add_model_args(p)
     p.add_argument("--scheme", required=True, choices=["int8", "int8-weight-only", "fp8"])
     add_quant_args(p)
     p.add_argument("--out", required=True, help="output directory")
@@ -32,15 +33,16 @@ def register(sub) -> None:
 
 def cmd_quantize(args) -> int:
     from arvid.quant import config_for_scheme, quantize_, save_quantized
-    from arvid.runtime.pipeline import load_model, resolve_device, resolve_dtype
+    from arvid.runtime.devices import resolve_device, resolve_dtype
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     skip = skip_patterns(args)
     config = config_for_scheme(args.scheme, **({"skip": skip} if skip is not None else {}))
-    model = load_model(args.preset, device=device, dtype=dtype, checkpoint=args.checkpoint, seed=args.seed)
+    preset, _ = model_preset(args)
+    model = load_model_from_args(args, preset, device=device, dtype=dtype)
     quantize_(model, config)
-    meta = {"preset": args.preset, "checkpoint": args.checkpoint or f"random weights, seed {args.seed}"}
+    meta = {"preset": preset.name, "checkpoint": weights_label(args)}
     doc = save_quantized(model, args.out, metadata=meta)
     s = doc["sizes"]
     print(
