@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ._common import add_common_args, stream_config
+from ._common import add_common_args, add_model_args, load_model_from_args, model_preset, stream_config
 
 # Modules that add more `arvid export` sub-commands through `register_export(subparsers)`;
 # a module that is not there (yet) is skipped.
@@ -30,8 +30,6 @@ def _log(msg: str) -> None:
 
 def _add_graph_args(p) -> None:
     from arvid.export.pipeline import GRAPH_KINDS, QUANT_SCHEMES
-
-    from .generate import add_model_args
 
     add_common_args(p)
     add_model_args(p)
@@ -101,18 +99,30 @@ def cmd_check(args) -> int:
 
 def _export(args) -> dict:
     from arvid.export.pipeline import export_graphs
-
-    from .generate import load_components
+    from arvid.runtime.devices import resolve_device, resolve_dtype
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     vae_step = args.graph == "vae-step"
     if vae_step and args.quant:  # before loading anything
         raise ValueError("Q/DQ export is for the DiT graphs (step, chunk, recache), not the VAE step")
-    comp = load_components(args, need_vae=vae_step, need_text=False)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    preset, files = model_preset(args)
+    model = vae = None
+    if vae_step:
+        from .generate import _vae
+
+        if files is None and preset.name != "tiny":
+            raise ValueError("the vae-step graph needs VAE weights: pass --model DIR, or use --preset tiny")
+        if files is not None and files.vae is None:
+            raise ValueError(f"{files.root}: no VAE found (Wan2.1_VAE.pth or vae/)")
+        vae = _vae(files, preset, device, dtype)
+    else:
+        model = load_model_from_args(args, preset, device=device, dtype=dtype)
     stream = stream_config(args)
-    latent = (comp.preset.latent_height, comp.preset.latent_width)
-    loop = _calibration_loop(args, comp, stream, latent) if args.quant else None
+    latent = (preset.latent_height, preset.latent_width)
+    loop = _calibration_loop(args, model, stream, latent) if args.quant else None
     calibration = None
     if args.quant:
         from arvid.export.manifest import weight_hash
@@ -127,8 +137,8 @@ def _export(args) -> dict:
     return export_graphs(
         args.graph,
         out_dir=args.out,
-        model=None if vae_step else comp.model,
-        vae=comp.vae if vae_step else None,
+        model=model,
+        vae=vae,
         stream=stream,
         latent_size=latent,
         batch_size=args.batch_size,
@@ -144,7 +154,7 @@ def _export(args) -> dict:
     )
 
 
-def _calibration_loop(args, comp, stream, latent):
+def _calibration_loop(args, model, stream, latent):
     import torch
 
     from arvid.quant.calibrate import streaming_forward_loop
@@ -155,7 +165,7 @@ def _calibration_loop(args, comp, stream, latent):
         if args.calib_prompts < 1:
             raise ValueError(f"--calib-prompts must be >= 1, got {args.calib_prompts}")
         g = torch.Generator().manual_seed(args.seed + 7)
-        cfg = comp.model.cfg
+        cfg = model.cfg
         prompts = [torch.randn(1, cfg.text_len, cfg.text_dim, generator=g) for _ in range(args.calib_prompts)]
         _log(f"calibrating on {len(prompts)} random prompt embeddings (pass --calib-embeds for real prompts)")
     chunk = stream.chunk_frames
