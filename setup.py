@@ -33,6 +33,9 @@ setup(
         "triton": ["triton>=3.2"],
         "quant": ["torchao>=0.18"],
         "modelopt": ["nvidia-modelopt>=0.47"],
+        # ONNX export, the TensorRT-readiness check and the ONNX Runtime engine (CPU packages;
+        # on a GPU machine install onnxruntime-gpu instead of onnxruntime for the CUDA provider)
+        "export": ["onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.3"],
         "dev": [
             "pytest>=8",
             "pytest-benchmark",
@@ -40,6 +43,9 @@ setup(
             "peft>=0.13",  # tests: LoRA merge vs the unmerged adapter
             "torchao>=0.18",
             "nvidia-modelopt>=0.47",
+            "onnx>=1.17",
+            "onnxruntime>=1.20",
+            "onnxscript>=0.3",
             "setuptools>=70.1",  # builds wheels without the separate `wheel` package (tests/test_cli.py)
             "triton>=3.2; platform_system == 'Linux'",
         ],

@@ -9,10 +9,12 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["bench", "generate", "roofline", "report", "interactive", "download", "quantize", "quality"]
+COMMANDS = ["bench", "generate", "roofline", "report", "interactive", "download", "quantize", "quality", "export"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import arvid.export  # noqa: F401  engines (ort, aoti) register as chunk executors on import
+
     parser = argparse.ArgumentParser(prog="arvid", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:

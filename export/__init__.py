@@ -1,5 +1,10 @@
 """Export of the chunk step: graphs with declared I/O (``graphs``), and the artifacts built from them.
 
-Imports point down to ``arvid.runtime`` only. Engines built here register themselves as chunk
-executors in the runtime (``arvid.runtime.register_executor``) when their module is imported.
+Imports point down to ``arvid.runtime`` (and ``arvid.quant`` for Q/DQ calibration) only. Importing
+this package registers the engines as chunk executors of the runtime (``arvid.runtime.register_executor``):
+``ort`` (ONNX Runtime, ``executors.py``) and ``aoti`` (AOTInductor packages, ``aoti.py``), so
+``StreamingGenerator(..., backend="ort")`` and variants such as ``aoti+chunk`` resolve. Heavy
+dependencies (onnx, onnxruntime, tensorrt) are imported only when an artifact is built or run.
 """
+
+from . import aoti, executors  # noqa: F401  (registration)

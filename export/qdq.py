@@ -1,0 +1,137 @@
+"""Q/DQ ONNX for INT8 (SmoothQuant) and FP8: modelopt calibration, TorchScript export, FP8 standardization.
+
+nvidia-modelopt fake-quantizes the model's block linears (``arvid.quant.calibrate``; arvid's skip
+list keeps the text / time embeddings, the time projection, the head and the patch embedding in
+high precision). The TorchScript exporter turns its quantizers into Q/DQ pairs (``dynamo=True``
+fails on modelopt models on the CPU). INT8 comes out as standard ``QuantizeLinear`` /
+``DequantizeLinear``; FP8 comes out as ``trt::TRT_FP8QuantizeLinear`` / ``TRT_FP8DequantizeLinear``,
+which ONNX Runtime refuses and which are not standard ONNX. :func:`standardize_fp8_qdq` rewrites
+them to opset-19 ``QuantizeLinear`` / ``DequantizeLinear`` with a ``float8e4m3fn`` zero point,
+which both ONNX Runtime and TensorRT's parser read.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from .onnx_check import _onnx
+from .onnx_export import export_onnx, measure_parity, save_onnx
+
+QDQ_SCHEMES = ("int8-smoothquant", "fp8")
+FP8_OPSET = 19  # QuantizeLinear / DequantizeLinear take float8 types from opset 19
+TRT_FP8_OPS = {"TRT_FP8QuantizeLinear": "QuantizeLinear", "TRT_FP8DequantizeLinear": "DequantizeLinear"}
+
+
+def qdq_counts(model) -> dict[str, int]:
+    """Q/DQ node counts by ``domain::op`` (the default domain unprefixed)."""
+    onnx = _onnx()
+    if isinstance(model, (str, Path)):
+        model = onnx.load(str(model), load_external_data=False)
+    qdq = [n for n in model.graph.node if n.op_type.endswith("uantizeLinear")]
+    c = collections.Counter(n.op_type if not n.domain else f"{n.domain}::{n.op_type}" for n in qdq)
+    return dict(sorted(c.items()))
+
+
+def standardize_fp8_qdq(model) -> int:
+    """Rewrite modelopt's ``trt::TRT_FP8{Quantize,Dequantize}Linear`` in place to standard ops.
+
+    Each node keeps its inputs ``(x, scale)`` and gains a zero point: a ``float8e4m3fn`` zero of
+    the scale's shape (a scalar for per-tensor scales), shared by all nodes. The ``trt`` opset
+    import is dropped and the default opset raised to 19 where it is lower. Returns the number of
+    nodes rewritten."""
+    onnx = _onnx()
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    zp_name = "arvid_fp8_zero_point"
+    rewritten = 0
+    for node in graph.node:
+        if node.domain != "trt" or node.op_type not in TRT_FP8_OPS:
+            continue
+        if len(node.input) != 2:
+            raise ValueError(f"{node.name}: expected (x, scale) inputs on {node.op_type}, got {len(node.input)}")
+        node.op_type = TRT_FP8_OPS[node.op_type]
+        node.domain = ""
+        node.input.append(zp_name)
+        rewritten += 1
+    if not rewritten:
+        return 0
+    # Per-tensor scales (modelopt's FP8 default) -> one scalar zero point; the bytes of e4m3 0.0 are 0x00.
+    graph.initializer.append(helper.make_tensor(zp_name, TensorProto.FLOAT8E4M3FN, [], [0]))
+    if not any(n.domain == "trt" for n in graph.node):
+        kept = [o for o in model.opset_import if o.domain != "trt"]
+        del model.opset_import[:]
+        model.opset_import.extend(kept)
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx") and o.version < FP8_OPSET:
+            o.version = FP8_OPSET
+    # Stale value_info of the rewritten outputs (typed float by the exporter) would contradict float8.
+    outs = {o for n in graph.node if n.op_type == "QuantizeLinear" for o in n.output}
+    for vi in [v for v in graph.value_info if v.name in outs]:
+        graph.value_info.remove(vi)
+    onnx.checker.check_model(model)
+    return rewritten
+
+
+def calibrate(model: torch.nn.Module, scheme: str, forward_loop: Callable[[torch.nn.Module], None]):
+    """modelopt calibration with arvid's skip list (``arvid.quant.calibrate.calibrate_modelopt``)."""
+    from arvid.quant.calibrate import calibrate_modelopt
+
+    if scheme not in QDQ_SCHEMES:
+        raise ValueError(f"unknown Q/DQ scheme {scheme!r}; choose one of {QDQ_SCHEMES}")
+    return calibrate_modelopt(model, scheme, forward_loop)
+
+
+def export_qdq(
+    graph: torch.nn.Module,
+    example_inputs: Sequence[torch.Tensor],
+    spec,
+    path: str | Path,
+    *,
+    scheme: str,
+    float_reference: Sequence[torch.Tensor] | None = None,
+    opset: int = FP8_OPSET,
+) -> dict:
+    """Export a graph over a modelopt-calibrated model as Q/DQ ONNX (TorchScript exporter).
+
+    Parity is measured in ONNX Runtime (CPU) against the fake-quant eager forward; with
+    ``float_reference`` (the float graph's outputs on the same inputs) the latent SQNR of the
+    Q/DQ graph against the float model is reported too (``sqnr_db`` per output)."""
+    onnx = _onnx()
+    from arvid.quant.metrics import sqnr_db
+
+    from .onnx_export import refuse_inplace
+
+    if scheme not in QDQ_SCHEMES:
+        raise ValueError(f"unknown Q/DQ scheme {scheme!r}; choose one of {QDQ_SCHEMES}")
+    if opset < FP8_OPSET and scheme == "fp8":
+        raise ValueError(f"FP8 Q/DQ needs opset >= {FP8_OPSET}, got {opset}")
+    path = Path(path)
+    fake_quant = refuse_inplace(graph, example_inputs, name=getattr(spec, "name", "graph"))
+    res = export_onnx(graph, example_inputs, spec, path, dynamo=False, opset=opset, parity=False)
+    model = onnx.load(str(path))
+    res["fp8_standardized"] = standardize_fp8_qdq(model) if scheme == "fp8" else 0
+    if res["fp8_standardized"]:
+        save_onnx(model, path, external=bool(res.get("external_data")))
+    res["qdq_counts"] = qdq_counts(model)
+    res["scheme"] = scheme
+    if not res["qdq_counts"]:
+        raise ValueError(f"{path.name}: no Q/DQ nodes came out: is the model calibrated with modelopt?")
+    del model
+    names = [o["name"] if isinstance(o, dict) else o.name for o in (getattr(spec, "outputs", None) or [])] or None
+    res["parity"] = measure_parity(path, example_inputs, fake_quant, names)
+    res["parity_vs"] = "modelopt fake-quant eager"
+    if float_reference is not None:
+        from .ort_engine import OrtGraph
+
+        outs = OrtGraph(path)(*example_inputs)
+        keys = names or [f"output_{i}" for i in range(len(outs))]
+        res["sqnr_db_vs_float"] = {
+            k: round(sqnr_db(r.float().cpu(), o.float()), 2)
+            for k, o, r in zip(keys, outs, float_reference, strict=True)
+        }
+    return res

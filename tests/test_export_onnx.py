@@ -1,0 +1,145 @@
+"""export/onnx_export.py: functional export to ONNX, in-place refusal, dedup, external data, parity."""
+
+import pytest
+import torch
+from torch import nn
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from arvid.export.onnx_check import check_onnx  # noqa: E402
+from arvid.export.onnx_export import export_onnx, refuse_inplace  # noqa: E402
+from arvid.export.ort_engine import OrtGraph  # noqa: E402
+from arvid.runtime import StreamingGenerator, build_model, get_preset  # noqa: E402
+
+
+class FunctionalCacheStep(nn.Module):
+    """A toy of the step-graph contract: the cache comes in, the new K/V come out, no state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+        self.proj2 = nn.Linear(8, 8)
+        with torch.no_grad():  # equal contents: stored once after dedup
+            self.proj2.weight.copy_(self.proj.weight)
+            self.proj2.bias.copy_(self.proj.bias)
+
+    def forward(self, x, cache, kv_len):
+        new = self.proj(x)
+        pos = torch.arange(cache.shape[1], dtype=torch.int32)
+        mask = (pos < kv_len).to(x.dtype)[None, :, None]
+        ctx = (cache * mask).sum(1, keepdim=True) + new
+        return self.proj2(ctx), new
+
+
+class InPlaceCacheStep(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+        self.register_buffer("cache", torch.zeros(1, 4, 8))
+
+    def forward(self, x):
+        new = self.proj(x)
+        self.cache.index_copy_(1, torch.tensor([0]), new)
+        return self.cache.sum(1)
+
+
+def _toy_inputs():
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(1, 1, 8, generator=g), torch.randn(1, 4, 8, generator=g), torch.tensor([2], dtype=torch.int32))
+
+
+SPEC = {
+    "name": "toy",
+    "inputs": [{"name": n} for n in ("x", "cache", "kv_len")],
+    "outputs": [{"name": n} for n in ("out", "new")],
+}
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+def test_functional_export_matches_eager(tmp_path, dynamo):
+    mod = FunctionalCacheStep().eval()
+    inputs = _toy_inputs()
+    res = export_onnx(mod, inputs, SPEC, tmp_path / "toy.onnx", dynamo=dynamo)
+    model = onnx.load(tmp_path / "toy.onnx")
+    onnx.checker.check_model(model)
+    assert [i.name for i in model.graph.input] == ["x", "cache", "kv_len"]
+    assert [o.name for o in model.graph.output] == ["out", "new"]
+    blobs = [(i.data_type, tuple(i.dims), i.raw_data) for i in model.graph.initializer]
+    assert len(blobs) == len(set(blobs))  # proj2's weight and bias equal proj's: stored once
+    assert not model.metadata_props and not model.doc_string
+    assert all(not n.metadata_props and not n.doc_string for n in model.graph.node)
+    assert max(res["parity"].values()) < 1e-6
+    out = OrtGraph(tmp_path / "toy.onnx")(*inputs)
+    with torch.no_grad():
+        ref = mod(*inputs)
+    for o, r in zip(out, ref, strict=True):
+        torch.testing.assert_close(o, r, atol=1e-6, rtol=0)
+    assert check_onnx(tmp_path / "toy.onnx").ready, check_onnx(tmp_path / "toy.onnx").lines()
+
+
+def test_dedup_initializers_keeps_results(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    from arvid.export.onnx_export import dedup_initializers
+
+    w = numpy_helper.from_array(torch.randn(3, 3).numpy(), "w1")
+    w2 = numpy_helper.from_array(numpy_helper.to_array(w).copy(), "w2")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        initializer=[w, w2],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(model, tmp_path / "a.onnx")
+    assert dedup_initializers(model) == 1 and len(model.graph.initializer) == 1
+    onnx.checker.check_model(model)
+    onnx.save(model, tmp_path / "b.onnx")
+    x = torch.randn(2, 3)
+    torch.testing.assert_close(OrtGraph(tmp_path / "a.onnx")(x)[0], OrtGraph(tmp_path / "b.onnx")(x)[0])
+
+
+def test_external_data(tmp_path):
+    res = export_onnx(FunctionalCacheStep(), _toy_inputs(), SPEC, tmp_path / "ext.onnx", dynamo=False, external=True)
+    assert res["external_data"] == "ext.onnx.data" and (tmp_path / "ext.onnx.data").is_file()
+    assert check_onnx(tmp_path / "ext.onnx").external_data
+    assert max(res["parity"].values()) < 1e-6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ext.onnx", "ext.onnx.data"]  # no temporaries
+
+
+def test_inplace_buffer_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"in-place ring-buffer cache cannot be exported.*index_copy"):
+        export_onnx(InPlaceCacheStep(), (torch.randn(1, 1, 8),), None, tmp_path / "bad.onnx")
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_inplace_ring_cache_of_the_runtime_is_refused():
+    """The runtime's ring-buffer forward writes K/V into the cache in place: refused."""
+    from arvid.runtime.chunk_step import denoise_step
+
+    preset = get_preset("tiny")
+    model = build_model(preset.model)
+    gen = StreamingGenerator(model, latent_size=(preset.latent_height, preset.latent_width), backend="sdpa")
+    cache = gen.executor.cache
+    plan = cache.plan_chunk(0)
+    cache.activate(plan)
+    text_kv = model.text_kv(torch.randn(1, preset.model.text_len, preset.model.text_dim))
+
+    class RuntimeForward(nn.Module):
+        def forward(self, x, t):
+            return denoise_step(model, x, 0.5, text_kv, cache, plan, frame_offset=plan.frame_offset, t=t)
+
+    x = torch.randn(1, 3, 16, preset.latent_height, preset.latent_width)
+    with pytest.raises(ValueError, match="in-place ring-buffer cache"):
+        refuse_inplace(RuntimeForward(), (x, torch.full((1, 3), 1000.0)))
+
+
+def test_exporter_failure_is_one_clear_error(tmp_path):
+    class DataDependent(nn.Module):
+        def forward(self, x):
+            return x[x > 0]  # data-dependent shape: TorchScript exports it, dynamo guards; use a bad opset
+
+    with pytest.raises(ValueError, match="ONNX exporter failed"):
+        export_onnx(DataDependent(), (torch.randn(4),), None, tmp_path / "f.onnx", dynamo=False, opset=3)
