@@ -343,7 +343,7 @@ class GraphRunner:
         return 0.0
 
     def _state(self, plan) -> tuple[torch.Tensor, ...]:
-        self.plan_tensors.fill(plan)
+        plan.load(self.plan_tensors)
         pt = self.plan_tensors
         return (self.text_k, self.text_v, self.k, self.v, pt.write_start, pt.kv_len, pt.frame_offset)
 
