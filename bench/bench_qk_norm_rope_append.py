@@ -26,6 +26,7 @@ from dataclasses import asdict
 import torch
 
 from arvid.kernels._triton_utils import triton_unavailable_reason
+from arvid.kernels.layouts import PlanTensors, RingLayer, RopeCosSin
 from arvid.kernels.qk_norm_rope_append import (
     qk_norm_rope_append_kv_cache,
     qk_norm_rope_append_kv_cache_ref,
@@ -64,26 +65,27 @@ def _inputs(
     q, k, v = (torch.randn(batch, seq, heads, head_dim, generator=g, device=device, dtype=dtype) for _ in range(3))
     wq = 1 + 0.1 * torch.randn(heads * head_dim, generator=g, device=device, dtype=dtype)
     wk = 1 + 0.1 * torch.randn(heads * head_dim, generator=g, device=device, dtype=dtype)
-    rope_cos, rope_sin = rope_3d_tables(head_dim, ROPE_POSITIONS, device=device)
+    rope = RopeCosSin(*rope_3d_tables(head_dim, ROPE_POSITIONS, device=device))
     cache_dtype = torch.float8_e4m3fn if fp8 else dtype
     k_cache = torch.zeros(batch, slots, heads, head_dim, device=device, dtype=cache_dtype)
     v_cache = torch.zeros(batch, slots, heads, head_dim, device=device, dtype=cache_dtype)
-    kwargs = {}
+    cache = RingLayer(k_cache, v_cache)
     if fp8:
-        kwargs = {
-            "k_scale": torch.ones(batch, slots, heads, device=device),
-            "v_scale": torch.ones(batch, slots, heads, device=device),
-        }
-    ws = torch.tensor([write_start], dtype=torch.int32, device=device)
-    fo = torch.tensor([frame_offset], dtype=torch.int32, device=device)
-    args = [q, k, v, wq, wk, rope_cos, rope_sin, k_cache, v_cache, ws, fo, (frames, grid[0], grid[1])]
-    return args, kwargs
+        scales = [torch.ones(batch, slots, heads, device=device) for _ in range(2)]
+        cache = RingLayer(k_cache, v_cache, *scales)
+    plan = PlanTensors.zeros(batch, device)
+    plan.fill(write_start=write_start, kv_len=min(write_start + seq, slots), frame_offset=frame_offset)
+    return {
+        "q": q, "k": k, "v": v, "norm_q_weight": wq, "norm_k_weight": wk,
+        "cache": cache, "rope": rope, "plan": plan, "grid_sizes": (frames, grid[0], grid[1]),
+    }  # fmt: skip
 
 
-def _torch_ops_callable(args, write_start: int, frame_offset: int):
+def _torch_ops_callable(inputs, write_start: int, frame_offset: int):
     """The unfused path with cos/sin gathered once outside the timing and a host-side write_start."""
-    q, k, v, wq, wk, rope_cos, rope_sin, k_cache, v_cache, _, _, grid = args
-    cos, sin = rope_3d_cos_sin(rope_cos, rope_sin, grid, frame_offset)
+    q, k, v, wq, wk = (inputs[n] for n in ("q", "k", "v", "norm_q_weight", "norm_k_weight"))
+    k_cache, v_cache, rope = inputs["cache"].k, inputs["cache"].v, inputs["rope"]
+    cos, sin = rope_3d_cos_sin(rope.cos, rope.sin, inputs["grid_sizes"], frame_offset)
     end = write_start + q.shape[1]
 
     def run():
@@ -99,15 +101,16 @@ def time_append(
     batch, heads, head_dim, frames, slots, dtype, device, warmup=5, iters=20, write_start=0, frame_offset=0
 ) -> float:
     """Median ms of one fused append of ``frames`` latent frames (used by the attention bench for its ratio)."""
-    args, kwargs = _inputs(batch, heads, head_dim, frames, slots, write_start, frame_offset, dtype, device)
-    return time_ms(lambda: qk_norm_rope_append_kv_cache(*args, **kwargs), device, warmup, iters)
+    inputs = _inputs(batch, heads, head_dim, frames, slots, write_start, frame_offset, dtype, device)
+    return time_ms(lambda: qk_norm_rope_append_kv_cache(**inputs), device, warmup, iters)
 
 
 def run_shape(name, frames, write_start, frame_offset, args_ns, dtype, device, heads, head_dim, grid) -> list[Row]:
     batch, slots = args_ns.batch, CACHE_TOKENS if device.type == "cuda" else 4 * frames * grid[0] * grid[1]
-    args, _ = _inputs(batch, heads, head_dim, frames, slots, write_start, frame_offset, dtype, device, grid)
-    seq = args[0].shape[1]
-    bytes_moved = 6 * batch * seq * heads * head_dim * args[0].element_size()
+    inputs = _inputs(batch, heads, head_dim, frames, slots, write_start, frame_offset, dtype, device, grid)
+    q = inputs["q"]
+    seq = q.shape[1]
+    bytes_moved = 6 * batch * seq * heads * head_dim * q.element_size()
     rows: list[Row] = []
 
     def measure(method, fn, expected=None, note="") -> Row:
@@ -123,35 +126,31 @@ def run_shape(name, frames, write_start, frame_offset, args_ns, dtype, device, h
         rows.append(row)
         return row
 
-    ref_args = list(args)
-    ref_args[7], ref_args[8] = args[7].clone(), args[8].clone()
-    expected = qk_norm_rope_append_kv_cache_ref(*ref_args)
-    eager = measure("torch ops (unfused)", _torch_ops_callable(args, write_start, frame_offset), expected)
+    cache = inputs["cache"]
+    expected = qk_norm_rope_append_kv_cache_ref(**{**inputs, "cache": RingLayer(cache.k.clone(), cache.v.clone())})
+    eager = measure("torch ops (unfused)", _torch_ops_callable(inputs, write_start, frame_offset), expected)
     if device.type != "cuda" and not args_ns.cpu_all_methods:  # --cpu-all-methods: development aid (interpreter)
         return rows
     reason = triton_unavailable_reason()
     if reason is not None:
         rows.append(Row(name, "fused", batch, seq, slots, heads, head_dim, note=reason))
         return rows
-    fused = measure("fused", lambda: qk_norm_rope_append_kv_cache(*args), expected)
+    fused = measure("fused", lambda: qk_norm_rope_append_kv_cache(**inputs), expected)
     if fused.ms and eager.ms:
         fused.extra["speedup_vs_torch_ops"] = round(eager.ms / fused.ms, 2)
     if device.type != "cuda" or has_sm89(device):  # the CPU runs it in the interpreter
-        fp8_args, fp8_kwargs = _inputs(
+        fp8_inputs = _inputs(
             batch, heads, head_dim, frames, slots, write_start, frame_offset, dtype, device, grid, fp8=True
         )
-        measure("fused + fp8 quantize", lambda: qk_norm_rope_append_kv_cache(*fp8_args, **fp8_kwargs), expected)
+        measure("fused + fp8 quantize", lambda: qk_norm_rope_append_kv_cache(**fp8_inputs), expected)
     else:
         rows.append(Row(name, "fused + fp8 quantize", batch, seq, slots, heads, head_dim, note="needs sm_89+"))
     if not args_ns.no_attention:
-        q = args[0]
         k_cache = torch.randn(batch, CACHE_TOKENS, heads, head_dim, device=device, dtype=dtype)
-        v_cache = torch.randn_like(k_cache)
+        full = RingLayer(k_cache, torch.randn_like(k_cache))
         kv_len = torch.full((batch,), CACHE_TOKENS, dtype=torch.int32, device=device)
-        warmup_sink_window_attention(q, k_cache, v_cache, kv_len)
-        attn = measure(
-            "attention (triton, kv=18720)", lambda: sink_window_attention_with_kv_cache(q, k_cache, v_cache, kv_len)
-        )
+        warmup_sink_window_attention(q, full, kv_len)
+        attn = measure("attention (triton, kv=18720)", lambda: sink_window_attention_with_kv_cache(q, full, kv_len))
         attn.extra.pop("GB/s", None)
         attn.kv = CACHE_TOKENS
         if attn.ms and fused.ms:

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from arvid.kernels._triton_utils import triton_unavailable_reason
+from arvid.kernels.layouts import RingLayer
 from arvid.kernels.sink_window_attention import (
     sink_window_attention_ref,
     sink_window_attention_with_kv_cache,
@@ -136,6 +137,7 @@ def _flex_callable(q, k_cache, v_cache, kv_len, device):
 
 def run_shape(shape: Shape, heads: int, head_dim: int, dtype: torch.dtype, device: torch.device, args) -> list[Row]:
     q, k_cache, v_cache, kv_len = _inputs(shape, heads, head_dim, dtype, device)
+    cache = RingLayer(k_cache, v_cache)  # what arvid's kernel and reference take
     flops = attention_flops(shape.batch, heads, shape.lq, shape.kv, head_dim)
     rows: list[Row] = []
     # --cpu-all-methods (a development aid) walks the GPU code path on the CPU, kernel under TRITON_INTERPRET=1.
@@ -185,13 +187,11 @@ def run_shape(shape: Shape, heads: int, head_dim: int, dtype: torch.dtype, devic
         reason = triton_unavailable_reason()
         if reason is None:
             try:
-                warmup_sink_window_attention(q, k_cache, v_cache, kv_len)  # autotune outside the timing
+                warmup_sink_window_attention(q, cache, kv_len)  # autotune outside the timing
                 note = ""
             except Exception as exc:
                 note = short_error(exc)
-            attn_row = measure(
-                "triton", lambda: sink_window_attention_with_kv_cache(q, k_cache, v_cache, kv_len), expected, note
-            )
+            attn_row = measure("triton", lambda: sink_window_attention_with_kv_cache(q, cache, kv_len), expected, note)
             best = getattr(_triton_kernel(), "best_config", None)
             if best is not None:
                 attn_row.extra["config"] = str(best)
@@ -208,9 +208,7 @@ def run_shape(shape: Shape, heads: int, head_dim: int, dtype: torch.dtype, devic
                 measure("flex (compiled, block mask)", lambda: flex_fn().transpose(1, 2), expected)
     else:
         # CPU sanity: the reference against SDPA; the Triton kernel is not timed on a CPU.
-        measure(
-            "reference (torch, fp32 math)", lambda: sink_window_attention_ref(q, k_cache, v_cache, kv_len), expected
-        )
+        measure("reference (torch, fp32 math)", lambda: sink_window_attention_ref(q, cache, kv_len), expected)
 
     if args.append:
         rows.append(_append_row(shape, heads, head_dim, dtype, device, args, attn_row))

@@ -1,7 +1,8 @@
 """Triton kernels for streaming attention off a ring-buffer KV cache, each beside its PyTorch reference.
 
 Public entry points live in the op modules (``sink_window_attention``, ``qk_norm_rope_append``,
-``rope_3d``); the availability checks callers need before choosing a Triton path are here.
+``rope_3d``); the bundles they take (one layer's cache, the plan's device scalars, the RoPE tables)
+in ``layouts``; the availability checks callers need before choosing a Triton path are here.
 """
 
 from ._triton_utils import interpreting as triton_interpreting

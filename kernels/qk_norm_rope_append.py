@@ -14,6 +14,11 @@ Three layers:
 
 :func:`qk_norm_rope_append_kv_cache_ref` is the plain-PyTorch reference with the same signature,
 built from :func:`arvid.kernels.rope_3d.rope_3d_cos_sin` and :func:`~arvid.kernels.rope_3d.apply_rope_3d_ref`.
+
+Besides the activations and norm weights both take the bundles of :mod:`arvid.kernels.layouts`:
+the layer's cache (:class:`~arvid.kernels.layouts.RingLayer`), the RoPE tables
+(:class:`~arvid.kernels.layouts.RopeCosSin`) and the plan's device scalars
+(:class:`~arvid.kernels.layouts.PlanTensors`; ``write_start`` and ``frame_offset`` are read).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from ._triton_utils import (
     require_triton,
 )
 from .fp8 import FP8_E4M3_MAX, FP8_SCALE_MIN, quantize_fp8_per_token_head_ref
+from .layouts import PlanTensors, RingLayer, RopeCosSin
 from .rope_3d import apply_rope_3d_ref, rope_3d_cos_sin, rope_3d_split
 
 triton, tl = import_triton()  # optional: the reference must import and run without it
@@ -144,22 +150,23 @@ def qk_norm_rope_append_kv_cache_ref(
     v: torch.Tensor,
     norm_q_weight: torch.Tensor,
     norm_k_weight: torch.Tensor,
-    rope_cos: torch.Tensor,
-    rope_sin: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    write_start: torch.Tensor,
-    frame_offset: torch.Tensor,
-    grid_sizes: tuple[int, int, int],
     *,
+    cache: RingLayer,
+    rope: RopeCosSin,
+    plan: PlanTensors,
+    grid_sizes: tuple[int, int, int],
     eps: float = 1e-6,
-    k_scale: torch.Tensor | None = None,
-    v_scale: torch.Tensor | None = None,
+    block_t: int | None = None,
 ) -> torch.Tensor:
-    """Plain-PyTorch reference of :func:`qk_norm_rope_append_kv_cache` (reads ``write_start`` on the host).
+    """Plain-PyTorch reference of :func:`qk_norm_rope_append_kv_cache` (reads ``plan.write_start`` on the host).
 
-    Same parameters and effects; raises ``ValueError`` when ``write_start + L`` runs past the cache.
+    Same parameters and effects (``block_t`` is accepted and ignored: the reference has no tiles);
+    raises ``ValueError`` when ``write_start + L`` runs past the cache.
     """
+    del block_t
+    rope_cos, rope_sin, k_cache, v_cache = rope.cos, rope.sin, cache.k, cache.v
+    k_scale, v_scale = cache.k_scale, cache.v_scale
+    write_start, frame_offset = plan.write_start, plan.frame_offset
     is_fp8 = _check_inputs(
         q, k, v, norm_q_weight, norm_k_weight, rope_cos, rope_sin, k_cache, v_cache, write_start, frame_offset,
         grid_sizes, k_scale, v_scale,
@@ -334,22 +341,20 @@ def _qk_norm_rope_append_fwd(
     v: torch.Tensor,
     norm_q_weight: torch.Tensor,
     norm_k_weight: torch.Tensor,
-    rope_cos: torch.Tensor,
-    rope_sin: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    write_start: torch.Tensor,
-    frame_offset: torch.Tensor,
+    cache: RingLayer,
+    rope: RopeCosSin,
+    plan: PlanTensors,
     grid_sizes: tuple[int, int, int],
     eps: float,
-    k_scale: torch.Tensor | None,
-    v_scale: torch.Tensor | None,
     block_t: int | None = None,
 ) -> torch.Tensor:
     """Launch the kernel; inputs are validated already. Returns a new contiguous q_out ``[B, L, H, D]``.
 
     ``block_t`` (tokens per program, a power of 2) is picked from the tile size when ``None``.
     """
+    rope_cos, rope_sin, k_cache, v_cache = rope.cos, rope.sin, cache.k, cache.v
+    k_scale, v_scale = cache.k_scale, cache.v_scale
+    write_start, frame_offset = plan.write_start, plan.frame_offset
     b, seq, h, d = q.shape
     q_out = torch.empty((b, seq, h, d), dtype=q.dtype, device=q.device)
     if seq == 0 or b == 0 or h == 0:
@@ -393,21 +398,18 @@ def qk_norm_rope_append_kv_cache(
     v: torch.Tensor,
     norm_q_weight: torch.Tensor,
     norm_k_weight: torch.Tensor,
-    rope_cos: torch.Tensor,
-    rope_sin: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    write_start: torch.Tensor,
-    frame_offset: torch.Tensor,
-    grid_sizes: tuple[int, int, int],
     *,
+    cache: RingLayer,
+    rope: RopeCosSin,
+    plan: PlanTensors,
+    grid_sizes: tuple[int, int, int],
     eps: float = 1e-6,
-    k_scale: torch.Tensor | None = None,
-    v_scale: torch.Tensor | None = None,
+    block_t: int | None = None,
 ) -> torch.Tensor:
     """RMSNorm q and k across heads, apply 3D RoPE, append rotated K and raw V to the cache (Triton).
 
-    Reads ``write_start`` and ``frame_offset`` on the device: no host sync, CUDA-graph capturable.
+    Reads ``plan.write_start`` and ``plan.frame_offset`` on the device: no host sync, CUDA-graph
+    capturable.
 
     Parameters
     ----------
@@ -417,31 +419,42 @@ def qk_norm_rope_append_kv_cache(
         ``[B, L, 3, H, D]`` qkv output are fine).
     norm_q_weight, norm_k_weight : Tensor ``[H*D]``
         RMSNorm weights (the norm runs over all ``H*D`` features of a token), contiguous.
-    rope_cos, rope_sin : float32 Tensor ``[P, D/2]``
-        Tables from :func:`arvid.kernels.rope_3d.rope_3d_tables`, contiguous last dim.
-    k_cache, v_cache : Tensor ``[B, S, H, D]``
-        The layer's ring buffer (any strides, contiguous last dim); written in place in slots
-        ``[write_start, write_start + L)`` only. Slots outside ``[0, S)`` are skipped.
-    write_start, frame_offset : int32 Tensor ``[1]``, on the device
-        First cache slot to write; absolute latent-frame index of the chunk's first frame
-        (``frame_offset + F`` must stay within the table's ``P`` rows; rows past it read 0).
+    cache : RingLayer
+        The layer's ring buffer: ``cache.k`` / ``cache.v`` ``[B, S, H, D]`` (any strides,
+        contiguous last dim), written in place in slots ``[write_start, write_start + L)`` only;
+        slots outside ``[0, S)`` are skipped. For a float8_e4m3fn cache, ``cache.k_scale`` /
+        ``cache.v_scale`` float32 ``[B, S, H]``: per token-head scales written beside the
+        quantized values (``scale = amax|x| / 448``, floored at 1e-12).
+    rope : RopeCosSin
+        ``rope.cos`` / ``rope.sin`` float32 ``[P, D/2]`` from
+        :func:`arvid.kernels.rope_3d.rope_3d_tables`, contiguous last dim (checked as ``rope_cos`` /
+        ``rope_sin``).
+    plan : PlanTensors
+        ``plan.write_start`` and ``plan.frame_offset``, int32 ``[1]`` on the device: first cache
+        slot to write; absolute latent-frame index of the chunk's first frame (``frame_offset + F``
+        must stay within the table's ``P`` rows; rows past it read 0). ``plan.kv_len`` is not read.
     grid_sizes : tuple of int
         ``(F, Hp, Wp)``.
     eps : float
         RMSNorm epsilon.
-    k_scale, v_scale : float32 Tensor ``[B, S, H]``, optional
-        For a float8_e4m3fn cache: per token-head scales, written beside the quantized values
-        (``scale = amax|x| / 448``, floored at 1e-12).
+    block_t : int, optional
+        Tokens per program (a power of 2); by default picked from the tile size. A tuning knob:
+        the result does not depend on it.
 
     Returns
     -------
     Tensor ``[B, L, H, D]``: normalised and rotated q, new and contiguous, dtype of ``q``.
     """
+    rope_cos, rope_sin, k_cache, v_cache = rope.cos, rope.sin, cache.k, cache.v
+    k_scale, v_scale = cache.k_scale, cache.v_scale
+    write_start, frame_offset = plan.write_start, plan.frame_offset
     is_fp8 = _check_inputs(
         q, k, v, norm_q_weight, norm_k_weight, rope_cos, rope_sin, k_cache, v_cache, write_start, frame_offset,
         grid_sizes, k_scale, v_scale,
     )  # fmt: skip
     op = "qk_norm_rope_append_kv_cache"
+    if block_t is not None and (not isinstance(block_t, int) or block_t < 1 or block_t & (block_t - 1)):
+        raise ValueError(f"{op}: block_t must be a power of 2, got {block_t!r}")
     require_triton(op)
     tensors = [q, k, v, norm_q_weight, norm_k_weight, rope_cos, rope_sin, k_cache, v_cache, write_start, frame_offset]
     check_kernel_device(op, *tensors, *([k_scale, v_scale] if is_fp8 else []))
@@ -459,7 +472,4 @@ def qk_norm_rope_append_kv_cache(
         )
     if is_fp8 and q.is_cuda and torch.cuda.get_device_capability(q.device) < (8, 9):
         raise RuntimeError(f"{op}: a float8_e4m3fn cache needs an sm_89+ GPU (Ada, Hopper)")
-    return _qk_norm_rope_append_fwd(
-        q, k, v, norm_q_weight, norm_k_weight, rope_cos, rope_sin, k_cache, v_cache, write_start, frame_offset,
-        grid_sizes, eps, k_scale if is_fp8 else None, v_scale if is_fp8 else None,
-    )  # fmt: skip
+    return _qk_norm_rope_append_fwd(q, k, v, norm_q_weight, norm_k_weight, cache, rope, plan, grid_sizes, eps, block_t)

@@ -13,7 +13,9 @@ Three layers, as in the Triton fused-attention tutorial:
 * ``_sink_window_attn_fwd``: strides, grid and launch;
 * :func:`sink_window_attention_with_kv_cache`: checks and the public API.
 
-:func:`sink_window_attention_ref` is the plain-PyTorch reference with the same signature.
+:func:`sink_window_attention_ref` is the plain-PyTorch reference with the same signature. Both
+take the layer's cache as a :class:`~arvid.kernels.layouts.RingLayer` (K, V and, for FP8, their
+scales) and the valid lengths ``kv_len`` (``PlanTensors.kv_len`` of the plan).
 
 Autotuning happens on the first call for each shape key; call
 :func:`warmup_sink_window_attention` (or the op itself) once with the real shapes before
@@ -37,6 +39,7 @@ from ._triton_utils import (
     next_power_of_2,
     require_triton,
 )
+from .layouts import RingLayer
 
 triton, tl = import_triton()  # optional: the reference must import and run without it
 
@@ -118,13 +121,10 @@ def _check_inputs(
 
 def sink_window_attention_ref(
     q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
+    cache: RingLayer,
     kv_len: torch.Tensor,
     *,
     sm_scale: float | None = None,
-    k_scale: torch.Tensor | None = None,
-    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Plain-PyTorch reference of :func:`sink_window_attention_with_kv_cache` (reads ``kv_len`` on the host).
 
@@ -132,20 +132,22 @@ def sink_window_attention_ref(
     ----------
     q : Tensor ``[B, Lq, H, D]``
         The chunk's queries, already RoPE-rotated.
-    k_cache, v_cache : Tensor ``[B, S, H, D]``
-        One layer's ring buffer; slots ``[0, kv_len[b])`` are valid, the rest is ignored.
+    cache : RingLayer
+        One layer's ring buffer ``cache.k`` / ``cache.v`` ``[B, S, H, D]``; slots ``[0, kv_len[b])``
+        are valid, the rest is ignored. For a float8_e4m3fn cache, ``cache.k_scale`` /
+        ``cache.v_scale`` float32 ``[B, S, H]``: per token-head dequantization scales
+        (``k = k_fp8.float() * k_scale``).
     kv_len : int32 Tensor ``[B]``
         Number of valid cache slots per batch element.
     sm_scale : float, optional
         Softmax scale, default ``1 / sqrt(D)``.
-    k_scale, v_scale : float32 Tensor ``[B, S, H]``, optional
-        Per token-head dequantization scales of a float8_e4m3fn cache (``k = k_fp8.float() * k_scale``).
 
     Returns
     -------
     Tensor ``[B, Lq, H, D]`` in ``q.dtype``: ``softmax(q k^T * sm_scale) v`` over the valid keys,
     computed in float32. A batch element with ``kv_len == 0`` gets zeros.
     """
+    k_cache, v_cache, k_scale, v_scale = cache.k, cache.v, cache.k_scale, cache.v_scale
     is_fp8 = _check_inputs(q, k_cache, v_cache, kv_len, k_scale, v_scale)
     d = q.shape[-1]
     scale = 1.0 / math.sqrt(d) if sm_scale is None else float(sm_scale)
@@ -376,16 +378,9 @@ if triton is not None:
         tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=m_mask[:, None])
 
 
-def _sink_window_attn_fwd(
-    q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    kv_len: torch.Tensor,
-    sm_scale: float,
-    k_scale: torch.Tensor | None,
-    v_scale: torch.Tensor | None,
-) -> torch.Tensor:
+def _sink_window_attn_fwd(q: torch.Tensor, cache: RingLayer, kv_len: torch.Tensor, sm_scale: float) -> torch.Tensor:
     """Launch the kernel; inputs are validated already. Returns a new contiguous ``[B, Lq, H, D]``."""
+    k_cache, v_cache, k_scale, v_scale = cache.k, cache.v, cache.k_scale, cache.v_scale
     b, lq, h, d = q.shape
     s = k_cache.shape[1]
     out = torch.empty((b, lq, h, d), dtype=q.dtype, device=q.device)
@@ -421,13 +416,10 @@ def _sink_window_attn_fwd(
 
 def sink_window_attention_with_kv_cache(
     q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
+    cache: RingLayer,
     kv_len: torch.Tensor,
     *,
     sm_scale: float | None = None,
-    k_scale: torch.Tensor | None = None,
-    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of a chunk's queries over the valid prefix of a ring-buffer KV cache (Triton).
 
@@ -441,15 +433,17 @@ def sink_window_attention_with_kv_cache(
     q : Tensor ``[B, Lq, H, D]``
         Queries (NHD layout, already RoPE-rotated), float16 / bfloat16 / float32. Any strides
         with a contiguous last dim (e.g. a slice of a fused qkv output).
-    k_cache, v_cache : Tensor ``[B, S, H, D]``
-        One layer's ring buffer, same dtype as ``q`` (or float8_e4m3fn with scales); any strides
-        with a contiguous last dim. Slots ``[kv_len[b], S)`` may hold garbage (even NaN): ignored.
+    cache : RingLayer
+        One layer's ring buffer ``cache.k`` / ``cache.v`` ``[B, S, H, D]``, same dtype as ``q`` (or
+        float8_e4m3fn with scales); any strides with a contiguous last dim. Slots ``[kv_len[b], S)``
+        may hold garbage (even NaN): ignored. ``cache.k_scale`` / ``cache.v_scale`` float32
+        ``[B, S, H]``: per token-head dequantization scales, required for (and only for) a
+        float8_e4m3fn cache.
     kv_len : int32 Tensor ``[B]``, on the same device
-        Valid cache slots per batch element (clamped to ``[0, S]`` in the kernel).
+        Valid cache slots per batch element (clamped to ``[0, S]`` in the kernel); the plan's
+        ``PlanTensors.kv_len``.
     sm_scale : float, optional
         Softmax scale, default ``1 / sqrt(D)``.
-    k_scale, v_scale : float32 Tensor ``[B, S, H]``, optional
-        Per token-head dequantization scales, required for (and only for) a float8_e4m3fn cache.
 
     Returns
     -------
@@ -463,6 +457,7 @@ def sink_window_attention_with_kv_cache(
     RuntimeError
         When Triton (or a CUDA device / the interpreter) is not available.
     """
+    k_cache, v_cache, k_scale, v_scale = cache.k, cache.v, cache.k_scale, cache.v_scale
     is_fp8 = _check_inputs(q, k_cache, v_cache, kv_len, k_scale, v_scale)
     require_triton("sink_window_attention_with_kv_cache")
     check_kernel_device("sink_window_attention_with_kv_cache", q, k_cache, v_cache, kv_len)
@@ -475,28 +470,23 @@ def sink_window_attention_with_kv_cache(
     if is_fp8 and not interpreting() and torch.cuda.get_device_capability(q.device) < (8, 9):
         raise RuntimeError("sink_window_attention: a float8_e4m3fn cache needs an sm_89+ GPU (Ada, Hopper)")
     scale = 1.0 / math.sqrt(d) if sm_scale is None else float(sm_scale)
-    return _sink_window_attn_fwd(q, k_cache, v_cache, kv_len, scale, k_scale, v_scale)
+    return _sink_window_attn_fwd(q, cache, kv_len, scale)
 
 
 def warmup_sink_window_attention(
     q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
+    cache: RingLayer,
     kv_len: torch.Tensor,
     *,
     sm_scale: float | None = None,
-    k_scale: torch.Tensor | None = None,
-    v_scale: torch.Tensor | None = None,
 ) -> None:
     """Compile and autotune for these shapes/dtypes outside any CUDA-graph capture.
 
     Autotuning benchmarks several configs on the first call per key (bucketed ``Lq``, ``S``,
     ``D``, dtypes); that cannot happen inside ``torch.cuda.graph``. Call this (or the op) once
     per distinct query count with the real tensors before capture. The output is discarded;
-    the inputs are only read.
+    the inputs are only read; the parameters are those of :func:`sink_window_attention_with_kv_cache`.
     """
-    sink_window_attention_with_kv_cache(
-        q, k_cache, v_cache, kv_len, sm_scale=sm_scale, k_scale=k_scale, v_scale=v_scale
-    )
+    sink_window_attention_with_kv_cache(q, cache, kv_len, sm_scale=sm_scale)
     if q.is_cuda:
         torch.cuda.synchronize(q.device)

@@ -7,7 +7,7 @@ over explicit tensors (never a model module):
 ``append(q, k, v, norm, rope, layer, plan) -> q_rot``
     q/k RMSNorm (:class:`QKNorm`), 3D RoPE (:class:`~arvid.runtime.rope.RopeInput`), and the
     write of K (rotated) and V into the plan's slots of one layer's ring buffer
-    (:class:`~arvid.runtime.kv_cache.RingLayer`); returns the rotated queries ``[B, L, H, D]``.
+    (:class:`~arvid.kernels.layouts.RingLayer`); returns the rotated queries ``[B, L, H, D]``.
 ``attend(q_rot, layer, plan) -> out``
     attention of the queries over the valid slots ``[0, plan.kv_len)`` of that ring buffer.
 
@@ -34,7 +34,9 @@ from arvid.kernels.qk_norm_rope_append import rms_norm_across_heads_ref
 from arvid.kernels.rope_3d import apply_rope_3d_ref
 
 if TYPE_CHECKING:
-    from .kv_cache import ForwardPlan, RingLayer
+    from arvid.kernels.layouts import RingLayer
+
+    from .kv_cache import ForwardPlan
     from .rope import RopeInput
 
 
@@ -192,18 +194,16 @@ def triton_append(
 ) -> torch.Tensor:
     from arvid.kernels.qk_norm_rope_append import qk_norm_rope_append_kv_cache
 
-    scales = {"k_scale": layer.k_scale, "v_scale": layer.v_scale} if layer.is_fp8 else {}
     return qk_norm_rope_append_kv_cache(
-        q, k, v, norm.q_weight, norm.k_weight, rope.cos_table, rope.sin_table, layer.k, layer.v,
-        plan.tensors.write_start, plan.tensors.frame_offset, rope.grid, eps=norm.eps, **scales,
+        q, k, v, norm.q_weight, norm.k_weight,
+        cache=layer, rope=rope.tables, plan=plan.tensors, grid_sizes=rope.grid, eps=norm.eps,
     )  # fmt: skip
 
 
 def triton_attend(q: torch.Tensor, layer: RingLayer, plan: ForwardPlan) -> torch.Tensor:
     from arvid.kernels.sink_window_attention import sink_window_attention_with_kv_cache
 
-    scales = {"k_scale": layer.k_scale, "v_scale": layer.v_scale} if layer.is_fp8 else {}
-    return sink_window_attention_with_kv_cache(q, layer.k, layer.v, plan.tensors.kv_len, **scales)
+    return sink_window_attention_with_kv_cache(q, layer, plan.tensors.kv_len)
 
 
 register_backend(

@@ -165,9 +165,16 @@ class ChunkRunner:
         if si + 1 < len(sched):
             self.x_steps[si + 1].copy_(sched.add_noise(x0, self.renoise[si], sched.sigmas[si + 1]))
 
-    def _body(self, plan) -> None:
-        """The whole chunk: 4 denoising steps + the clean-context update, on static buffers."""
-        for si in range(len(self.scheduler) + 1):
+    def run_plan(self, plan, step: int | None = None) -> None:
+        """Run an activated plan's chunk work eagerly on the static buffers: what a graph captures.
+
+        ``step=None``: the whole chunk (4 denoising steps + the clean-context update); ``step=si``:
+        one of them (``si == len(scheduler)`` is the clean-context update). Reads ``x_in`` /
+        ``renoise`` and the prompt, writes ``x0_out`` and the plan's cache slots; never commits.
+        Running it again on the same buffers gives the same result (the warm-up before a capture).
+        """
+        steps = range(len(self.scheduler) + 1) if step is None else (step,)
+        for si in steps:
             self._step(plan, si)
 
     def run_chunk(self, noise: torch.Tensor, renoise: Sequence[torch.Tensor], frame_start: int) -> torch.Tensor:
@@ -180,10 +187,10 @@ class ChunkRunner:
         plan = cache.plan_chunk(frame_start)
         cache.activate(plan)
         if self.cuda_graphs:
-            for key in self._keys(plan):
+            for key in self.graph_keys(plan):
                 (self.graphs.get(key) or self._capture(key, plan)).replay()
         else:
-            self._body(plan)
+            self.run_plan(plan)
         cache.commit(plan)
         self.last_host_ms = (time.perf_counter() - t0) * 1000
         return self.x0_out
@@ -219,15 +226,18 @@ class ChunkRunner:
         for _ in range(self.stream.slot_chunks + 1):
             plan = cache.plan_chunk(0)
             cache.activate(plan)
-            for key in self._keys(plan):
+            for key in self.graph_keys(plan):
                 if key not in self.graphs:
                     self._capture(key, plan)
             cache.commit(plan)
         cache.reset()
         return time.perf_counter() - t0
 
-    def _keys(self, plan) -> list[tuple[int, int, int]]:
-        """(frames, valid length or -1, step or -1) of the graphs that make up this plan's chunk."""
+    def graph_keys(self, plan) -> list[tuple[int, int, int]]:
+        """(frames, valid length or -1, step or -1) of the graphs that make up this plan's chunk.
+
+        In order; a key's work is ``run_plan(plan, step=None if key[2] < 0 else key[2])``.
+        """
         kv = -1 if self.kv_len_on_device else plan.kv_len
         if self.granularity == "chunk":
             return [(plan.num_frames, kv, -1)]
@@ -237,14 +247,14 @@ class ChunkRunner:
         t0 = time.perf_counter()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        work = self._body if key[2] < 0 else (lambda p: self._step(p, key[2]))
+        step = None if key[2] < 0 else key[2]
         with torch.cuda.stream(side):
             for _ in range(2):  # warm-up before capture: autotuning, workspaces, allocator
-                work(plan)
+                self.run_plan(plan, step)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            work(plan)
+            self.run_plan(plan, step)
         self._pool = graph.pool()
         self.graphs[key] = graph
         torch.cuda.synchronize()
@@ -333,7 +343,7 @@ class GraphRunner:
         return 0.0
 
     def _state(self, plan) -> tuple[torch.Tensor, ...]:
-        self.plan_tensors.fill(plan)
+        plan.load(self.plan_tensors)
         pt = self.plan_tensors
         return (self.text_k, self.text_v, self.k, self.v, pt.write_start, pt.kv_len, pt.frame_offset)
 

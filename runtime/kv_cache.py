@@ -10,7 +10,9 @@ concatenated, and K is stored after RoPE at its absolute frame position.
 
 Planning is host-side (:class:`RingPlanner`: which slot, how many valid tokens) and kept apart
 from the per-layer work; each plan carries the same numbers as device scalars at fixed addresses
-(:class:`PlanTensors`) for capturable kernels and exported graphs.
+(:class:`PlanTensors`) for capturable kernels and exported graphs. :class:`PlanTensors` and
+:class:`RingLayer` (one layer's buffers) are the kernels' own layout classes
+(``arvid.kernels.layouts``), re-exported here: the backends hand them to the kernels as they are.
 
 :class:`FunctionalKVCache` is the form exported graphs use: the cache comes in as an input, the
 valid keys are a mask built from the plan scalars, and the forward's own K/V come out for the
@@ -26,31 +28,14 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 import torch.nn.functional as F
 
+from arvid.kernels.layouts import PlanTensors, RingLayer
+
 from .config import ModelConfig, StreamConfig
 from .devices import require_sm89
 
 if TYPE_CHECKING:
     from .attention import AttentionBackend, QKNorm
     from .rope import RopeInput
-
-
-@dataclass(frozen=True)
-class PlanTensors:
-    """A plan's numbers as int32 device scalars; one set per cache, refilled by ``activate``."""
-
-    write_start: torch.Tensor  # [1] first token slot the forward's own K/V go to
-    kv_len: torch.Tensor  # [B] valid tokens attended to, own K/V included
-    frame_offset: torch.Tensor  # [1] absolute latent frame of the first query frame (RoPE position)
-
-    @classmethod
-    def zeros(cls, batch_size: int, device: torch.device | str) -> PlanTensors:
-        z = lambda n: torch.zeros(n, dtype=torch.int32, device=device)
-        return cls(z(1), z(batch_size), z(1))
-
-    def fill(self, plan: ForwardPlan) -> None:
-        self.write_start.fill_(plan.write_start)
-        self.kv_len.fill_(plan.kv_len)
-        self.frame_offset.fill_(plan.frame_start)
 
 
 @dataclass
@@ -70,6 +55,10 @@ class ForwardPlan:
     filled_after: int
     next_slot_after: int
     tensors: PlanTensors | None = None
+
+    def load(self, tensors: PlanTensors) -> None:
+        """Write this plan's numbers into ``tensors`` in place (what a captured graph then reads)."""
+        tensors.fill(self.write_start, self.kv_len, self.frame_start)
 
     @property
     def frame_offset(self) -> int | torch.Tensor:
@@ -165,21 +154,6 @@ class RingPlanner:
         self.filled, self.next_slot = plan.filled_after, plan.next_slot_after
 
 
-@dataclass(frozen=True)
-class RingLayer:
-    """One layer's ring buffer as the attention backends see it: ``k``/``v`` ``[B, S, H, D]``,
-    and for an FP8 cache the per token-head scales ``[B, S, H]`` (``x ~= x8 * scale``)."""
-
-    k: torch.Tensor
-    v: torch.Tensor
-    k_scale: torch.Tensor | None = None
-    v_scale: torch.Tensor | None = None
-
-    @property
-    def is_fp8(self) -> bool:
-        return self.k_scale is not None
-
-
 class RingKVCache(RingPlanner):
     """Per-layer ring buffers written in place by a ring backend's ``append``, read by its ``attend``."""
 
@@ -227,7 +201,7 @@ class RingKVCache(RingPlanner):
         return plan
 
     def activate(self, plan: ForwardPlan) -> None:
-        self.plan_tensors.fill(plan)
+        plan.load(self.plan_tensors)
 
     def self_attention(self, layer, q, k, v, norm, rope, plan) -> torch.Tensor:
         ring = self.layers[layer]

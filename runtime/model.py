@@ -274,7 +274,7 @@ class CausalWanModel(nn.Module):
         # Time embedding per frame; the block modulation is per frame too.
         temb = self.time_embedding(t_freq.reshape(b * f, cfg.freq_dim).to(wdtype)).float()  # [B*F, dim]
         e = self.time_projection(temb.to(wdtype)).float().view(b, f, 6, cfg.dim)
-        rope = RopeInput(self.rope.cos, self.rope.sin, grid, frame_offset)
+        rope = RopeInput(self.rope.cos_sin, grid, frame_offset)
 
         for block, kv in zip(self.blocks, text_kv, strict=True):
             tokens = block(tokens, e, f, rope, kv, cache, plan)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from arvid.kernels.layouts import RopeCosSin
 from arvid.kernels.rope_3d import rope_3d_cos_sin, rope_3d_tables
 
 
@@ -22,6 +23,11 @@ class RopeTables:
         self.head_dim = head_dim
         self.cos, self.sin = rope_3d_tables(head_dim, positions, device=device)
         self.version = 0  # bumped whenever the tensors are replaced
+
+    @property
+    def cos_sin(self) -> RopeCosSin:
+        """The current tensors as the kernels take them (a view of the owner: re-read after :meth:`ensure`)."""
+        return RopeCosSin(self.cos, self.sin)
 
     @property
     def positions(self) -> int:
@@ -53,8 +59,7 @@ class RopeInput:
     once per forward and only when asked for.
     """
 
-    cos_table: torch.Tensor  # [P, D/2] float32
-    sin_table: torch.Tensor
+    tables: RopeCosSin  # cos / sin [P, D/2] float32, handed to the fused kernel as they are
     grid: tuple[int, int, int]  # (F, Hp, Wp) tokens of the forward
     frame_offset: int | torch.Tensor
     _per_token: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
@@ -63,5 +68,5 @@ class RopeInput:
     def per_token(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(cos, sin)`` ``[L, D/2]`` for the forward's ``L = F*Hp*Wp`` tokens."""
         if self._per_token is None:
-            self._per_token = rope_3d_cos_sin(self.cos_table, self.sin_table, self.grid, self.frame_offset)
+            self._per_token = rope_3d_cos_sin(self.tables.cos, self.tables.sin, self.grid, self.frame_offset)
         return self._per_token

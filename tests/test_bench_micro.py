@@ -9,6 +9,7 @@ accidental copy of the whole cache, a host sync) and keep the benchmark code its
 import pytest
 import torch
 
+from arvid.kernels.layouts import PlanTensors, RingLayer, RopeCosSin
 from arvid.kernels.qk_norm_rope_append import qk_norm_rope_append_kv_cache_ref
 from arvid.kernels.rope_3d import rope_3d_tables
 from arvid.kernels.sink_window_attention import sink_window_attention_ref
@@ -54,11 +55,15 @@ def test_ring_append_write(benchmark):
     q, k, v = (torch.randn(1, LQ, H, D, generator=g) for _ in range(3))
     wq, wk = torch.ones(H * D), torch.ones(H * D)
     grid = (STREAM.chunk_frames, 4, 4)
-    cos, sin = rope_3d_tables(D, 16)
+    rope = RopeCosSin(*rope_3d_tables(D, 16))
     start = LK - LQ
-    ws, fo = torch.tensor([start], dtype=torch.int32), torch.tensor([12], dtype=torch.int32)
-    args = (q, k, v, wq, wk, cos, sin, k_cache, v_cache, ws, fo, grid)
-    q_rot = _pedantic(benchmark, lambda: qk_norm_rope_append_kv_cache_ref(*args))
+    plan = PlanTensors.zeros(1, "cpu")
+    plan.fill(write_start=start, kv_len=LK, frame_offset=12)
+    cache = RingLayer(k_cache, v_cache)
+    q_rot = _pedantic(
+        benchmark,
+        lambda: qk_norm_rope_append_kv_cache_ref(q, k, v, wq, wk, cache=cache, rope=rope, plan=plan, grid_sizes=grid),
+    )
     assert q_rot.shape == q.shape and torch.equal(v_cache[:, start:], v)
     assert torch.equal(k_cache[:, :start], old_k[:, :start]) and torch.equal(v_cache[:, :start], old_v[:, :start])
 
@@ -66,9 +71,8 @@ def test_ring_append_write(benchmark):
 def test_append_norm_rope_write(benchmark, model):
     # The sdpa backend's append: q/k RMSNorm + 3D RoPE, then the write of rotated K and V into the
     # last slot of a full ring (frames 12..14), at the device-side write offset.
-    from arvid.runtime import ForwardPlan, PlanTensors
+    from arvid.runtime import ForwardPlan
     from arvid.runtime.attention import sdpa_append
-    from arvid.runtime.kv_cache import RingLayer
     from arvid.runtime.rope import RopeInput
 
     attn = model.blocks[0].self_attn
@@ -76,8 +80,8 @@ def test_append_norm_rope_write(benchmark, model):
     start = LK - LQ
     tensors = PlanTensors.zeros(1, "cpu")
     plan = ForwardPlan(12, STREAM.chunk_frames, start, LK, 4, 1, tensors)
-    tensors.fill(plan)
-    rope = RopeInput(*model.rope_tables(), (STREAM.chunk_frames, 4, 4), 12)
+    plan.load(tensors)
+    rope = RopeInput(RopeCosSin(*model.rope_tables()), (STREAM.chunk_frames, 4, 4), 12)
     q, k, v = (torch.randn(1, LQ, H, D) for _ in range(3))
 
     with torch.no_grad():
@@ -93,7 +97,8 @@ def test_attention_over_cache_prefix(benchmark):
     q = torch.randn(1, LQ, H, D, generator=g)
     kv_len = LK - LQ  # fill phase: the last slot not valid yet
     lens = torch.tensor([kv_len], dtype=torch.int32)
-    out = _pedantic(benchmark, lambda: sink_window_attention_ref(q, k_cache, v_cache, lens))
+    cache = RingLayer(k_cache, v_cache)
+    out = _pedantic(benchmark, lambda: sink_window_attention_ref(q, cache, lens))
     k, v = k_cache[:, :kv_len].transpose(1, 2), v_cache[:, :kv_len].transpose(1, 2)
     want = (torch.softmax(q.transpose(1, 2) @ k.transpose(-1, -2) / D**0.5, dim=-1) @ v).transpose(1, 2)
     assert torch.allclose(out, want, atol=1e-5)

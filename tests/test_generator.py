@@ -242,9 +242,9 @@ def test_chunk_work_is_idempotent_for_graph_warmup(model, granularity):
     runner.renoise.normal_(generator=torch.Generator().manual_seed(2))
     plan = cache.plan_chunk(0)
     cache.activate(plan)
-    runner._body(plan)  # the plain run
+    runner.run_plan(plan)  # the plain run
     once = runner.x0_out.clone()
-    for key in runner._keys(plan):
+    for key in runner.graph_keys(plan):
         for _ in range(3):  # each graph's work runs twice to warm up, then once more captured/replayed
-            runner._body(plan) if key[2] < 0 else runner._step(plan, key[2])
+            runner.run_plan(plan, None if key[2] < 0 else key[2])
     assert torch.equal(runner.x0_out, once)

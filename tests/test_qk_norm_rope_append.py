@@ -7,13 +7,15 @@ of Wan's ``WanRMSNorm`` and complex-number ``rope_apply`` (with a frame offset, 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from conftest import mismatch_report
 
-from arvid.kernels import qk_norm_rope_append as mod
 from arvid.kernels._triton_utils import triton_available
 from arvid.kernels.fp8 import quantize_fp8_per_token_head_ref
+from arvid.kernels.layouts import PlanTensors, RingLayer, RopeCosSin
 from arvid.kernels.qk_norm_rope_append import (
     qk_norm_rope_append_kv_cache,
     qk_norm_rope_append_kv_cache_ref,
@@ -36,32 +38,41 @@ TOL = {
 
 
 def _inputs(b, h, d, grid, s, write_start, frame_offset, dtype, *, device=DEVICE, cache_dtype=None, seed=0):
-    """Arguments of the op (positional list + kwargs) with a cache full of random old K/V."""
+    """Keyword arguments of the op, by name, with a cache full of random old K/V."""
     g = torch.Generator().manual_seed(seed)
     seq = grid[0] * grid[1] * grid[2]
     q, k, v = (3 * torch.randn(b, seq, h, d, generator=g).to(device, dtype) for _ in range(3))
     wq = (1 + 0.5 * torch.randn(h * d, generator=g)).to(device, dtype)
     wk = (1 + 0.5 * torch.randn(h * d, generator=g)).to(device, dtype)
-    rope_cos, rope_sin = rope_3d_tables(d, max(frame_offset + grid[0], grid[1], grid[2]) + 1, device=device)
-    kwargs = {}
+    rope = RopeCosSin(*rope_3d_tables(d, max(frame_offset + grid[0], grid[1], grid[2]) + 1, device=device))
     if cache_dtype is not None and cache_dtype.is_floating_point and cache_dtype.itemsize == 1:
         k_cache, ks = quantize_fp8_per_token_head_ref(torch.randn(b, s, h, d, generator=g).to(device))
         v_cache, vs = quantize_fp8_per_token_head_ref(torch.randn(b, s, h, d, generator=g).to(device))
-        kwargs = {"k_scale": ks, "v_scale": vs}
+        cache = RingLayer(k_cache, v_cache, k_scale=ks, v_scale=vs)
     else:
         k_cache = torch.randn(b, s, h, d, generator=g).to(device, cache_dtype or dtype)
         v_cache = torch.randn(b, s, h, d, generator=g).to(device, cache_dtype or dtype)
-    ws = torch.tensor([write_start], dtype=torch.int32, device=device)
-    fo = torch.tensor([frame_offset], dtype=torch.int32, device=device)
-    args = [q, k, v, wq, wk, rope_cos, rope_sin, k_cache, v_cache, ws, fo, grid]
-    return args, kwargs
+        cache = RingLayer(k_cache, v_cache)
+    plan = PlanTensors(
+        write_start=torch.tensor([write_start], dtype=torch.int32, device=device),
+        kv_len=torch.full((b,), min(write_start + seq, s), dtype=torch.int32, device=device),  # not read
+        frame_offset=torch.tensor([frame_offset], dtype=torch.int32, device=device),
+    )
+    return {
+        "q": q, "k": k, "v": v, "norm_q_weight": wq, "norm_k_weight": wk,
+        "cache": cache, "rope": rope, "plan": plan, "grid_sizes": grid,
+    }  # fmt: skip
 
 
-def _clone_state(args, kwargs):
-    """Fresh copies of the mutable cache tensors, so kernel and reference each get their own."""
-    args = list(args)
-    args[7], args[8] = args[7].clone(), args[8].clone()
-    return args, {k: v.clone() for k, v in kwargs.items()}
+def _clone_cache(cache):
+    """A copy of a layer's cache tensors (scales too), so kernel and reference each get their own."""
+    clone = lambda t: None if t is None else t.clone()
+    return RingLayer(cache.k.clone(), cache.v.clone(), clone(cache.k_scale), clone(cache.v_scale))
+
+
+def _clone_state(inputs):
+    """The op's arguments with fresh copies of the mutable cache."""
+    return {**inputs, "cache": _clone_cache(inputs["cache"])}
 
 
 def _assert_close(actual, expected, dtype, name):
@@ -78,39 +89,37 @@ def _assert_untouched(after, before, ws, seq, name):
     assert n == 0, f"{name}: {n} bytes changed outside the written slots [{ws}, {ws + seq})"
 
 
-def _run_and_compare(args, kwargs, dtype, *, block_t=None):
-    seq, ws = args[0].shape[1], int(args[9].item())
-    before = [args[7].clone(), args[8].clone()]
-    ker_args, ker_kwargs = _clone_state(args, kwargs)
-    ref_args, ref_kwargs = _clone_state(args, kwargs)
-    if block_t is None:
-        q_out = qk_norm_rope_append_kv_cache(*ker_args, **ker_kwargs)
-    else:  # the launch layer, to force a tokens-per-program tile
-        ks, vs = ker_kwargs.get("k_scale"), ker_kwargs.get("v_scale")
-        q_out = mod._qk_norm_rope_append_fwd(*ker_args, 1e-6, ks, vs, block_t=block_t)
-    q_ref = qk_norm_rope_append_kv_cache_ref(*ref_args, **ref_kwargs)
-    assert q_out.shape == args[0].shape and q_out.dtype == dtype and q_out.is_contiguous()
+def _run_and_compare(inputs, dtype, *, block_t=None):
+    q, cache = inputs["q"], inputs["cache"]
+    seq, ws = q.shape[1], int(inputs["plan"].write_start.item())
+    before = _clone_cache(cache)
+    ker, ref = _clone_state(inputs), _clone_state(inputs)
+    q_out = qk_norm_rope_append_kv_cache(**ker, block_t=block_t)  # block_t forces a tokens-per-program tile
+    q_ref = qk_norm_rope_append_kv_cache_ref(**ref)
+    assert q_out.shape == q.shape and q_out.dtype == dtype and q_out.is_contiguous()
     _assert_close(q_out, q_ref, dtype, "q_out")
     sl = slice(ws, ws + seq)
-    if "k_scale" in kwargs:
+    kc, rc = ker["cache"], ref["cache"]
+    if cache.is_fp8:
         # FP8: compare dequantized values; a 1-ulp difference of the rotated K before quantization
         # may move a value by one e4m3 step (2**-3 relative; 2**-9 * scale in the subnormal range).
-        for name, i, sc in (("k_cache", 7, "k_scale"), ("v_cache", 8, "v_scale")):
-            got = ker_args[i][:, sl].float() * ker_kwargs[sc][:, sl, :, None]
-            exp = ref_args[i][:, sl].float() * ref_kwargs[sc][:, sl, :, None]
-            step = ref_kwargs[sc][:, sl, :, None] * 2.0**-9
+        for name, x, sc in (("k_cache", "k", "k_scale"), ("v_cache", "v", "v_scale")):
+            k_x, k_sc, r_x, r_sc = getattr(kc, x), getattr(kc, sc), getattr(rc, x), getattr(rc, sc)
+            got = k_x[:, sl].float() * k_sc[:, sl, :, None]
+            exp = r_x[:, sl].float() * r_sc[:, sl, :, None]
+            step = r_sc[:, sl, :, None] * 2.0**-9
             err_ok = (got - exp).abs() <= 0.125 * exp.abs() + step
             assert err_ok.all(), mismatch_report(got, exp, atol=0, rtol=0.125, name=name)
-            n_codes = int((ker_args[i][:, sl].view(torch.uint8) != ref_args[i][:, sl].view(torch.uint8)).sum())
+            n_codes = int((k_x[:, sl].view(torch.uint8) != r_x[:, sl].view(torch.uint8)).sum())
             assert n_codes <= max(1, got.numel() // 200), f"{name}: {n_codes} of {got.numel()} fp8 codes differ"
-            _assert_close(ker_kwargs[sc][:, sl], ref_kwargs[sc][:, sl], torch.float32, sc)
-            _assert_untouched(ker_kwargs[sc], kwargs[sc], ws, seq, sc)
+            _assert_close(k_sc[:, sl], r_sc[:, sl], torch.float32, sc)
+            _assert_untouched(k_sc, getattr(cache, sc), ws, seq, sc)
     else:
-        _assert_close(ker_args[7][:, sl], ref_args[7][:, sl], dtype, "k_cache")
+        _assert_close(kc.k[:, sl], rc.k[:, sl], dtype, "k_cache")
         # V is only cast: bit-exact.
-        assert torch.equal(ker_args[8][:, sl], ref_args[8][:, sl]), "v_cache written slots differ"
-    _assert_untouched(ker_args[7], before[0], ws, seq, "k_cache")
-    _assert_untouched(ker_args[8], before[1], ws, seq, "v_cache")
+        assert torch.equal(kc.v[:, sl], rc.v[:, sl]), "v_cache written slots differ"
+    _assert_untouched(kc.k, before.k, ws, seq, "k_cache")
+    _assert_untouched(kc.v, before.v, ws, seq, "v_cache")
 
 
 # (B, H, D, (F, Hp, Wp), S, write_start, frame_offset)
@@ -129,16 +138,21 @@ CASES = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize(("b", "h", "d", "grid", "s", "ws", "fo"), CASES)
 def test_kernel_matches_reference(b, h, d, grid, s, ws, fo, dtype):
-    args, kwargs = _inputs(b, h, d, grid, s, ws, fo, dtype)
-    _run_and_compare(args, kwargs, dtype)
+    _run_and_compare(_inputs(b, h, d, grid, s, ws, fo, dtype), dtype)
 
 
 @needs_triton
 @pytest.mark.parametrize("block_t", [1, 4])
 def test_tokens_per_program(block_t):
     """The GPU picks one token per program at Wan's H*D; cover that tile (and a partial one) too."""
-    args, kwargs = _inputs(2, 3, 64, (1, 3, 5), 40, 7, 2, torch.float16)
-    _run_and_compare(args, kwargs, torch.float16, block_t=block_t)
+    _run_and_compare(_inputs(2, 3, 64, (1, 3, 5), 40, 7, 2, torch.float16), torch.float16, block_t=block_t)
+
+
+def test_block_t_must_be_a_power_of_2():
+    inputs = _inputs(1, 2, 32, (1, 2, 3), 20, 0, 0, torch.float32, device="cpu")
+    for bad in (0, 3, -4):
+        with pytest.raises(ValueError, match="block_t must be a power of 2"):
+            qk_norm_rope_append_kv_cache(**inputs, block_t=bad)
 
 
 @needs_triton
@@ -146,39 +160,38 @@ def test_tokens_per_program(block_t):
 def test_strided_views(dtype):
     """q/k/v as views of a fused qkv output; caches as views of a fused [B, S, 2, H, D] buffer."""
     b, h, d, grid, s = 2, 3, 32, (1, 3, 4), 30
-    args, _ = _inputs(b, h, d, grid, s, 10, 1, dtype)
-    qkv = torch.stack(args[:3], dim=2)  # [B, L, 3, H, D]
-    kv = torch.stack(args[7:9], dim=2)  # [B, S, 2, H, D]
-    args[:3] = [qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]]
-    args[7:9] = [kv[:, :, 0], kv[:, :, 1]]
-    ref_args = list(args)
-    ref_args[:3] = [t.contiguous() for t in args[:3]]
-    ref_args[7:9] = [t.contiguous() for t in args[7:9]]
-    q_out = qk_norm_rope_append_kv_cache(*args)
-    q_ref = qk_norm_rope_append_kv_cache_ref(*ref_args)
+    inputs = _inputs(b, h, d, grid, s, 10, 1, dtype)
+    qkv = torch.stack([inputs["q"], inputs["k"], inputs["v"]], dim=2)  # [B, L, 3, H, D]
+    kv = torch.stack([inputs["cache"].k, inputs["cache"].v], dim=2)  # [B, S, 2, H, D]
+    views = {**inputs, "q": qkv[:, :, 0], "k": qkv[:, :, 1], "v": qkv[:, :, 2]}
+    views["cache"] = RingLayer(kv[:, :, 0], kv[:, :, 1])
+    ref = {n: views[n].contiguous() for n in ("q", "k", "v")}
+    ref = {**views, **ref, "cache": RingLayer(kv[:, :, 0].contiguous(), kv[:, :, 1].contiguous())}
+    q_out = qk_norm_rope_append_kv_cache(**views)
+    q_ref = qk_norm_rope_append_kv_cache_ref(**ref)
     _assert_close(q_out, q_ref, dtype, "q_out")
-    _assert_close(kv[:, :, 0], ref_args[7], dtype, "k_cache")
-    assert torch.equal(kv[:, :, 1], ref_args[8])
+    _assert_close(kv[:, :, 0], ref["cache"].k, dtype, "k_cache")
+    assert torch.equal(kv[:, :, 1], ref["cache"].v)
 
 
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 def test_fp8_cache(dtype):
     """Quantize-on-write to float8_e4m3fn with per token-head scales (rounding done in-kernel)."""
-    args, kwargs = _inputs(2, 3, 32, (2, 2, 5), 50, 12, 4, dtype, cache_dtype=torch.float8_e4m3fn)
-    args[2][0, 0, 1] = 0.0  # an all-zero head: scale floors at FP8_SCALE_MIN, values stay 0
-    _run_and_compare(args, kwargs, dtype)
+    inputs = _inputs(2, 3, 32, (2, 2, 5), 50, 12, 4, dtype, cache_dtype=torch.float8_e4m3fn)
+    inputs["v"][0, 0, 1] = 0.0  # an all-zero head: scale floors at FP8_SCALE_MIN, values stay 0
+    _run_and_compare(inputs, dtype)
 
 
 @needs_triton
 def test_out_of_range_slots_are_dropped():
     """write_start is only known on the device: slots past S are skipped, never written out of bounds."""
-    args, _ = _inputs(1, 2, 32, (1, 2, 3), 10, 7, 0, torch.float32)
+    inputs = _inputs(1, 2, 32, (1, 2, 3), 10, 7, 0, torch.float32)
     big_k = torch.randn(1, 16, 2, 32)
     big_v = torch.randn(1, 16, 2, 32)
     before_k, before_v = big_k.clone(), big_v.clone()
-    args[7], args[8] = big_k[:, :10], big_v[:, :10]  # the cache is the first 10 slots of a larger buffer
-    qk_norm_rope_append_kv_cache(*args)
+    # The cache is the first 10 slots of a larger buffer.
+    qk_norm_rope_append_kv_cache(**{**inputs, "cache": RingLayer(big_k[:, :10], big_v[:, :10])})
     assert torch.equal(big_k[:, 10:], before_k[:, 10:]) and torch.equal(big_v[:, 10:], before_v[:, 10:])
     assert torch.equal(big_k[:, :7], before_k[:, :7]) and not torch.equal(big_k[:, 7:10], before_k[:, 7:10])
 
@@ -256,46 +269,44 @@ def test_reference_rope_is_wan_rope_with_frame_offset(d):
 
 
 def test_reference_rejects_write_past_cache_and_frames_past_table():
-    args, _ = _inputs(1, 1, 32, (1, 2, 3), 10, 5, 0, torch.float32, device="cpu")
+    inputs = _inputs(1, 1, 32, (1, 2, 3), 10, 5, 0, torch.float32, device="cpu")
     with pytest.raises(ValueError, match="outside the cache"):
-        qk_norm_rope_append_kv_cache_ref(*args)
-    args, _ = _inputs(1, 1, 32, (1, 2, 3), 10, 0, 0, torch.float32, device="cpu")
-    args[10] = torch.tensor([50], dtype=torch.int32)  # the table has only 4 positions
+        qk_norm_rope_append_kv_cache_ref(**inputs)
+    inputs = _inputs(1, 1, 32, (1, 2, 3), 10, 0, 0, torch.float32, device="cpu")
+    inputs["plan"].frame_offset.fill_(50)  # the table has only 4 positions
     with pytest.raises(ValueError, match="past the table"):
-        qk_norm_rope_append_kv_cache_ref(*args)
+        qk_norm_rope_append_kv_cache_ref(**inputs)
 
 
 def test_input_validation():
-    args, _ = _inputs(1, 2, 32, (1, 2, 3), 20, 0, 0, torch.float32, device="cpu")
-    _, k, v, wq, _, cos, _, kc, vc, ws, fo, _ = args
+    inputs = _inputs(1, 2, 32, (1, 2, 3), 20, 0, 0, torch.float32, device="cpu")
+    k, v, wq, cache, rope, plan = (inputs[n] for n in ("k", "v", "norm_q_weight", "cache", "rope", "plan"))
+    kc, vc = cache.k, cache.v
 
-    def swap(*pairs):
-        a = list(args)
-        for i, value in zip(pairs[::2], pairs[1::2], strict=True):
-            a[i] = value
-        return a
+    def swap(**changes):
+        return {**inputs, **changes}
 
     bad = [
-        (swap(11, (1, 2, 4)), {}, "hold 8 tokens"),
-        (swap(1, k[:, :5]), {}, "must share a shape"),
-        (swap(2, v.half()), {}, "must share a float16"),
-        (swap(3, wq[:10]), {}, "norm_q_weight must be"),
-        (swap(5, cos.double()), {}, "rope_cos must be float32"),
-        (swap(7, kc[:, :, :1], 8, vc[:, :, :1]), {}, "the cache is"),
-        (swap(7, kc[:, :4], 8, vc[:, :4]), {}, "do not fit"),
-        (swap(8, vc[:, :5]), {}, "must match"),
-        (swap(9, ws.long()), {}, "write_start must be an int32"),
-        (swap(10, fo.reshape(())), {}, "frame_offset must be an int32"),
-        (args, {"k_scale": torch.ones(1, 20, 2)}, "give both"),
-        (swap(11, (1, 2)), {}, "three ints"),
+        (swap(grid_sizes=(1, 2, 4)), "hold 8 tokens"),
+        (swap(k=k[:, :5]), "must share a shape"),
+        (swap(v=v.half()), "must share a float16"),
+        (swap(norm_q_weight=wq[:10]), "norm_q_weight must be"),
+        (swap(rope=replace(rope, cos=rope.cos.double())), "rope_cos must be float32"),
+        (swap(cache=RingLayer(kc[:, :, :1], vc[:, :, :1])), "the cache is"),
+        (swap(cache=RingLayer(kc[:, :4], vc[:, :4])), "do not fit"),
+        (swap(cache=RingLayer(kc, vc[:, :5])), "must match"),
+        (swap(plan=replace(plan, write_start=plan.write_start.long())), "write_start must be an int32"),
+        (swap(plan=replace(plan, frame_offset=plan.frame_offset.reshape(()))), "frame_offset must be an int32"),
+        (swap(cache=replace(cache, k_scale=torch.ones(1, 20, 2))), "give both"),
+        (swap(grid_sizes=(1, 2)), "three ints"),
     ]
     for fn in (qk_norm_rope_append_kv_cache_ref, qk_norm_rope_append_kv_cache):
-        for a, kwargs, msg in bad:
+        for a, msg in bad:
             with pytest.raises(ValueError, match=msg):
-                fn(*a, **kwargs)
+                fn(**a)
     k8 = kc.to(torch.float8_e4m3fn)
     with pytest.raises(ValueError, match="needs k_scale"):
-        qk_norm_rope_append_kv_cache_ref(*swap(7, k8, 8, k8))
+        qk_norm_rope_append_kv_cache_ref(**swap(cache=RingLayer(k8, k8)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,34 +321,34 @@ def test_input_validation():
 )
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_gpu_matches_reference(b, h, d, grid, s, ws, fo, dtype):
-    args, kwargs = _inputs(b, h, d, grid, s, ws, fo, dtype, device="cuda")
-    _run_and_compare(args, kwargs, dtype)
+    _run_and_compare(_inputs(b, h, d, grid, s, ws, fo, dtype, device="cuda"), dtype)
 
 
 @pytest.mark.gpu
 def test_gpu_fp8_cache():
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("float8_e4m3fn needs sm_89+")
-    args, kwargs = _inputs(1, 12, 128, (3, 30, 52), 18720, 1560, 3, torch.bfloat16, device="cuda",
-                           cache_dtype=torch.float8_e4m3fn)  # fmt: skip
-    _run_and_compare(args, kwargs, torch.bfloat16)
+    inputs = _inputs(1, 12, 128, (3, 30, 52), 18720, 1560, 3, torch.bfloat16, device="cuda",
+                     cache_dtype=torch.float8_e4m3fn)  # fmt: skip
+    _run_and_compare(inputs, torch.bfloat16)
 
 
 @pytest.mark.gpu
 def test_gpu_cuda_graph_capture_reads_offsets_on_device():
     """Capture once; moving write_start / frame_offset in place moves the write and the RoPE frames."""
-    args, _ = _inputs(1, 12, 128, (3, 30, 52), 18720, 0, 0, torch.bfloat16, device="cuda")
-    args[5], args[6] = rope_3d_tables(128, 64, device="cuda")
-    qk_norm_rope_append_kv_cache(*args)  # compile outside the capture
+    inputs = _inputs(1, 12, 128, (3, 30, 52), 18720, 0, 0, torch.bfloat16, device="cuda")
+    inputs["rope"] = RopeCosSin(*rope_3d_tables(128, 64, device="cuda"))
+    qk_norm_rope_append_kv_cache(**inputs)  # compile outside the capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        q_out = qk_norm_rope_append_kv_cache(*args)
+        q_out = qk_norm_rope_append_kv_cache(**inputs)
+    plan, cache = inputs["plan"], inputs["cache"]
     for ws, fo in ((4680, 3), (14040, 9)):
-        args[9].fill_(ws)
-        args[10].fill_(fo)
+        plan.write_start.fill_(ws)
+        plan.frame_offset.fill_(fo)
         graph.replay()
         torch.cuda.synchronize()
-        ref_args, _ = _clone_state(args, {})
-        q_ref = qk_norm_rope_append_kv_cache_ref(*ref_args)
+        ref = _clone_state(inputs)
+        q_ref = qk_norm_rope_append_kv_cache_ref(**ref)
         _assert_close(q_out, q_ref, torch.bfloat16, f"q_out ws={ws}")
-        _assert_close(args[7][:, ws : ws + 4680], ref_args[7][:, ws : ws + 4680], torch.bfloat16, "k_cache")
+        _assert_close(cache.k[:, ws : ws + 4680], ref["cache"].k[:, ws : ws + 4680], torch.bfloat16, "k_cache")

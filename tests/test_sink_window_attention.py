@@ -16,6 +16,7 @@ from conftest import mismatch_report
 from arvid.kernels import sink_window_attention as swa
 from arvid.kernels._triton_utils import triton_available
 from arvid.kernels.fp8 import quantize_fp8_per_token_head_ref
+from arvid.kernels.layouts import RingLayer
 from arvid.kernels.sink_window_attention import (
     sink_window_attention_ref,
     sink_window_attention_with_kv_cache,
@@ -38,7 +39,7 @@ TOL = {
 
 
 def _make(b, lq, h, d, s, kv_lens, dtype, device=DEVICE, seed=0):
-    """Random q and a cache whose slots past kv_len hold NaN garbage."""
+    """Random q, a cache whose slots past kv_len hold NaN garbage, and kv_len."""
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(b, lq, h, d, generator=g).to(device, dtype)
     k = torch.randn(b, s, h, d, generator=g).to(device, dtype)
@@ -47,7 +48,7 @@ def _make(b, lq, h, d, s, kv_lens, dtype, device=DEVICE, seed=0):
         k[i, n:] = float("nan")
         v[i, n:] = float("nan")
     kv_len = torch.tensor(kv_lens, dtype=torch.int32, device=device)
-    return q, k, v, kv_len
+    return q, RingLayer(k, v), kv_len
 
 
 def _check(out, ref, dtype, name):
@@ -72,9 +73,9 @@ CASES = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize(("b", "lq", "h", "d", "s", "kv_lens"), CASES)
 def test_kernel_matches_reference(b, lq, h, d, s, kv_lens, dtype):
-    q, k, v, kv_len = _make(b, lq, h, d, s, kv_lens, dtype)
-    out = sink_window_attention_with_kv_cache(q, k, v, kv_len)
-    ref = sink_window_attention_ref(q, k, v, kv_len)
+    q, cache, kv_len = _make(b, lq, h, d, s, kv_lens, dtype)
+    out = sink_window_attention_with_kv_cache(q, cache, kv_len)
+    ref = sink_window_attention_ref(q, cache, kv_len)
     assert out.shape == q.shape and out.dtype == dtype and out.is_contiguous()
     assert torch.isfinite(out).all(), "NaN/inf leaked from the invalid cache slots"
     _check(out, ref, dtype, "out")
@@ -94,16 +95,17 @@ def test_strided_views_and_sm_scale(dtype):
     kv[0, 70:] = float("nan")
     q, k_cache, v_cache = qkv[:, :, 0], kv[:, :, 0], kv[:, :, 1]
     kv_len = torch.tensor([70, 90], dtype=torch.int32, device=DEVICE)
-    out = sink_window_attention_with_kv_cache(q, k_cache, v_cache, kv_len, sm_scale=0.3)
-    ref = sink_window_attention_ref(q.contiguous(), k_cache.contiguous(), v_cache.contiguous(), kv_len, sm_scale=0.3)
+    out = sink_window_attention_with_kv_cache(q, RingLayer(k_cache, v_cache), kv_len, sm_scale=0.3)
+    contiguous = RingLayer(k_cache.contiguous(), v_cache.contiguous())
+    ref = sink_window_attention_ref(q.contiguous(), contiguous, kv_len, sm_scale=0.3)
     _check(out, ref, dtype, "out")
 
 
 @needs_triton
 def test_kv_len_past_cache_is_clamped():
-    q, k, v, _ = _make(1, 3, 1, 32, 40, [40], torch.float32)
-    out = sink_window_attention_with_kv_cache(q, k, v, torch.tensor([1000], dtype=torch.int32, device=DEVICE))
-    ref = sink_window_attention_ref(q, k, v, torch.tensor([40], dtype=torch.int32, device=DEVICE))
+    q, cache, _ = _make(1, 3, 1, 32, 40, [40], torch.float32)
+    out = sink_window_attention_with_kv_cache(q, cache, torch.tensor([1000], dtype=torch.int32, device=DEVICE))
+    ref = sink_window_attention_ref(q, cache, torch.tensor([40], dtype=torch.int32, device=DEVICE))
     _check(out, ref, torch.float32, "out")
 
 
@@ -119,67 +121,72 @@ def test_fp8_cache_matches_reference(dtype):
     kv_len = torch.tensor([5, 83], dtype=torch.int32, device=DEVICE)
     ks[0, 5:] = float("nan")  # garbage scales past kv_len must not leak either
     vs[0, 5:] = float("nan")
-    out = sink_window_attention_with_kv_cache(q, k8, v8, kv_len, k_scale=ks, v_scale=vs)
-    ref = sink_window_attention_ref(q, k8, v8, kv_len, k_scale=ks, v_scale=vs)
+    cache = RingLayer(k8, v8, k_scale=ks, v_scale=vs)
+    out = sink_window_attention_with_kv_cache(q, cache, kv_len)
+    ref = sink_window_attention_ref(q, cache, kv_len)
     _check(out, ref, dtype, "out")
 
 
 def test_reference_matches_concatenated_sdpa():
     """The reference equals what LongLive does: concatenate sink + window, then plain attention."""
     b, lq, h, d, s, sink = 1, 12, 2, 32, 60, 15
-    q, k, v, kv_len = _make(b, lq, h, d, s, [48], torch.float32, device="cpu")
+    q, cache, kv_len = _make(b, lq, h, d, s, [48], torch.float32, device="cpu")
+    k, v = cache.k, cache.v
     k_cat = torch.cat([k[:, :sink], k[:, sink:48]], dim=1).transpose(1, 2)
     v_cat = torch.cat([v[:, :sink], v[:, sink:48]], dim=1).transpose(1, 2)
     sdpa = F.scaled_dot_product_attention(q.transpose(1, 2), k_cat, v_cat).transpose(1, 2)
-    _check(sink_window_attention_ref(q, k, v, kv_len), sdpa, torch.float32, "ref vs sdpa")
+    _check(sink_window_attention_ref(q, cache, kv_len), sdpa, torch.float32, "ref vs sdpa")
 
 
 @needs_triton
 def test_key_order_does_not_matter():
     """A ring buffer never rolls: permuting the valid slots leaves the output unchanged."""
-    q, k, v, kv_len = _make(1, 19, 2, 32, 80, [70], torch.float32)
+    q, cache, kv_len = _make(1, 19, 2, 32, 80, [70], torch.float32)
     perm = torch.randperm(70, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    k, v = cache.k, cache.v
     k2, v2 = k.clone(), v.clone()
     k2[:, :70], v2[:, :70] = k[:, perm], v[:, perm]
-    out = sink_window_attention_with_kv_cache(q, k, v, kv_len)
-    out2 = sink_window_attention_with_kv_cache(q, k2, v2, kv_len)
+    out = sink_window_attention_with_kv_cache(q, cache, kv_len)
+    out2 = sink_window_attention_with_kv_cache(q, RingLayer(k2, v2), kv_len)
     _check(out2, out, torch.float32, "permuted")
 
 
 def test_input_validation():
-    q, k, v, kv_len = _make(2, 3, 2, 32, 40, [40, 40], torch.float32, device="cpu")
+    q, cache, kv_len = _make(2, 3, 2, 32, 40, [40, 40], torch.float32, device="cpu")
+    k, v = cache.k, cache.v
+    ones = torch.ones(2, 40, 2)
     bad = [
-        ((q, k, v, kv_len.long()), {}, "kv_len must be an int32"),
-        ((q, k, v, kv_len[:1]), {}, "kv_len must be an int32"),
-        ((q, k, v[..., :16], kv_len), {}, "differ in shape"),
-        ((q[..., :16], k, v, kv_len), {}, "head dim mismatch"),
-        ((q[:, :, :1], k, v, kv_len), {}, "but the cache is"),
-        ((q.half(), k, v, kv_len), {}, "must share a dtype"),
-        ((q, k, v, kv_len), {"k_scale": torch.ones(2, 40, 2)}, "give both"),
-        ((q, k, v, kv_len), {"k_scale": torch.ones(2, 40, 2), "v_scale": torch.ones(2, 40, 2)}, "only for a float8"),
-        ((q[0], k, v, kv_len), {}, "4-D tensor"),
+        ((q, cache, kv_len.long()), "kv_len must be an int32"),
+        ((q, cache, kv_len[:1]), "kv_len must be an int32"),
+        ((q, RingLayer(k, v[..., :16]), kv_len), "differ in shape"),
+        ((q[..., :16], cache, kv_len), "head dim mismatch"),
+        ((q[:, :, :1], cache, kv_len), "but the cache is"),
+        ((q.half(), cache, kv_len), "must share a dtype"),
+        ((q, RingLayer(k, v, k_scale=ones), kv_len), "give both"),
+        ((q, RingLayer(k, v, k_scale=ones, v_scale=ones), kv_len), "only for a float8"),
+        ((q[0], cache, kv_len), "4-D tensor"),
     ]
     for fn in (sink_window_attention_ref, sink_window_attention_with_kv_cache):
-        for args, kwargs, msg in bad:
+        for args, msg in bad:
             with pytest.raises(ValueError, match=msg):
-                fn(*args, **kwargs)
+                fn(*args)
     k8 = k.to(torch.float8_e4m3fn)
     with pytest.raises(ValueError, match="needs k_scale"):
-        sink_window_attention_ref(q.half(), k8, k8, kv_len)
+        sink_window_attention_ref(q.half(), RingLayer(k8, k8), kv_len)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error path")
 def test_clear_error_without_triton_backend(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    q, k, v, kv_len = _make(1, 3, 1, 32, 40, [40], torch.float32, device="cpu")
+    q, cache, kv_len = _make(1, 3, 1, 32, 40, [40], torch.float32, device="cpu")
     with pytest.raises(RuntimeError, match="cannot run"):
-        sink_window_attention_with_kv_cache(q, k, v, kv_len)
+        sink_window_attention_with_kv_cache(q, cache, kv_len)
 
 
 def test_bench_sink_window_attention_ref(benchmark):
     """CPU timing of the reference at a small shape (pytest-benchmark; select with --benchmark-only)."""
-    q, k, v, kv_len = _make(1, 64, 2, 32, 256, [200], torch.float32, device="cpu")
-    out = benchmark(sink_window_attention_ref, q, k, v, kv_len)
+    q, cache, kv_len = _make(1, 64, 2, 32, 256, [200], torch.float32, device="cpu")
+    out = benchmark(sink_window_attention_ref, q, cache, kv_len)
     assert torch.isfinite(out).all()
 
 
@@ -200,9 +207,9 @@ def test_bench_sink_window_attention_ref(benchmark):
 )
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_gpu_matches_reference(b, lq, h, d, s, kv_lens, dtype):
-    q, k, v, kv_len = _make(b, lq, h, d, s, kv_lens, dtype, device="cuda")
-    out = sink_window_attention_with_kv_cache(q, k, v, kv_len)
-    ref = sink_window_attention_ref(q, k, v, kv_len)
+    q, cache, kv_len = _make(b, lq, h, d, s, kv_lens, dtype, device="cuda")
+    out = sink_window_attention_with_kv_cache(q, cache, kv_len)
+    ref = sink_window_attention_ref(q, cache, kv_len)
     _check(out, ref, dtype, "out")
 
 
@@ -215,31 +222,32 @@ def test_gpu_fp8_cache():
     k8, ks = quantize_fp8_per_token_head_ref(torch.randn(1, 4680, 12, 128, generator=g).cuda())
     v8, vs = quantize_fp8_per_token_head_ref(torch.randn(1, 4680, 12, 128, generator=g).cuda())
     kv_len = torch.tensor([3000], dtype=torch.int32, device="cuda")
-    out = sink_window_attention_with_kv_cache(q, k8, v8, kv_len, k_scale=ks, v_scale=vs)
-    ref = sink_window_attention_ref(q, k8, v8, kv_len, k_scale=ks, v_scale=vs)
+    cache = RingLayer(k8, v8, k_scale=ks, v_scale=vs)
+    out = sink_window_attention_with_kv_cache(q, cache, kv_len)
+    ref = sink_window_attention_ref(q, cache, kv_len)
     _check(out, ref, torch.bfloat16, "out")
 
 
 @pytest.mark.gpu
 def test_gpu_cuda_graph_capture_reads_kv_len_on_device():
     """Warm up (autotune) outside the capture, capture once, change kv_len in place, replay."""
-    q, k, v, kv_len = _make(1, 1560, 4, 128, 4680, [1560], torch.bfloat16, device="cuda")
-    k = torch.nan_to_num(k)  # every slot becomes valid at some point in this test
-    v = torch.nan_to_num(v)
-    warmup_sink_window_attention(q, k, v, kv_len)
+    q, cache, kv_len = _make(1, 1560, 4, 128, 4680, [1560], torch.bfloat16, device="cuda")
+    # Every slot becomes valid at some point in this test.
+    cache = RingLayer(torch.nan_to_num(cache.k), torch.nan_to_num(cache.v))
+    warmup_sink_window_attention(q, cache, kv_len)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = sink_window_attention_with_kv_cache(q, k, v, kv_len)
+        out = sink_window_attention_with_kv_cache(q, cache, kv_len)
     for n in (3120, 4680, 1):
         kv_len.fill_(n)
         graph.replay()
         torch.cuda.synchronize()
-        _check(out, sink_window_attention_ref(q, k, v, kv_len), torch.bfloat16, f"replay kv_len={n}")
+        _check(out, sink_window_attention_ref(q, cache, kv_len), torch.bfloat16, f"replay kv_len={n}")
 
 
 def test_default_scale_is_inverse_sqrt_d():
-    q, k, v, kv_len = _make(1, 3, 1, 16, 20, [20], torch.float32, device="cpu")
-    a = sink_window_attention_ref(q, k, v, kv_len)
-    b = sink_window_attention_ref(q, k, v, kv_len, sm_scale=1 / math.sqrt(16))
+    q, cache, kv_len = _make(1, 3, 1, 16, 20, [20], torch.float32, device="cpu")
+    a = sink_window_attention_ref(q, cache, kv_len)
+    b = sink_window_attention_ref(q, cache, kv_len, sm_scale=1 / math.sqrt(16))
     assert torch.equal(a, b)
     assert swa.SUPPORTED_HEAD_DIMS == (16, 32, 64, 128)
