@@ -464,7 +464,7 @@ def _cuda_graph_runner_class():
 
         def _state(self, plan):
             if not self._in_graph:  # inside a capture, fill_ of a host value would be baked in
-                self.plan_tensors.fill(plan)
+                plan.load(self.plan_tensors)
             pt = self.plan_tensors
             return (self.text_k, self.text_v, self.k, self.v, pt.write_start, pt.kv_len, pt.frame_offset)
 
@@ -483,7 +483,7 @@ def _cuda_graph_runner_class():
             for si, r in enumerate(renoise):
                 self._renoise[si].copy_(r)
             plan = self.planner.plan_chunk(frame_start)
-            self.plan_tensors.fill(plan)  # outside the graph, before the replay
+            plan.load(self.plan_tensors)  # outside the graph, before the replay
             graph = self.graphs.get(plan.write_start)
             if graph is None:
                 graph = self._capture(plan)
