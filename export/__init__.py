@@ -2,7 +2,7 @@
 
 Imports point down to ``arvid.runtime`` (and ``arvid.quant`` for Q/DQ calibration) only. Importing
 this package registers the engines as chunk executors of the runtime (``arvid.runtime.register_executor``):
-``ort`` (ONNX Runtime, ``executors.py``) and ``aoti`` (AOTInductor packages, ``aoti.py``), so
+``ort`` and ``trt`` (ONNX Runtime, TensorRT; ``executors.py``) and ``aoti`` (AOTInductor packages, ``aoti.py``), so
 ``StreamingGenerator(..., backend="ort")`` and variants such as ``aoti+chunk`` resolve. Heavy
 dependencies (onnx, onnxruntime, tensorrt) are imported only when an artifact is built or run.
 """

@@ -21,10 +21,7 @@ matches the directory's reuses it: the compile (tens of seconds per package on a
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Sequence
@@ -35,94 +32,19 @@ import torch
 
 from arvid.runtime.config import StreamConfig
 
+from . import manifest as mf
+
 FORMAT = "aoti"
-MANIFEST_NAME = "export.json"
 GRAPH_KINDS = ("step", "chunk", "recache")
 
 
-# -- manifest ----------------------------------------------------------------------------------
-def _jsonable(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, torch.dtype):
-        return str(obj).removeprefix("torch.")
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
-
-
-def spec_json(spec: Any) -> dict:
-    """A ``GraphSpec`` as JSON: name, inputs/outputs as ``{"name", "shape", "dtype"}``, meta."""
-
-    def tensors(items):
-        return [{"name": t.name, "shape": [int(s) for s in t.shape], "dtype": _jsonable(t.dtype)} for t in items]
-
-    return {
-        "name": spec.name,
-        "inputs": tensors(spec.inputs),
-        "outputs": tensors(spec.outputs),
-        "meta": _jsonable(getattr(spec, "meta", None) or {}),
-    }
-
-
-def weights_sha256(model: torch.nn.Module) -> str:
-    """sha256 over the state dict in name order: name, dtype, shape and raw bytes of each tensor."""
-    h = hashlib.sha256()
-    sd = model.state_dict()
-    for name in sorted(sd):
-        t = sd[name].detach().to("cpu").contiguous()
-        h.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{tuple(t.shape)}".encode())
-        if t.numel():
-            h.update(t.view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def _versions() -> dict[str, str | None]:
-    from importlib import metadata
-
-    out: dict[str, str | None] = {"python": platform.python_version(), "torch": torch.__version__}
-    try:
-        out["arvid"] = metadata.version("arvid")
-    except metadata.PackageNotFoundError:
-        out["arvid"] = None
-    out["cuda"] = torch.version.cuda
-    return out
-
-
-def _device_info(device: torch.device) -> dict[str, str]:
-    info = {"device": str(device)}
-    if device.type == "cuda":
-        info["name"] = torch.cuda.get_device_name(device)
-        info["capability"] = "{}.{}".format(*torch.cuda.get_device_capability(device))
-    else:
-        info["name"] = platform.processor() or platform.machine()
-    return info
-
-
-def _key(parts: dict) -> str:
-    blob = json.dumps(_jsonable(parts), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+# -- manifest (export/manifest.py writes and reads it) ----------------------------------------
+AOTI_FIELDS = ("graph", "packages", "device", "weights_sha256")
 
 
 def read_manifest(out_dir: str | Path) -> dict:
     """``out_dir/export.json`` of an AOTInductor export; one-line ``ValueError`` when it is not one."""
-    path = Path(out_dir) / MANIFEST_NAME
-    if not path.is_file():
-        raise ValueError(f"no export manifest at {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a valid export manifest ({e})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an AOTInductor export (format is {data.get('format')!r}, want {FORMAT!r})")
-    for field in ("graph", "packages", "spec", "key", "device", "weights_sha256"):
-        if field not in data:
-            raise ValueError(f"{path}: manifest has no {field!r}")
-    return data
+    return mf.read_manifest(out_dir, format=FORMAT, require=AOTI_FIELDS)
 
 
 def default_recache_frames(stream: StreamConfig) -> list[int]:
@@ -184,32 +106,17 @@ def export_aoti(
 
     graphs = {frames[0]: make(frames[0])}  # building a graph is cheap (no trace): it settles the RoPE rows
     rope_positions = int(graphs[frames[0]].rope_positions)
-    weights = weights_sha256(model)
-    key_parts = {
-        "format": FORMAT,
-        "graph": graph,
-        "frames": frames,
-        "model_config": model.cfg,
-        "stream_config": stream,
-        "weights_sha256": weights,
-        "latent_size": list(latent_size),
-        "batch_size": batch_size,
-        "rope_positions": rope_positions,
-        "dtype": dtype,
-        "device": device.type,
-        "torch": torch.__version__,
-    }
-    key = _key(key_parts)
-    if reuse:
-        try:
-            old = read_manifest(out_dir)
-        except ValueError:
-            old = None
-        if old is not None and old["key"] == key and all((out_dir / p["file"]).is_file() for p in old["packages"]):
-            return old
+    weights = mf.weight_hash(model)
+    shapes = {"graph": graph, "latent_size": list(latent_size), "batch_size": batch_size, "dtype": dtype}
+    key = mf.reuse_key(
+        format=FORMAT, frames=frames, model_config=model.cfg, stream_config=stream, weights_sha256=weights,
+        rope_positions=rope_positions, device=device.type, torch=torch.__version__, **shapes,
+    )  # fmt: skip
+    if reuse and (old := mf.reusable(out_dir, key, format=FORMAT, require=AOTI_FIELDS)) is not None:
+        return old
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)  # the manifest's presence means "export finished"
+    (out_dir / mf.MANIFEST_NAME).unlink(missing_ok=True)  # the manifest's presence means "export finished"
     packages, parity, spec = [], {}, None
     for f in frames:
         g = graphs.pop(f, None) or make(f)
@@ -228,35 +135,28 @@ def export_aoti(
                 os.replace(built, out_dir / name)
         diff = max((a.float() - b.float()).abs().max().item() for a, b in zip(got, ref, strict=True))
         s = g.spec()
-        spec = spec or spec_json(s)
+        spec = spec or mf.spec_dict(s)
         packages.append(
-            {"file": name, "num_frames": f, "spec": spec_json(s), "export_s": round(t1 - t0, 3),
+            {"file": name, "num_frames": f, "spec": mf.spec_dict(s), "export_s": round(t1 - t0, 3),
              "compile_s": round(t2 - t1, 3)}
         )  # fmt: skip
         parity[name] = {"max_abs_diff": diff, "vs": "eager graph on its example inputs"}
         if log:
             log(f"{name}: export {t1 - t0:.1f} s, compile {t2 - t1:.1f} s, max |aoti - eager| {diff:.2e}")
-    manifest = {
-        "format": FORMAT,
-        "graph": graph,
-        "spec": spec,
-        "model_config": _jsonable(model.cfg),
-        "stream_config": _jsonable(stream),
-        "weights_sha256": weights,
-        "versions": _versions(),
-        "device": _device_info(device),
-        "parity": parity,
-        "rope_positions": rope_positions,
-        "key": key,
-        "artifact": [p["file"] for p in packages],
-        "packages": packages,
-        "latent_size": list(latent_size),
-        "batch_size": batch_size,
-        "dtype": _jsonable(dtype),
-    }
-    tmp = out_dir / f".{MANIFEST_NAME}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out_dir / MANIFEST_NAME)
+    manifest = mf.build_manifest(
+        artifact=[p["file"] for p in packages],
+        format=FORMAT,
+        spec=spec,
+        key=key,
+        model_config=model.cfg,
+        stream_config=stream,
+        weights=weights,
+        device=device,
+        parity=parity,
+        rope_positions=rope_positions,
+        extra={**shapes, "packages": packages},
+    )
+    mf.write_manifest(out_dir, manifest)
     return manifest
 
 
@@ -332,8 +232,8 @@ def load_package(
             )
         for field, want in (expect or {}).items():
             have = m.get(field)
-            if _jsonable(want) != have:
-                raise ValueError(f"{d}: manifest {field} is {have!r}, this run needs {_jsonable(want)!r}")
+            if mf._jsonable(want) != have:
+                raise ValueError(f"{d}: manifest {field} is {have!r}, this run needs {mf._jsonable(want)!r}")
         run_dev = torch.device(device) if device is not None else built
         for p in m["packages"]:
             fn = _load_one(d / p["file"], run_dev)
@@ -403,7 +303,7 @@ def aoti_executor(model, stream, *, latent_size, batch_size, flags=frozenset(), 
     device = param.device
     if "graphs" in flags and device.type != "cuda":
         raise ValueError(f"aoti+graphs captures CUDA graphs: it needs a CUDA device, the model is on {device}")
-    weights = weights_sha256(model)
+    weights = mf.weight_hash(model)
     dirs = options.get("package_dirs")
     if not dirs:
         h, w = latent_size

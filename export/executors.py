@@ -1,12 +1,15 @@
-"""The ``ort`` chunk executor: the exported ONNX graphs run by ONNX Runtime inside StreamingGenerator.
+"""The ``ort`` and ``trt`` chunk executors: the exported ONNX graphs run by ONNX Runtime or by
+TensorRT engines built from them, inside StreamingGenerator.
 
-Registered with the runtime's executor registry as ``ort``; variant flags pick the graphs:
+Registered with the runtime's executor registry as ``ort`` and ``trt``; variant flags pick the graphs:
 ``ort`` (float step + re-cache graphs), ``ort+int8`` / ``ort+fp8`` (Q/DQ graphs calibrated with
 modelopt), ``ort+chunk`` (the whole-chunk graph instead of five step calls). Graphs are exported on
 first use into a cache directory (``$ARVID_EXPORT_CACHE``, default ``~/.cache/arvid/export``) and
 reused by their export key afterwards. The host keeps the ring buffer, the plan and the commit
 (``arvid.runtime.chunk_runner.GraphRunner``); ORT only runs the functional graphs, so a prompt
-switch runs the exported re-cache graph of its span.
+switch runs the exported re-cache graph of its span. ``trt`` builds a strongly typed TensorRT
+engine (``tensorrt.build_engine``) beside each ONNX graph, reused while the graph's export key,
+TensorRT's version and the GPU stay the same, and runs it with ``tensorrt.TrtEngine`` (CUDA only).
 """
 
 from __future__ import annotations
@@ -20,9 +23,13 @@ from pathlib import Path
 
 import torch
 
-from .manifest import _jsonable, weight_hash
+from .manifest import _jsonable, atomic_write_bytes, reuse_key, weight_hash
 
 FLAG_QUANT = {"int8": "int8-smoothquant", "fp8": "fp8"}
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def cache_root() -> Path:
@@ -69,14 +76,23 @@ def ort_graphs(
     flags: frozenset[str] | set[str] = frozenset(),
     exporter: str | None = None,
     out_dir: str | Path | None = None,
-    log=lambda s: print(s, file=sys.stderr),
+    log=None,
+    open_graph=None,
 ) -> dict:
-    """Export (or reuse) the graphs the ``ort`` executor needs and open them in ONNX Runtime.
+    """Export (or reuse) the graphs the ``ort`` / ``trt`` executors need and open each with
+    ``open_graph(onnx_path, manifest)`` (default: an ONNX Runtime session).
 
-    Returns ``{"step": OrtGraph | None, "chunk": OrtGraph | None, "recache": {F: OrtGraph},
-    "manifests": [...]}``."""
-    from .ort_engine import OrtGraph
+    Returns ``{"step": graph | None, "chunk": graph | None, "recache": {F: graph}, "manifests": [...]}``."""
     from .pipeline import export_graphs, recache_spans
+
+    log = log or _stderr
+    if open_graph is None:
+        from .ort_engine import OrtGraph
+
+        threads = torch.get_num_threads()
+
+        def open_graph(path, _man):
+            return OrtGraph(path, device=device, threads=threads)
 
     quants = [FLAG_QUANT[f] for f in flags if f in FLAG_QUANT]
     if len(quants) > 1:
@@ -84,7 +100,6 @@ def ort_graphs(
     quant = quants[0] if quants else None
     exporter = exporter or ("torchscript" if quant else "dynamo")
     device = next(model.parameters()).device
-    threads = torch.get_num_threads()
     out = {"step": None, "chunk": None, "recache": {}, "manifests": []}
     spans = [f for f in recache_spans(stream) if f != stream.chunk_frames]  # the step graph serves F = chunk
     memo: dict = {}
@@ -115,7 +130,7 @@ def ort_graphs(
         )
         out["manifests"].append(man)
         for g in man["graphs"]:
-            sess = OrtGraph(d / g["artifact"], device=device, threads=threads)
+            sess = open_graph(d / g["artifact"], man)
             if kind == "recache":
                 out["recache"][int(g["spec"]["meta"].get("num_frames") or _frames_of(g["artifact"]))] = sess
             else:
@@ -127,11 +142,9 @@ def _frames_of(artifact: str) -> int:
     return int(Path(artifact).stem.rsplit("_f", 1)[1])
 
 
-def ort_executor(model, stream, *, latent_size, batch_size, flags=frozenset(), **options):
-    """Executor factory for the runtime registry: a GraphRunner over the ONNX Runtime sessions."""
+def _graph_runner(model, stream, latent_size, batch_size, graphs: dict):
     from arvid.runtime.chunk_runner import GraphRunner
 
-    graphs = ort_graphs(model, stream, latent_size, batch_size, flags=set(flags), **options)
     param = model.patch_embedding.weight
     rope = {m.get("rope_positions") for m in graphs["manifests"]}
     if len(rope) != 1:
@@ -150,8 +163,91 @@ def ort_executor(model, stream, *, latent_size, batch_size, flags=frozenset(), *
     )
 
 
+def ort_executor(model, stream, *, latent_size, batch_size, flags=frozenset(), **options):
+    """Executor factory for the runtime registry: a GraphRunner over the ONNX Runtime sessions."""
+    graphs = ort_graphs(model, stream, latent_size, batch_size, flags=set(flags), **options)
+    return _graph_runner(model, stream, latent_size, batch_size, graphs)
+
+
+def trt_missing(device: torch.device) -> list[str]:
+    """What the ``trt`` engine lacks here (empty when TensorRT imports and ``device`` is a usable GPU)."""
+    from .onnx_check import MissingDependencyError
+    from .tensorrt import _trt
+
+    missing = []
+    try:
+        _trt()
+    except MissingDependencyError:
+        missing.append("tensorrt is not installed (pip install tensorrt)")
+    if device.type != "cuda" or not torch.cuda.is_available():
+        missing.append(f"it needs CUDA (the model is on {device}, CUDA available: {torch.cuda.is_available()})")
+    return missing
+
+
+class _TrtGraph:
+    """A ``TrtEngine`` as a GraphRunner callable: outputs are cloned out of the engine's fixed
+    buffers, which its next call overwrites."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(o.clone() for o in self.engine(*(x.contiguous() for x in inputs)))
+
+
+def _trt_opener(device: torch.device, *, timing_cache: str | Path | None, workspace: int, log):
+    """``open_graph`` of :func:`ort_graphs` for TensorRT: build (or reuse) ``<graph>.plan`` beside
+    the ONNX graph and load it."""
+    import tensorrt as trt
+
+    from .tensorrt import TrtEngine, build_engine
+
+    gpu = torch.cuda.get_device_name(device)
+
+    def open_graph(onnx_path: Path, man: dict):
+        plan = onnx_path.with_suffix(".plan")
+        stamp = plan.with_name(plan.name + ".key")
+        key = reuse_key(onnx=onnx_path.name, export_key=man["key"], tensorrt=trt.__version__, gpu=gpu,
+                        workspace=workspace)  # fmt: skip
+        if not (plan.is_file() and stamp.is_file() and stamp.read_text().strip() == key):
+            log(f"building TensorRT engine {plan.name} ...")
+            build_engine(onnx_path, plan, timing_cache=timing_cache or onnx_path.parent / "timing.cache",
+                         workspace=workspace)  # fmt: skip
+            atomic_write_bytes(stamp, (key + "\n").encode())
+        return _TrtGraph(TrtEngine(plan, device=device))
+
+    return open_graph
+
+
+TRT_OPTIONS = ("exporter", "out_dir", "timing_cache", "workspace_gib")
+
+
+def trt_executor(model, stream, *, latent_size, batch_size, flags=frozenset(), **options):
+    """Executor factory for the runtime registry: the exported ONNX graphs (the ``ort`` engine's
+    pipeline and cache) built into TensorRT engines, run by ``TrtEngine`` in a GraphRunner.
+
+    Options: ``exporter``, ``out_dir`` (as ``ort``), ``timing_cache`` (file; default beside the
+    graphs), ``workspace_gib`` (builder workspace, default 4)."""
+    unknown = set(options) - set(TRT_OPTIONS)
+    if unknown:
+        raise ValueError(f"executor 'trt' takes the options {', '.join(TRT_OPTIONS)}; got {sorted(unknown)}")
+    device = model.patch_embedding.weight.device
+    missing = trt_missing(device)
+    if missing:
+        raise ValueError(f"engine 'trt' cannot run here: {'; '.join(missing)}")
+    log = _stderr
+    opener = _trt_opener(
+        device,
+        timing_cache=options.pop("timing_cache", None),
+        workspace=int(float(options.pop("workspace_gib", 4)) * 2**30),
+        log=log,
+    )
+    graphs = ort_graphs(model, stream, latent_size, batch_size, flags=set(flags), log=log, open_graph=opener, **options)
+    return _graph_runner(model, stream, latent_size, batch_size, graphs)
+
+
 def register() -> bool:
-    """Register ``ort`` with the runtime's executor registry; False where the runtime has none."""
+    """Register ``ort`` and ``trt`` with the runtime's executor registry; False where the runtime has none."""
     try:
         from arvid.runtime.chunk_runner import Executor, get_executor, register_executor
     except ImportError:
@@ -163,6 +259,16 @@ def register() -> bool:
                 "the exported ONNX graphs run by ONNX Runtime (CPU provider; CUDA with onnxruntime-gpu); "
                 "+int8 / +fp8: modelopt Q/DQ graphs, +chunk: the whole-chunk graph",
                 ort_executor,
+                flags=("int8", "fp8", "chunk"),
+            )
+        )
+    if get_executor("trt") is None:
+        register_executor(
+            Executor(
+                "trt",
+                "the exported ONNX graphs built into strongly typed TensorRT 10/11 engines (CUDA only); "
+                "+int8 / +fp8: engines of the modelopt Q/DQ graphs, +chunk: the whole-chunk graph",
+                trt_executor,
                 flags=("int8", "fp8", "chunk"),
             )
         )

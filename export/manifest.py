@@ -127,7 +127,7 @@ def reuse_key(**parts: Any) -> str:
 def build_manifest(
     *,
     artifact: str | list[str],
-    kind: str,
+    format: str,
     spec: Any,
     key: str,
     model_config: Any = None,
@@ -139,18 +139,19 @@ def build_manifest(
     rope_positions: int | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict:
-    """The manifest record. ``kind`` names the artifact type (``onnx``, ``onnx-qdq``, ``trt``,
-    ``aoti``...); ``parity`` is what was measured at export (e.g. ``{"max_abs_diff": ..., "vs": "eager"}``);
+    """The manifest record. ``format`` names the artifact type (``onnx``, ``onnx-qdq``, ``trt``,
+    ``aoti``; the native streamer checks ``format == "aoti"``);
+    ``parity`` is what was measured at export (e.g. ``{"max_abs_diff": ..., "vs": "eager"}``);
     ``extra`` holds anything artifact-specific (exporter, quantization, notes)."""
     return {
         "manifest_version": MANIFEST_VERSION,
-        "kind": kind,
+        "format": format,
         "artifact": artifact,
         "key": key,
         "spec": spec_dict(spec),
         "model_config": _jsonable(model_config),
         "stream_config": _jsonable(stream_config),
-        "weight_sha256": weights,
+        "weights_sha256": weights,
         "versions": versions(),
         "device": device_info(device),
         "opset": opset,
@@ -170,8 +171,12 @@ def write_manifest(out_dir: str | Path, manifest: Mapping[str, Any]) -> Path:
     return path
 
 
-def read_manifest(out_dir_or_file: str | Path) -> dict:
-    """Read a manifest (a directory holding ``export.json``, or the file itself)."""
+FORMAT_NAMES = {"aoti": "an AOTInductor export", "onnx": "an ONNX export", "onnx-qdq": "a Q/DQ ONNX export"}
+
+
+def read_manifest(out_dir_or_file: str | Path, *, format: str | None = None, require: tuple[str, ...] = ()) -> dict:
+    """Read a manifest (a directory holding ``export.json``, or the file itself); one-line
+    ``ValueError`` when it is missing, unreadable, of another ``format`` or lacks a field of ``require``."""
     path = Path(out_dir_or_file)
     if path.is_dir():
         path = path / MANIFEST_NAME
@@ -179,17 +184,24 @@ def read_manifest(out_dir_or_file: str | Path) -> dict:
         raise ValueError(f"no export manifest at {path}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not a valid export manifest ({e})") from None
     if not isinstance(data, dict) or "key" not in data or "spec" not in data:
         raise ValueError(f"{path}: not an arvid export manifest (no key/spec)")
+    if format is not None and data.get("format") != format:
+        what = FORMAT_NAMES.get(format, f"a {format} export")
+        raise ValueError(f"{path}: not {what} (format is {data.get('format')!r}, want {format!r})")
+    for field in require:
+        if field not in data:
+            raise ValueError(f"{path}: manifest has no {field!r}")
     return data
 
 
-def reusable(out_dir: str | Path, key: str) -> dict | None:
-    """The manifest in ``out_dir`` if it has ``key`` and every artifact it names exists, else ``None``."""
+def reusable(out_dir: str | Path, key: str, **read) -> dict | None:
+    """The manifest in ``out_dir`` if it has ``key`` and every artifact it names exists, else ``None``
+    (``read``: ``format`` / ``require`` of :func:`read_manifest`)."""
     try:
-        data = read_manifest(out_dir)
+        data = read_manifest(out_dir, **read)
     except ValueError:
         return None
     if data.get("key") != key:

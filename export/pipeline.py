@@ -191,7 +191,7 @@ def export_graphs(
         rope_positions = graphs_meta[0]["spec"]["meta"].get("rope_positions", rope_positions)
     man = mf.build_manifest(
         artifact=[g["artifact"] for g in graphs_meta],
-        kind="onnx-qdq" if quant else "onnx",
+        format="onnx-qdq" if quant else "onnx",
         spec=graphs_meta[0]["spec"],
         key=key,
         model_config=_config(kind, model, vae),

@@ -18,12 +18,12 @@ the enqueue can be captured in a CUDA graph (:meth:`TrtEngine.capture`).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from .manifest import atomic_write_bytes
 from .onnx_check import MissingDependencyError
 
 SUPPORTED_MAJORS = (10, 11)
@@ -120,9 +120,9 @@ def build_engine(
     if plan is None:
         raise ValueError(f"{onnx_path.name}: TensorRT could not build an engine (see the log above)")
     data = bytes(memoryview(plan))
-    _atomic_bytes(plan_path, data)
+    atomic_write_bytes(plan_path, data)
     if cache_path is not None:
-        _atomic_bytes(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
+        atomic_write_bytes(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
     return {
         "plan": str(plan_path),
         "tensorrt": str(trt.__version__),
@@ -132,16 +132,6 @@ def build_engine(
         "timing_cache": str(cache_path) if cache_path else None,
         "plan_bytes": len(data),
     }
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class TrtEngine:

@@ -12,7 +12,8 @@ import pytest
 import torch
 from _aoti import packages
 
-from arvid.export.aoti import export_aoti, load_package, read_manifest, weights_sha256
+from arvid.export.aoti import export_aoti, load_package, read_manifest
+from arvid.export.manifest import weight_hash
 from arvid.runtime import StreamConfig
 
 pytestmark = pytest.mark.slow
@@ -30,7 +31,7 @@ def test_manifest_records_what_made_the_packages(pk):
     assert [p["num_frames"] for p in recache["packages"]] == [9, 12]
     for m in (step, recache):
         assert m["format"] == "aoti" and m["device"]["device"] == "cpu"
-        assert m["weights_sha256"] == weights_sha256(model)
+        assert m["weights_sha256"] == weight_hash(model)
         assert m["stream_config"]["attention_frames"] == 12 and m["rope_positions"] >= 36
         assert m["versions"]["torch"] == torch.__version__
         for name, par in m["parity"].items():  # measured at export against the eager graph
@@ -51,7 +52,7 @@ def test_loaded_package_matches_eager_graph(pk):
     from arvid.export.graphs import build_graph
 
     model, dirs = pk
-    graphs = load_package(dirs, device="cpu", expect={"weights_sha256": weights_sha256(model)})
+    graphs = load_package(dirs, device="cpu", expect={"weights_sha256": weight_hash(model)})
     assert graphs.step is not None and sorted(graphs.recache) == [9, 12]
     g = build_graph("step", model, stream=StreamConfig(), latent_size=(8, 8), batch_size=1,
                     rope_positions=read_manifest(dirs[0])["rope_positions"])  # fmt: skip

@@ -69,7 +69,7 @@ def test_export_onnx_step_then_check_and_reuse(tmp_path, capsys):
     man = json.loads((out / "export.json").read_text())
     assert man["artifact"] == ["step.onnx"] and man["graph"] == "step" and man["exporter"] == "torchscript"
     assert [t["name"] for t in man["spec"]["inputs"]][:3] == ["x", "t_freq", "sigma"]
-    assert max(man["parity"]["step.onnx"].values()) < 1e-5 and len(man["weight_sha256"]) == 64
+    assert max(man["parity"]["step.onnx"].values()) < 1e-5 and len(man["weights_sha256"]) == 64
     assert man["rope_positions"] >= 1024 and man["versions"]["onnxruntime"]
     onnx.checker.check_model(str(out / "step.onnx"))
     ort.InferenceSession(str(out / "step.onnx"), providers=["CPUExecutionProvider"])

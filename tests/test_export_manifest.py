@@ -36,7 +36,7 @@ def test_manifest_round_trip_and_reuse(tmp_path):
     (tmp_path / "step.onnx").write_bytes(b"x")
     man = mf.build_manifest(
         artifact="step.onnx",
-        kind="onnx",
+        format="onnx",
         spec=_spec(),
         key=key,
         model_config=cfg,
@@ -54,7 +54,7 @@ def test_manifest_round_trip_and_reuse(tmp_path):
     assert data["versions"]["torch"] == torch.__version__ and "onnx" in data["versions"]
     assert data["device"]["device"] == "cpu" and data["opset"] == 18 and data["rope_positions"] == 64
     assert data["parity"] == {"x0": 1.5e-6} and data["exporter"] == "dynamo"
-    assert len(data["weight_sha256"]) == 64
+    assert len(data["weights_sha256"]) == 64
     assert mf.read_manifest(tmp_path)["key"] == key
     assert mf.reusable(tmp_path, key) is not None
     assert mf.reusable(tmp_path, "other") is None

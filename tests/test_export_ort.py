@@ -93,5 +93,5 @@ def test_ort_int8_qdq_in_generate(export_cache, inputs):
         "DequantizeLinear": 2 * linears,
         "QuantizeLinear": 2 * linears,
     }
-    assert man["kind"] == "onnx-qdq" and man["exporter"] == "torchscript"
+    assert man["format"] == "onnx-qdq" and man["exporter"] == "torchscript"
     assert max(man["parity"]["step.onnx"].values()) < 1e-5  # ORT vs modelopt fake-quant, same inputs

@@ -162,3 +162,92 @@ def test_real_engine_matches_ort(tmp_path):
     torch.cuda.synchronize()
     with torch.no_grad():
         torch.testing.assert_close(y2, mod(x), atol=1e-2, rtol=1e-2)
+
+
+# -- the `trt` engine ---------------------------------------------------------------------------
+def _tiny():
+    from arvid.runtime import build_model, get_preset
+
+    return build_model(get_preset("tiny").model, seed=0)
+
+
+def _needs_what() -> list[str]:
+    out = []
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        out.append("tensorrt is not installed")
+    if not torch.cuda.is_available():
+        out.append("it needs CUDA")
+    return out
+
+
+def test_trt_engine_is_registered():
+    import arvid.export  # noqa: F401
+    from arvid.runtime.chunk_runner import get_executor
+
+    ex = get_executor("trt")
+    assert ex is not None and set(ex.flags) == {"int8", "fp8", "chunk"}
+
+
+def test_trt_engine_refuses_in_one_line_without_tensorrt_or_cuda():
+    import arvid.export  # noqa: F401
+    from arvid.runtime import StreamingGenerator
+
+    missing = _needs_what()
+    if not missing:
+        pytest.skip("TensorRT and CUDA are both here")
+    with pytest.raises(ValueError, match="engine 'trt' cannot run here") as e:
+        StreamingGenerator(_tiny(), latent_size=(8, 8), backend="trt")
+    assert "\n" not in str(e.value)
+    for what in missing:
+        assert what in str(e.value)
+
+
+def test_trt_engine_with_tensorrt_but_no_cuda_names_cuda(monkeypatch):
+    import arvid.export  # noqa: F401
+    from arvid.runtime import StreamingGenerator
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is here")
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_trt("10.3.0", _Recorder()))
+    with pytest.raises(ValueError, match=r"cannot run here: it needs CUDA \(the model is on cpu") as e:
+        StreamingGenerator(_tiny(), latent_size=(8, 8), backend="trt")
+    assert "tensorrt is not installed" not in str(e.value)
+
+
+def test_bench_with_trt_fails_in_one_line(capsys):
+    from arvid.cli import main
+
+    if not _needs_what():
+        pytest.skip("TensorRT and CUDA are both here")
+    assert main(["bench", "--preset", "tiny", "--backends", "eager,trt"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if "error" in line]  # bench's progress line aside
+    assert len(errors) == 1 and errors[0].startswith("arvid bench: error: engine 'trt' cannot run here")
+
+
+@pytest.mark.gpu
+def test_real_trt_engine_in_generate_matches_eager(tmp_path):
+    pytest.importorskip("tensorrt")
+    pytest.importorskip("onnx")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from arvid.runtime import StreamConfig, StreamingGenerator
+
+    model = _tiny().cuda()
+    g = torch.Generator().manual_seed(0)
+    cfg = model.cfg
+    noise = torch.randn(1, 6, cfg.in_dim, 8, 8, generator=g).cuda()
+    prompt = torch.randn(1, cfg.text_len, cfg.text_dim, generator=g).cuda()
+    renoise = torch.randn(2, 4, 1, 3, cfg.in_dim, 8, 8, generator=g).cuda()  # [chunk, step, B, F, C, H, W]
+
+    def rn(ci, si):
+        return renoise[ci, si]
+
+    want = StreamingGenerator(model, StreamConfig(), latent_size=(8, 8)).generate(noise, [prompt], renoise=rn)
+    gen = StreamingGenerator(model, StreamConfig(), latent_size=(8, 8), backend="trt",
+                             engine_options={"out_dir": str(tmp_path)})  # fmt: skip
+    got = gen.generate(noise, [prompt], renoise=rn)
+    assert (got.float() - want.float()).abs().max().item() < 1e-2  # TF32 tactics on fp32

@@ -209,7 +209,7 @@ def cmd_trt(args) -> int:
                 workspace=int(args.workspace_gib * 2**30),
             )
         )
-    trt_man = {**man, "kind": "trt", "engines": engines, "artifact": [Path(e["plan"]).name for e in engines]}
+    trt_man = {**man, "format": "trt", "engines": engines, "artifact": [Path(e["plan"]).name for e in engines]}
     trt_man.pop("reused", None)
     mf.atomic_write_bytes(out / "export_trt.json", (json.dumps(trt_man, indent=2) + "\n").encode())
     print(f"wrote {len(engines)} TensorRT engine(s) to {out} (export_trt.json)")
