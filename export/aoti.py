@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -122,6 +123,8 @@ def export_aoti(
         g = graphs.pop(f, None) or make(f)
         args = g.example_inputs()
         name = f"{graph}_f{f}.pt2"
+        # Progress on long work: a package compiles for tens of seconds on a CPU, minutes on CUDA.
+        print(f"compiling {out_dir / name} (AOTInductor, {g.device}) ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         with torch.no_grad():
             ref = g(*args)
