@@ -196,6 +196,9 @@ def save_onnx(model, path: str | Path, *, external: bool | None = None) -> dict:
             onnx.checker.check_model(str(tmp_path))
             if not (Path(tmp) / data_name).is_file():
                 raise ValueError(f"{path.name}: external data was requested but no tensor was large enough to move")
+            # The old graph goes first: a crash between the two renames leaves no .onnx (not reused),
+            # never an old graph beside new weights.
+            path.unlink(missing_ok=True)
             os.replace(Path(tmp) / data_name, path.parent / data_name)
         else:
             onnx.save_model(model, str(tmp_path))

@@ -257,6 +257,7 @@ class ChunkRunner:
             self.run_plan(plan, step)
         self._pool = graph.pool()
         self.graphs[key] = graph
+        self._graph_rope_version = self.model.rope.version  # prepare() keeps graphs of these tables
         torch.cuda.synchronize()
         self.capture_seconds += time.perf_counter() - t0
         return graph
@@ -298,6 +299,7 @@ class GraphRunner:
     ) -> None:
         _, ph, pw = model_cfg.patch_size
         h, w = latent_size
+        self.patch_grid = (h // ph, w // pw)
         self.planner = RingPlanner(stream, (h // ph) * (w // pw))
         self.stream, self.model_cfg = stream, model_cfg
         self.scheduler = FlowMatchScheduler(stream)
@@ -328,10 +330,11 @@ class GraphRunner:
         return self.k.nbytes + self.v.nbytes
 
     def prepare(self, num_frames: int) -> None:
-        if num_frames > self.rope_positions:
+        # The graphs gather RoPE rows at a device offset, with no bounds check: check on the host.
+        if max(num_frames, *self.patch_grid) > self.rope_positions:
             raise ValueError(
-                f"{num_frames} latent frames are past the {self.rope_positions} RoPE positions baked into "
-                "the graphs; export them again for a longer stream"
+                f"{num_frames} latent frames ({self.patch_grid[0]}x{self.patch_grid[1]} tokens per frame) are past "
+                f"the {self.rope_positions} RoPE positions baked into the graphs; export them again for a longer stream"
             )
         self.planner.reset()
 
@@ -367,7 +370,9 @@ class GraphRunner:
             for si in range(len(sched)):
                 x0, _, _ = self.step(x, self.t_freq[si], self.sigmas[si], *state)
                 if si + 1 < len(sched):
-                    x = sched.add_noise(x0, renoise[si].to(self.device), sched.sigmas[si + 1])
+                    x = sched.add_noise(x0, renoise[si].to(self.device, torch.float32), sched.sigmas[si + 1])
+            # A copy: an engine may hand out its output buffer, which its next call overwrites.
+            x0 = x0.clone()
             _, new_k, new_v = self.step(x0, self.t_freq_context, self.sigma_zero, *state)
         self._write(plan, new_k, new_v)
         self.last_host_ms = (time.perf_counter() - t0) * 1000

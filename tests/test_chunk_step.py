@@ -105,3 +105,7 @@ def test_functional_runner_refuses_frames_past_its_rope_table():
     noise, embeds = _inputs(18, 1)
     with pytest.raises(ValueError, match="RoPE positions"):
         gen.generate(noise, embeds)
+    # rows of the token grid index the same table: 36 latent rows = 18 token rows > 16
+    tall = StreamingGenerator(small, latent_size=(36, 8), backend="functional")
+    with pytest.raises(ValueError, match="RoPE positions"):
+        tall.generate(torch.zeros(1, 6, TINY.model.in_dim, 36, 8), embeds)
