@@ -28,6 +28,10 @@ VARIANTS=eager,sdpa,triton,sdpa+graphs,triton+graphs,triton+stepgraphs,triton+gr
 [ "$QUICK" = quick ] || VARIANTS=$VARIANTS,triton+graphs+compile
 run stream_bench arvid bench --preset wan2.1-t2v-1.3b --device cuda --backends "$VARIANTS" --vae \
   --frames 36 --warmup 2 --rounds 2 --switch-frames 18 --json "$OUT/stream_bench.json"
+# The engines that run there (no TensorRT on the lent machines): AOTInductor packages of the chunk
+# step, compiled once into a scratch cache; capped so a slow compile cannot eat the call.
+ARVID_AOTI_CACHE=/tmp/arvid_aoti run engines timeout 300 arvid bench --preset wan2.1-t2v-1.3b --device cuda \
+  --backends eager,triton+graphs,aoti,aoti+graphs --frames 15 --warmup 1 --switch-frames 9 --json "$OUT/engines.json"
 [ "$QUICK" = quick ] || run long_run arvid bench --preset wan2.1-t2v-1.3b --device cuda \
   --backends triton+graphs --frames 960 --warmup 2 --json "$OUT/long_run_960.json"
 
