@@ -25,7 +25,7 @@ from dataclasses import asdict
 
 import torch
 
-from arvid.kernels._triton_utils import triton_unavailable_reason
+from arvid.kernels import triton_unavailable_reason
 from arvid.kernels.layouts import PlanTensors, RingLayer, RopeCosSin
 from arvid.kernels.qk_norm_rope_append import (
     qk_norm_rope_append_kv_cache,

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from arvid.kernels._triton_utils import triton_unavailable_reason
+from arvid.kernels import triton_unavailable_reason
 from arvid.kernels.layouts import RingLayer
 from arvid.kernels.sink_window_attention import (
     sink_window_attention_ref,

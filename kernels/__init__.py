@@ -5,7 +5,7 @@ Public entry points live in the op modules (``sink_window_attention``, ``qk_norm
 in ``layouts``; the availability checks callers need before choosing a Triton path are here.
 """
 
+from ._triton_utils import has_sm89, triton_unavailable_reason
 from ._triton_utils import interpreting as triton_interpreting
-from ._triton_utils import triton_unavailable_reason
 
-__all__ = ["triton_interpreting", "triton_unavailable_reason"]
+__all__ = ["has_sm89", "triton_interpreting", "triton_unavailable_reason"]

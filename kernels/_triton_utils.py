@@ -104,3 +104,12 @@ def max_shared_memory(device_index: int) -> int:
         pass
     props = torch.cuda.get_device_properties(device_index)
     return int(getattr(props, "shared_memory_per_block_optin", 99 * 1024))
+
+
+def has_sm89(device: torch.device | str) -> bool:
+    """Whether ``device`` is a CUDA GPU of compute capability >= 8.9 (FP8 tensor cores: Ada, Hopper, Blackwell).
+
+    The one capability test of every FP8 path; ``arvid.runtime.devices.require_sm89`` builds its error on it.
+    """
+    device = torch.device(device)
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)

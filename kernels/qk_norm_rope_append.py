@@ -30,6 +30,7 @@ from ._triton_utils import (
     FP8_DTYPES,
     SUPPORTED_HEAD_DIMS,
     check_kernel_device,
+    has_sm89,
     import_triton,
     interpreting,
     next_power_of_2,
@@ -470,6 +471,6 @@ def qk_norm_rope_append_kv_cache(
         raise ValueError(
             f"{op}: rope_cos and rope_sin must share strides, got {rope_cos.stride()}, {rope_sin.stride()}"
         )
-    if is_fp8 and q.is_cuda and torch.cuda.get_device_capability(q.device) < (8, 9):
+    if is_fp8 and q.is_cuda and not has_sm89(q.device):
         raise RuntimeError(f"{op}: a float8_e4m3fn cache needs an sm_89+ GPU (Ada, Hopper)")
     return _qk_norm_rope_append_fwd(q, k, v, norm_q_weight, norm_k_weight, cache, rope, plan, grid_sizes, eps, block_t)

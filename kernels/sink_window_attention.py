@@ -33,6 +33,7 @@ from ._triton_utils import (
     FP8_DTYPES,
     SUPPORTED_HEAD_DIMS,
     check_kernel_device,
+    has_sm89,
     import_triton,
     interpreting,
     max_shared_memory,
@@ -467,7 +468,7 @@ def sink_window_attention_with_kv_cache(
     for t, n in ((q, "q"), (k_cache, "k_cache"), (v_cache, "v_cache")):
         if t.stride(-1) != 1:
             raise ValueError(f"sink_window_attention: {n} must have a contiguous last dim, got strides {t.stride()}")
-    if is_fp8 and not interpreting() and torch.cuda.get_device_capability(q.device) < (8, 9):
+    if is_fp8 and not interpreting() and not has_sm89(q.device):
         raise RuntimeError("sink_window_attention: a float8_e4m3fn cache needs an sm_89+ GPU (Ada, Hopper)")
     scale = 1.0 / math.sqrt(d) if sm_scale is None else float(sm_scale)
     return _sink_window_attn_fwd(q, cache, kv_len, scale)

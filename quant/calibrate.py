@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from arvid.runtime.config import StreamConfig
-from arvid.runtime.generator import StreamingGenerator
+from arvid.runtime.variants import GeneratorOptions
 
 from .api import DEFAULT_SKIP, MissingDependencyError
 
@@ -66,7 +66,7 @@ def streaming_forward_loop(
     frames: int = 6,
     stream: StreamConfig | None = None,
     seed: int = 0,
-    backend: str | None = None,
+    backend: str | None = None,  # a variant string (e.g. "sdpa", "triton+graphs"); None: the default
 ) -> Callable[[nn.Module], None]:
     """A calibration ``forward_loop``: per prompt, ``frames`` latent frames of streaming generation
     (every denoising step, the clean-context update and the cache, as at inference), each prompt
@@ -78,7 +78,8 @@ def streaming_forward_loop(
     """
 
     def loop(model: nn.Module) -> None:
-        gen = StreamingGenerator(model, stream, latent_size=latent_size, backend=backend)
+        opts = GeneratorOptions.from_variant(backend) if backend else GeneratorOptions()
+        gen = opts.build(model, stream, latent_size=latent_size)
         for i, p in enumerate(prompts):
             g = torch.Generator().manual_seed(seed + i)
             noise = torch.randn(1, frames, model.cfg.in_dim, *latent_size, generator=g)

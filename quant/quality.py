@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from arvid.runtime.config import StreamConfig
-from arvid.runtime.generator import StreamingGenerator
 from arvid.runtime.model import CausalWanModel
+from arvid.runtime.variants import GeneratorOptions
 
 from .metrics import (
     ClipScorer,
@@ -78,7 +78,7 @@ def compare_streams(
     switch_frames: Sequence[int] = (),
     stream: StreamConfig | None = None,
     seed: int = 0,
-    backend: str | None = None,
+    backend: str | None = None,  # a variant string (e.g. "sdpa", "triton+graphs"); None: the default
     decoders: tuple | None = None,
     clip: ClipScorer | None = None,
     prompt_texts: Sequence[str] | None = None,
@@ -109,7 +109,8 @@ def compare_streams(
     if clip is not None and (decoders is None or not prompt_texts):
         raise ValueError("CLIP score needs decoded frames (a VAE) and the prompt texts")
     latent_size = tuple(noise.shape[-2:])
-    gens = [StreamingGenerator(m, stream, latent_size=latent_size, backend=backend) for m in (reference, variant)]
+    opts = GeneratorOptions.from_variant(backend) if backend else GeneratorOptions()
+    gens = [opts.build(m, stream, latent_size=latent_size) for m in (reference, variant)]
     devices = [g.device for g in gens]
     streams = [
         g.stream(noise, prompts, switch_frames, generator=torch.Generator(device=d).manual_seed(seed + 1))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from arvid.kernels import has_sm89
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -30,12 +32,6 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(DTYPES)}")
     return DTYPES[name]
-
-
-def has_sm89(device: torch.device | str) -> bool:
-    """Whether ``device`` is a CUDA GPU of compute capability >= 8.9 (FP8 tensor cores: Ada, Hopper, Blackwell)."""
-    device = torch.device(device)
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
 
 
 def require_sm89(device: torch.device | str, what: str, *, hint: str = "", exc: type[Exception] = ValueError) -> None:
