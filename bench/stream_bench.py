@@ -82,6 +82,15 @@ def _random_vae(preset, device: torch.device, dtype: torch.dtype, seed: int):
     return torch.nn.Module.to(model, dtype=dtype).eval().requires_grad_(False)
 
 
+def check_variants(backends: list[str]) -> None:
+    """Each variant string parses and is named once (a repeat would merge two runs into one record)."""
+    for spec in backends:
+        GeneratorOptions.from_variant(spec)
+    twice = sorted({b for b in backends if backends.count(b) > 1})
+    if twice:
+        raise ValueError(f"variant(s) {', '.join(twice)} named more than once: each variant runs once per round")
+
+
 def _percentile(sorted_ms: list[float], q: float) -> float:
     idx = min(len(sorted_ms) - 1, max(0, round(q * (len(sorted_ms) - 1))))
     return sorted_ms[idx]
@@ -115,7 +124,11 @@ def run_stream_bench(
     """
     p = get_preset(preset) if isinstance(preset, str) else preset
     stream = stream or StreamConfig()
-    frames = frames or max(p.default_frames, stream.chunk_frames * (warmup + 8))
+    check_variants(backends)
+    if rounds < 1 or warmup < 0:
+        raise ValueError(f"rounds must be >= 1 and warmup >= 0, got rounds={rounds}, warmup={warmup}")
+    if frames is None:
+        frames = max(p.default_frames, stream.chunk_frames * (warmup + 8))
     check_frames(frames, stream.chunk_frames)
     if frames // stream.chunk_frames <= warmup:
         raise ValueError(f"{frames} frames give no timed chunk after {warmup} warm-up chunks")
@@ -134,8 +147,6 @@ def run_stream_bench(
             m = compiled
         return opts.build(m, stream, latent_size=(p.latent_height, p.latent_width), batch_size=batch_size)
 
-    for spec in backends:
-        GeneratorOptions.from_variant(spec)  # fail on a bad spec before any work
     vae_model = _random_vae(p, device, dtype, seed) if vae else None
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(batch_size, frames, p.model.in_dim, p.latent_height, p.latent_width, generator=g)

@@ -250,3 +250,30 @@ def test_wheel_installs_namespaced_packages_only(tmp_path):
     assert "arvid/cli.py" in names and "arvid/commands/bench.py" in names
     entry = [n for n in names if n.endswith("entry_points.txt")]
     assert "arvid = arvid.cli:main" in zipfile.ZipFile(wheel).read(entry[0]).decode()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["generate", "--frames", "0", "--out", "x.safetensors"], "argument --frames: must be > 0, got 0"),
+        (["interactive", "--frames", "-3", "--live"], "argument --frames: must be > 0, got -3"),
+        (["bench", "--frames", "0"], "argument --frames: must be > 0, got 0"),
+        (["bench", "--rounds", "0"], "argument --rounds: must be > 0, got 0"),
+        (["bench", "--warmup", "-5"], "argument --warmup: must be >= 0, got -5"),
+    ],
+)
+def test_zero_is_not_not_given(tmp_path, monkeypatch, capsys, args, message):
+    """0 and negatives are refused at parse time (exit 2, one line), never taken for the default."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_bench_refuses_a_variant_named_twice(capsys):
+    assert main(["bench", "--device", "cpu", "--backends", "eager,sdpa,eager"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == "arvid bench: error: variant(s) eager named more than once: each variant runs once per round"

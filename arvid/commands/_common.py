@@ -13,6 +13,28 @@ def int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer > 0 (0 is not "not given": leave the flag out for the default)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def add_common_args(p: argparse.ArgumentParser) -> None:
     from arvid.runtime import PRESETS
 
@@ -23,7 +45,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default: bf16 on CUDA, fp32 on the CPU")
-    p.add_argument("--frames", type=int, help="latent frames to generate (a multiple of the chunk)")
+    p.add_argument("--frames", type=positive_int, help="latent frames to generate (a multiple of the chunk)")
     p.add_argument("--switch-frames", type=int_list, default=(), help="prompt switch frames, e.g. 12,24")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-global-sink", action="store_true", help="re-cache with global_sink = false")

@@ -6,7 +6,15 @@ import json
 import sys
 from pathlib import Path
 
-from ._common import add_common_args, add_model_args, load_model_from_args, model_preset, stream_config
+from ._common import (
+    add_common_args,
+    add_model_args,
+    load_model_from_args,
+    model_preset,
+    non_negative_int,
+    positive_int,
+    stream_config,
+)
 
 
 def register(sub) -> None:
@@ -18,8 +26,8 @@ def register(sub) -> None:
         help="comma-separated variants, baseline first: BACKEND[+graphs|+stepgraphs][+compile][+fp8kv], "
         "e.g. eager,triton,triton+graphs (default: eager + the device's default backend, + graphs on CUDA)",
     )
-    p.add_argument("--warmup", type=int, default=2, help="chunks left out of the statistics (default: 2)")
-    p.add_argument("--rounds", type=int, default=1, help="times every backend runs, interleaved (default: 1)")
+    p.add_argument("--warmup", type=non_negative_int, default=2, help="chunks left out of the statistics (default: 2)")
+    p.add_argument("--rounds", type=positive_int, default=1, help="times every backend runs, interleaved (default: 1)")
     p.add_argument("--json", help="also write the full report as JSON here")
     p.add_argument(
         "--vae",
@@ -30,8 +38,8 @@ def register(sub) -> None:
 
 
 def cmd_bench(args) -> int:
-    from arvid.bench.stream_bench import format_table, run_stream_bench
-    from arvid.runtime import GeneratorOptions, default_backend
+    from arvid.bench.stream_bench import check_variants, format_table, run_stream_bench
+    from arvid.runtime import default_backend
     from arvid.runtime.devices import resolve_device, resolve_dtype
     from arvid.runtime.files import atomic_write
 
@@ -43,8 +51,7 @@ def cmd_bench(args) -> int:
     else:
         best = default_backend(device, dtype)
         backends = ["eager", best] + ([f"{best}+graphs"] if device.type == "cuda" else [])
-    for spec in backends:
-        GeneratorOptions.from_variant(spec)  # a bad variant fails before any model is built
+    check_variants(backends)  # a bad or repeated variant fails before any model is built
     print(f"benchmarking {', '.join(backends)} on {device} ({preset.name}, {dtype}) ...", file=sys.stderr)
     model = load_model_from_args(args, preset, device=device, dtype=dtype)
     report = run_stream_bench(

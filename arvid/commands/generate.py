@@ -160,7 +160,7 @@ def latent_frames(args, stream) -> int | None:
     from arvid.runtime.vae import latent_frames_for_seconds
 
     if getattr(args, "seconds", None) is not None:
-        if args.frames:
+        if args.frames is not None:
             raise ValueError("give --frames (latent frames) or --seconds, not both")
         return latent_frames_for_seconds(args.seconds, args.fps, stream.chunk_frames)
     return args.frames
@@ -277,7 +277,7 @@ def cmd_generate(args) -> int:
     if not args.prompt_embeds and len(prompts) != len(args.switch_frames) + 1:
         raise ValueError(f"{len(prompts)} --prompt given, {len(args.switch_frames) + 1} needed for the switch frames")
     comp = load_components(args, need_vae=kind == "video" or bool(args.png_dir), need_text=not args.prompt_embeds)
-    frames = check_frames(frames or comp.preset.default_frames, stream.chunk_frames)
+    frames = check_frames(comp.preset.default_frames if frames is None else frames, stream.chunk_frames)
     embeds = read_prompt_embeds(Path(args.prompt_embeds)) if args.prompt_embeds else prompt_embeddings(comp, prompts)
 
     p = comp.preset

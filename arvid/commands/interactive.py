@@ -54,7 +54,7 @@ def cmd_interactive(args) -> int:
         raise ValueError("--latents is for --live; with --prompts the latents are not saved")
     videos = read_prompt_jsonl(args.prompts, num_switches=len(args.switch_frames))
     comp = load_components(args, need_vae=True)
-    frames = check_frames(frames or comp.preset.default_frames, stream.chunk_frames)
+    frames = check_frames(comp.preset.default_frames if frames is None else frames, stream.chunk_frames)
     switches = align_switch_frames(args.switch_frames, stream.chunk_frames, frames)
     if list(switches) != list(args.switch_frames):
         print(f"switch frames {list(args.switch_frames)} take effect at chunk boundaries {switches}", file=sys.stderr)
@@ -79,7 +79,7 @@ def _live(args, stream, frames) -> int:
     if out.suffix.lower() != ".mp4":
         raise ValueError(f"--out {out}: live mode writes an .mp4")
     comp = load_components(args, need_vae=True)
-    frames = check_frames(frames or comp.preset.default_frames, stream.chunk_frames)
+    frames = check_frames(comp.preset.default_frames if frames is None else frames, stream.chunk_frames)
 
     def encode(text: str):
         return prompt_embeddings(comp, [text])[0]
