@@ -42,7 +42,7 @@ class ConcatKVCache:
         device: torch.device | str,
         dtype: torch.dtype,
     ) -> None:
-        self.cfg = stream_cfg
+        self.stream = stream_cfg
         self.tokens_per_frame = tokens_per_frame
         self.capacity = stream_cfg.attention_frames * tokens_per_frame
         self.sink_tokens = stream_cfg.sink_frames * tokens_per_frame
@@ -61,10 +61,10 @@ class ConcatKVCache:
         self.local_end = [0] * len(self.k)
 
     def plan_chunk(self, frame_start: int) -> BaselinePlan:
-        return BaselinePlan(frame_start, self.cfg.chunk_frames)
+        return BaselinePlan(frame_start, self.stream.chunk_frames)
 
     def plan_recache(self, switch_frame: int) -> BaselinePlan:
-        cfg = self.cfg
+        cfg = self.stream
         n = min(cfg.attention_frames, switch_frame)
         start = switch_frame - n
         if start == 0 or not cfg.global_sink:

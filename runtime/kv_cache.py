@@ -94,7 +94,7 @@ class RingPlanner:
     """Host-side bookkeeping of the ring: which chunk slot is written next, how many are valid."""
 
     def __init__(self, stream_cfg: StreamConfig, tokens_per_frame: int) -> None:
-        self.cfg = stream_cfg
+        self.stream = stream_cfg
         self.tokens_per_frame = tokens_per_frame
         self.chunk_tokens = stream_cfg.chunk_frames * tokens_per_frame
         self.capacity = stream_cfg.attention_frames * tokens_per_frame
@@ -106,7 +106,7 @@ class RingPlanner:
 
     def _advance(self, filled: int, next_slot: int, chunks: int) -> tuple[int, int]:
         """Ring state after writing ``chunks`` chunk slots starting at the current write position."""
-        cfg = self.cfg
+        cfg = self.stream
         for _ in range(chunks):
             if filled < cfg.slot_chunks:
                 filled += 1
@@ -117,7 +117,7 @@ class RingPlanner:
         return filled, next_slot
 
     def _plan(self, frame_start: int, num_frames: int, write_slot: int, filled: int) -> ForwardPlan:
-        chunks = num_frames // self.cfg.chunk_frames
+        chunks = num_frames // self.stream.chunk_frames
         filled_after, next_after = self._advance(filled, write_slot, chunks)
         kv_chunks = max(filled_after, write_slot + chunks)
         return ForwardPlan(
@@ -131,8 +131,8 @@ class RingPlanner:
 
     def plan_chunk(self, frame_start: int) -> ForwardPlan:
         """The next chunk: the next free slot during the fill phase, else the oldest window slot."""
-        slot = self.filled if self.filled < self.cfg.slot_chunks else self.next_slot
-        return self._plan(frame_start, self.cfg.chunk_frames, slot, self.filled)
+        slot = self.filled if self.filled < self.stream.slot_chunks else self.next_slot
+        return self._plan(frame_start, self.stream.chunk_frames, slot, self.filled)
 
     def plan_recache(self, switch_frame: int) -> ForwardPlan:
         """KV re-cache at a prompt switch before latent frame ``switch_frame``.
@@ -144,7 +144,7 @@ class RingPlanner:
         ``sink_frames`` re-run frames would be computed and discarded (no later query sees
         their K/V), so they are not run at all.
         """
-        cfg = self.cfg
+        cfg = self.stream
         n = min(cfg.attention_frames, switch_frame)
         if switch_frame - n == 0 or not cfg.global_sink:
             return self._plan(switch_frame - n, n, 0, 0)
