@@ -14,13 +14,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import platform
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from arvid.runtime.files import atomic_write
 
 MANIFEST_NAME = "export.json"
 MANIFEST_VERSION = 1
@@ -219,12 +220,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_replace(path: str | Path, write) -> None:
-    """Call ``write(tmp_path)``, then rename the temporary onto ``path``; on failure nothing is left."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Call ``write(tmp_path)``, then rename the temporary onto ``path``; on failure nothing is left
+    (``arvid.runtime.files.atomic_write``, the one atomic write)."""
+    atomic_write(path, write)
