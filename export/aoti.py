@@ -34,6 +34,7 @@ import torch
 from arvid.runtime.config import StreamConfig
 
 from . import manifest as mf
+from .graphs import recache_graph_spans
 
 FORMAT = "aoti"
 GRAPH_KINDS = ("step", "chunk", "recache")
@@ -48,23 +49,13 @@ def read_manifest(out_dir: str | Path) -> dict:
     return mf.read_manifest(out_dir, format=FORMAT, require=AOTI_FIELDS)
 
 
-def default_recache_frames(stream: StreamConfig) -> list[int]:
-    """Every re-cache span length the stream settings can ask for (``plan_recache``) but one chunk,
-    which the step graph serves."""
-    c = stream.chunk_frames
-    frames = set(range(2 * c, stream.attention_frames + 1, c))  # rebuild from min(attention_frames, s) frames
-    if stream.global_sink and stream.window_frames > c:
-        frames.add(stream.window_frames)
-    return sorted(frames)
-
-
 # -- export ------------------------------------------------------------------------------------
 def _graph_frames(graph: str, stream: StreamConfig, recache_frames: Sequence[int] | None) -> list[int]:
     if graph not in GRAPH_KINDS:
         raise ValueError(f"unknown graph {graph!r}; choose one of {', '.join(GRAPH_KINDS)}")
     if graph != "recache":
         return [stream.chunk_frames]
-    frames = sorted(set(recache_frames or default_recache_frames(stream)))
+    frames = sorted(set(recache_frames or recache_graph_spans(stream)))
     for f in frames:
         if f <= 0 or f % stream.chunk_frames or f > stream.attention_frames:
             raise ValueError(

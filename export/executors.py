@@ -83,7 +83,8 @@ def ort_graphs(
     ``open_graph(onnx_path, manifest)`` (default: an ONNX Runtime session).
 
     Returns ``{"step": graph | None, "chunk": graph | None, "recache": {F: graph}, "manifests": [...]}``."""
-    from .pipeline import export_graphs, recache_spans
+    from .graphs import recache_graph_spans
+    from .pipeline import export_graphs
 
     log = log or _stderr
     if open_graph is None:
@@ -101,7 +102,7 @@ def ort_graphs(
     exporter = exporter or ("torchscript" if quant else "dynamo")
     device = next(model.parameters()).device
     out = {"step": None, "chunk": None, "recache": {}, "manifests": []}
-    spans = [f for f in recache_spans(stream) if f != stream.chunk_frames]  # the step graph serves F = chunk
+    spans = recache_graph_spans(stream)
     memo: dict = {}
 
     def calibrated():  # once per engine, and only if some graph has to be exported

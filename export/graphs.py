@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from arvid.runtime import FunctionalChunk, FunctionalStep, StreamConfig
+from arvid.runtime.kv_cache import recache_spans
 from arvid.runtime.model import CausalWanModel, sinusoidal_embedding
 from arvid.runtime.scheduler import FlowMatchScheduler
 
@@ -220,13 +221,10 @@ class ChunkGraph(FunctionalChunk, _Geometry):
         return (x, renoise, *self._example_state(self.model, seed))
 
 
-def recache_spans(stream: StreamConfig) -> list[int]:
-    """Every span length ``plan_recache`` can ask for: ``min(attention_frames, s)`` for switch frames
-    on chunk boundaries, and ``window_frames`` with a kept sink."""
-    spans = set(range(stream.chunk_frames, stream.attention_frames + 1, stream.chunk_frames))
-    if stream.global_sink:
-        spans.add(stream.window_frames)
-    return sorted(spans)
+def recache_graph_spans(stream: StreamConfig) -> list[int]:
+    """The re-cache spans that need a graph of their own: all of :func:`recache_spans` but one chunk,
+    which the step graph serves."""
+    return [f for f in recache_spans(stream) if f != stream.chunk_frames]
 
 
 def build_graph(

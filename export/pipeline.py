@@ -21,6 +21,9 @@ from pathlib import Path
 
 import torch
 
+from arvid.runtime.kv_cache import recache_spans
+
+from . import graphs
 from . import manifest as mf
 
 GRAPH_KINDS = ("step", "chunk", "recache", "vae-step")
@@ -29,23 +32,9 @@ DIT_OPSET = 18
 QDQ_OPSET = 19
 
 
-def recache_spans(stream) -> list[int]:
-    """Frame counts a re-cache forward can have (``arvid.export.graphs.recache_spans``)."""
-    return _graphs_module().recache_spans(stream)
-
-
-def _graphs_module():
-    try:
-        from . import graphs
-    except ImportError as e:
-        raise ValueError(f"the DiT graphs need arvid.export.graphs, which is not importable here ({e})") from None
-    return graphs
-
-
 def dit_graphs(kind: str, model, *, stream, latent_size, batch_size: int = 1, rope_positions: int, spans=None):
     """``[(file stem, module, example inputs, spec)]`` for a DiT graph kind (``spans``: the re-cache
-    span lengths to build, default all of :func:`recache_spans`)."""
-    graphs = _graphs_module()
+    span lengths to build, default all of :func:`~arvid.runtime.kv_cache.recache_spans`)."""
     frames = list(spans or recache_spans(stream)) if kind == "recache" else [None]
     out = []
     for f in frames:

@@ -32,7 +32,7 @@ import torch
 
 from .attention import AttentionBackend
 from .config import StreamConfig
-from .kv_cache import KVCache, PlanTensors, RingPlanner
+from .kv_cache import KVCache, PlanTensors, RingPlanner, recache_spans
 from .model import CausalWanModel, sinusoidal_embedding
 from .scheduler import FlowMatchScheduler
 
@@ -422,7 +422,7 @@ def _functional_executor(model, stream, *, latent_size, batch_size, flags=frozen
         raise ValueError(f"executor 'functional' takes no options, got {sorted(options)}")
     param = model.patch_embedding.weight
     step = FunctionalStep(model)
-    spans = {n: step for n in range(stream.chunk_frames, stream.attention_frames + 1, stream.chunk_frames)}
+    spans = dict.fromkeys(recache_spans(stream), step)
     return GraphRunner(
         model.cfg, stream, latent_size=latent_size, batch_size=batch_size, device=param.device, dtype=param.dtype,
         step=step, chunk=FunctionalChunk(model, stream, batch_size) if "chunk" in flags else None,

@@ -154,6 +154,15 @@ class RingPlanner:
         self.filled, self.next_slot = plan.filled_after, plan.next_slot_after
 
 
+def recache_spans(stream: StreamConfig) -> list[int]:
+    """Every span length :meth:`RingPlanner.plan_recache` can ask for: ``min(attention_frames, s)`` for
+    switch frames on chunk boundaries, and ``window_frames`` with a kept sink."""
+    spans = set(range(stream.chunk_frames, stream.attention_frames + 1, stream.chunk_frames))
+    if stream.global_sink:
+        spans.add(stream.window_frames)
+    return sorted(spans)
+
+
 class RingKVCache(RingPlanner):
     """Per-layer ring buffers written in place by a ring backend's ``append``, read by its ``attend``."""
 

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from arvid.export.graphs import build_graph, recache_spans, refuse_inplace
+from arvid.export.graphs import build_graph, recache_graph_spans, refuse_inplace
 from arvid.runtime import StreamConfig, StreamingGenerator, build_model, get_preset
+from arvid.runtime.kv_cache import recache_spans
 
 TINY = get_preset("tiny")
 HW = (TINY.latent_height, TINY.latent_width)
@@ -47,6 +48,7 @@ def test_recache_spans_cover_every_plan():
     assert recache_spans(StreamConfig()) == [3, 6, 9, 12]
     assert recache_spans(StreamConfig(global_sink=False)) == [3, 6, 9, 12]
     assert recache_spans(StreamConfig(chunk_frames=2, sink_frames=4, attention_frames=10)) == [2, 4, 6, 8, 10]
+    assert recache_graph_spans(StreamConfig()) == [6, 9, 12]  # the step graph serves one chunk
 
 
 def test_graph_traces_with_torch_export(model):
