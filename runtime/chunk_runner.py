@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import torch
 
 from .attention import AttentionBackend
+from .chunk_step import FunctionalChunk, FunctionalStep, denoise_step
 from .config import StreamConfig
 from .kv_cache import KVCache, PlanTensors, RingPlanner, recache_spans
 from .model import CausalWanModel, sinusoidal_embedding
@@ -147,8 +148,6 @@ class ChunkRunner:
     def _step(self, plan, si: int) -> None:
         """Denoising step ``si`` (forward, x0, re-noise), or with ``si == len(scheduler)`` the
         clean-context update that overwrites the chunk's slots with the K/V of its clean output."""
-        from .chunk_step import denoise_step
-
         sched = self.scheduler
         if si == len(sched):
             denoise_step(
@@ -197,8 +196,6 @@ class ChunkRunner:
 
     def recache(self, switch_frame: int, history: torch.Tensor) -> None:
         """KV re-cache before ``switch_frame`` from the last generated latents ``history`` (eager)."""
-        from .chunk_step import denoise_step
-
         cache = self.cache
         plan = cache.plan_recache(switch_frame)
         cache.activate(plan)
@@ -416,8 +413,6 @@ def get_executor(name: str) -> Executor | None:
 
 def _functional_executor(model, stream, *, latent_size, batch_size, flags=frozenset(), **options):
     """The exported graphs' functional step, run eagerly by PyTorch: the reference for every engine."""
-    from .chunk_step import FunctionalChunk, FunctionalStep
-
     if options:
         raise ValueError(f"executor 'functional' takes no options, got {sorted(options)}")
     param = model.patch_embedding.weight

@@ -218,7 +218,7 @@ class StreamingGenerator:
                 runner.set_prompt(self.model.text_kv(new_prompt.to(self.device)))
                 runner.recache(fs, history)
             renoise_chunk = [renoise_fn(ci, si) for si in range(len(self.scheduler) - 1)]
-            x0 = runner.run_chunk(noise[:, fs : fs + chunk].to(self.device), renoise_chunk, fs).clone()
+            x0 = runner.run_chunk(noise[:, fs : fs + chunk], renoise_chunk, fs).clone()
             history = torch.cat([history[:, chunk:], x0], dim=1)
             yield ChunkOutput(ci, fs, x0, new_prompt is not None)
 
