@@ -50,6 +50,9 @@ class ChunkExecutor(Protocol):
     def prepare(self, num_frames: int) -> None:
         """Before a stream of ``num_frames`` latent frames: reset the cache, check limits."""
 
+    def extend(self, num_frames: int) -> None:
+        """An endless stream reaches ``num_frames`` latent frames: grow or check the RoPE positions, cache untouched."""
+
     def set_prompt(self, text_kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None: ...
 
     def run_chunk(self, noise: torch.Tensor, renoise: Sequence[torch.Tensor], frame_start: int) -> torch.Tensor:
@@ -122,13 +125,16 @@ class ChunkRunner:
         return self.cache.nbytes
 
     def prepare(self, num_frames: int) -> None:
-        # RoPE positions are absolute: grow the model's table before any chunk of this stream.
+        self.extend(num_frames)
+        self.cache.reset()
+
+    def extend(self, num_frames: int) -> None:
+        # RoPE positions are absolute: grow the model's table before any chunk that needs it.
         rope = self.model.rope
         rope.ensure(max(num_frames, *self.x_in.shape[-2:]))
         if rope.version != self._graph_rope_version:  # graphs hold the old tables' addresses
             self.graphs.clear()
             self._graph_rope_version = rope.version
-        self.cache.reset()
 
     # -- static inputs -----------------------------------------------------------------------
     def set_prompt(self, text_kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -327,13 +333,16 @@ class GraphRunner:
         return self.k.nbytes + self.v.nbytes
 
     def prepare(self, num_frames: int) -> None:
+        self.extend(num_frames)
+        self.planner.reset()
+
+    def extend(self, num_frames: int) -> None:
         # The graphs gather RoPE rows at a device offset, with no bounds check: check on the host.
         if max(num_frames, *self.patch_grid) > self.rope_positions:
             raise ValueError(
                 f"{num_frames} latent frames ({self.patch_grid[0]}x{self.patch_grid[1]} tokens per frame) are past "
                 f"the {self.rope_positions} RoPE positions baked into the graphs; export them again for a longer stream"
             )
-        self.planner.reset()
 
     def set_prompt(self, text_kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         self.text_k = torch.stack([k for k, _ in text_kv])

@@ -31,8 +31,9 @@ class ChunkOutput:
     recached: bool  # a prompt switch (KV re-cache) happened right before this chunk
 
 
-def validate_schedule(num_frames: int, num_prompts: int, switch_frames: Sequence[int], chunk: int) -> list[int]:
-    """Check a prompt schedule; returns the switch frames as a list."""
+def validate_schedule(num_frames: int | None, num_prompts: int, switch_frames: Sequence[int], chunk: int) -> list[int]:
+    """Check a prompt schedule (``num_frames`` None: an endless stream, no upper bound); returns the
+    switch frames as a list."""
     switches = [int(s) for s in switch_frames]
     if num_prompts < 1:
         raise ValueError("at least one prompt is needed")
@@ -40,14 +41,18 @@ def validate_schedule(num_frames: int, num_prompts: int, switch_frames: Sequence
         raise ValueError(f"{num_prompts} prompts need {num_prompts - 1} switch frames, got {len(switches)}")
     prev = 0
     for s in switches:
-        if not prev < s < num_frames:
-            raise ValueError(
-                f"switch frame {s} out of range: switch frames must increase strictly inside (0, {num_frames})"
-            )
+        if not prev < s < (num_frames if num_frames is not None else s + 1):
+            span = f"(0, {num_frames})" if num_frames is not None else "(0, ...)"
+            raise ValueError(f"switch frame {s} out of range: switch frames must increase strictly inside {span}")
         if s % chunk:
             raise ValueError(f"switch frame {s} is not on a chunk boundary (chunk = {chunk} latent frames)")
         prev = s
     return switches
+
+
+#: The initial noise of a stream: all frames at once ``[B, F, C, H, W]``, a callable
+#: ``(chunk_index, shape) -> [B, chunk, C, H, W]``, or a ``torch.Generator`` drawn from chunk by chunk.
+NoiseSource = torch.Tensor | Callable[[int, tuple[int, ...]], torch.Tensor] | torch.Generator
 
 
 class StreamingGenerator:
@@ -143,14 +148,15 @@ class StreamingGenerator:
         return self.executor.capture()
 
     # -- input checks ------------------------------------------------------------------------
-    def _check_noise(self, noise: torch.Tensor) -> None:
-        c = self.model.cfg.in_dim
-        h, w = self.latent_size
-        chunk = self.stream_cfg.chunk_frames
-        if noise.dim() != 5 or noise.shape[0] != self.batch_size or noise.shape[2:] != (c, h, w):
-            raise ValueError(
-                f"noise must be [B, F, C, H, W] = [{self.batch_size}, F, {c}, {h}, {w}], got {tuple(noise.shape)}"
-            )
+    @property
+    def chunk_shape(self) -> tuple[int, int, int, int, int]:
+        """``(B, chunk_frames, C, H, W)``: the shape of one chunk's noise and latents."""
+        return (self.batch_size, self.stream_cfg.chunk_frames, self.model.cfg.in_dim, *self.latent_size)
+
+    def _check_noise(self, noise: torch.Tensor, what: str = "noise") -> None:
+        b, chunk, c, h, w = self.chunk_shape
+        if noise.dim() != 5 or noise.shape[0] != b or noise.shape[2:] != (c, h, w):
+            raise ValueError(f"{what} must be [B, F, C, H, W] = [{b}, F, {c}, {h}, {w}], got {tuple(noise.shape)}")
         f = noise.shape[1]
         if f == 0 or f % chunk:
             raise ValueError(f"frame count {f} is not a positive multiple of the chunk ({chunk} latent frames)")
@@ -168,10 +174,11 @@ class StreamingGenerator:
     @torch.no_grad()
     def stream(
         self,
-        noise: torch.Tensor,
+        noise: NoiseSource,
         prompts: torch.Tensor | Sequence[torch.Tensor],
         switch_frames: Sequence[int] = (),
         *,
+        num_frames: int | None = None,
         prompt_source: Callable[[int], torch.Tensor | None] | None = None,
         renoise: torch.Tensor | Callable[[int, int], torch.Tensor] | None = None,
         generator: torch.Generator | None = None,
@@ -180,9 +187,22 @@ class StreamingGenerator:
 
         Parameters
         ----------
-        noise : ``[B, F, C, H, W]`` the initial noise of every latent frame; F sets the length.
+        noise : the initial noise of every latent frame, one of
+
+            - a tensor ``[B, F, C, H, W]``: all frames at once; F sets the length;
+            - a ``torch.Generator``: each chunk's noise ``[B, chunk, C, H, W]`` is drawn from it (on
+              its device, in chunk order) when the chunk starts. With batch size 1 the draws equal
+              the slices of ``torch.randn(1, F, C, H, W, generator=g)`` from an equally seeded
+              generator (the same numbers in the same order); with B > 1 the order is chunk-major,
+              so the noise differs from that of one ``[B, F, ...]`` draw;
+            - a callable ``noise(chunk_index, shape) -> [B, chunk, C, H, W]``.
+
+            With a generator or a callable and no ``num_frames`` the stream is endless: the caller
+            stops iterating. Nothing grows with the length (no per-frame list is kept).
         prompts : one ``[B, text_len, text_dim]`` embedding, or one per prompt segment.
         switch_frames : latent frames where prompt i+1 takes over (chunk boundaries, increasing).
+        num_frames : latent frames to generate (a multiple of the chunk); with a noise tensor it
+            must equal the tensor's F (or be None).
         prompt_source : instead of a fixed schedule, ``prompt_source(frame_start)`` is asked at every
             chunk boundary after the first; embeddings switch the prompt there (KV re-cache, as a
             scheduled switch does), ``None`` keeps the current one. ``prompts`` is then the first prompt.
@@ -191,50 +211,83 @@ class StreamingGenerator:
             Default: drawn from ``generator`` (or the global RNG) on the model's device.
         """
         cfg = self.stream_cfg
-        prompts = [prompts] if isinstance(prompts, torch.Tensor) else list(prompts)
-        self._check_noise(noise)
-        self._check_prompts(prompts)
-        num_frames = noise.shape[1]
         chunk = cfg.chunk_frames
-        num_chunks = num_frames // chunk
+        prompts = [prompts] if isinstance(prompts, torch.Tensor) else list(prompts)
+        noise_fn, num_frames = self._noise_source(noise, num_frames)
+        self._check_prompts(prompts)
+        num_chunks = None if num_frames is None else num_frames // chunk
         if prompt_source is not None:
             if switch_frames or len(prompts) != 1:
                 raise ValueError("with a prompt_source give exactly one starting prompt and no switch_frames")
         else:
             switches = validate_schedule(num_frames, len(prompts), switch_frames, chunk)
             prompt_source = dict(zip(switches, prompts[1:], strict=True)).get
-        renoise_fn = self._renoise_source(renoise, num_chunks, noise, generator)
+        renoise_fn = self._renoise_source(renoise, num_chunks, generator)
 
         runner = self.executor
-        runner.prepare(num_frames)
+        runner.prepare(num_frames if num_frames is not None else chunk)
         runner.set_prompt(self.model.text_kv(prompts[0].to(self.device)))
         # The last attention_frames generated latents, for a re-cache: memory flat in video length.
-        history = torch.zeros(self.batch_size, cfg.attention_frames, *noise.shape[2:], device=self.device)
-        for ci in range(num_chunks):
+        history = torch.zeros(self.batch_size, cfg.attention_frames, *self.chunk_shape[2:], device=self.device)
+        ci = 0
+        while num_chunks is None or ci < num_chunks:
             fs = ci * chunk
+            if num_frames is None:
+                runner.extend(fs + chunk)  # RoPE positions grow with an endless stream (doubling)
             new_prompt = prompt_source(fs) if ci > 0 else None
             if new_prompt is not None:
                 self._check_prompts([new_prompt])
                 runner.set_prompt(self.model.text_kv(new_prompt.to(self.device)))
                 runner.recache(fs, history)
             renoise_chunk = [renoise_fn(ci, si) for si in range(len(self.scheduler) - 1)]
-            x0 = runner.run_chunk(noise[:, fs : fs + chunk], renoise_chunk, fs).clone()
+            x0 = runner.run_chunk(noise_fn(ci), renoise_chunk, fs).clone()
             history = torch.cat([history[:, chunk:], x0], dim=1)
             yield ChunkOutput(ci, fs, x0, new_prompt is not None)
+            ci += 1
 
-    def generate(self, noise: torch.Tensor, prompts, switch_frames: Sequence[int] = (), **kwargs) -> torch.Tensor:
-        """Run :meth:`stream` to the end; returns the latents ``[B, F, C, H, W]`` (float32)."""
+    def generate(self, noise: NoiseSource, prompts, switch_frames: Sequence[int] = (), **kwargs) -> torch.Tensor:
+        """Run :meth:`stream` to the end; returns the latents ``[B, F, C, H, W]`` (float32). A noise
+        generator or callable needs ``num_frames``."""
+        if not isinstance(noise, torch.Tensor) and kwargs.get("num_frames") is None:
+            raise ValueError("generate() needs num_frames with a noise generator or callable (or use stream())")
         return torch.cat([c.latents for c in self.stream(noise, prompts, switch_frames, **kwargs)], dim=1)
 
     # -- pieces ------------------------------------------------------------------------------
-    def _renoise_source(self, renoise, num_chunks: int, noise: torch.Tensor, generator: torch.Generator | None):
-        cfg = self.stream_cfg
-        shape = (self.batch_size, cfg.chunk_frames, *noise.shape[2:])
+    def _noise_source(self, noise: NoiseSource, num_frames: int | None):
+        """``(chunk_index -> [B, chunk, C, H, W], num_frames or None)`` for any :data:`NoiseSource`."""
+        shape = self.chunk_shape
+        chunk = shape[1]
+        if num_frames is not None and (num_frames <= 0 or num_frames % chunk):
+            raise ValueError(f"num_frames {num_frames} is not a positive multiple of the chunk ({chunk} latent frames)")
+        if isinstance(noise, torch.Tensor):
+            self._check_noise(noise)
+            if num_frames is not None and num_frames != noise.shape[1]:
+                raise ValueError(f"num_frames {num_frames} but the noise tensor has {noise.shape[1]} frames")
+            return (lambda ci: noise[:, ci * chunk : (ci + 1) * chunk]), noise.shape[1]
+        if isinstance(noise, torch.Generator):
+            gen = noise
+            return (lambda ci: torch.randn(shape, generator=gen, device=gen.device)), num_frames
+        if callable(noise):
+
+            def draw(ci: int) -> torch.Tensor:
+                x = noise(ci, shape)
+                if not isinstance(x, torch.Tensor) or tuple(x.shape) != shape:
+                    got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+                    raise ValueError(f"noise({ci}, shape) must return a tensor {shape}, got {got}")
+                return x
+
+            return draw, num_frames
+        raise ValueError(f"noise must be a tensor, a torch.Generator or a callable, got {type(noise).__name__}")
+
+    def _renoise_source(self, renoise, num_chunks: int | None, generator: torch.Generator | None = None):
+        shape = self.chunk_shape
         if renoise is None:
             dev = generator.device if generator is not None else self.device
             return lambda ci, si: torch.randn(shape, generator=generator, device=dev)
         if callable(renoise):
             return renoise
+        if num_chunks is None:
+            raise ValueError("an endless stream takes renoise as a callable (chunk, step) -> noise, not a tensor")
         steps = len(self.scheduler) - 1
         want = (num_chunks, steps, *shape)
         if tuple(renoise.shape) != want:
