@@ -6,3 +6,12 @@ The layers install as subpackages and import only downwards:
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # `from arvid import Pipeline` imports torch only when asked for: `import arvid` stays light.
+    if name == "Pipeline":
+        from .pipeline import Pipeline
+
+        return Pipeline
+    raise AttributeError(f"module 'arvid' has no attribute {name!r}")

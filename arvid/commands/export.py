@@ -102,13 +102,13 @@ def _export(args) -> dict:
     preset, files = model_preset(args)
     model = vae = None
     if vae_step:
-        from .generate import _vae
+        from arvid.pipeline import load_vae_for
 
         if files is None and preset.name != "tiny":
             raise ValueError("the vae-step graph needs VAE weights: pass --model DIR, or use --preset tiny")
         if files is not None and files.vae is None:
             raise ValueError(f"{files.root}: no VAE found (Wan2.1_VAE.pth or vae/)")
-        vae = _vae(files, preset, device, dtype)
+        vae = load_vae_for(files, preset, device, dtype)
     else:
         model = load_model_from_args(args, preset, device=device, dtype=dtype)
     stream = stream_config(args)

@@ -8,20 +8,12 @@ standard input switches the prompt at the next chunk boundary.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 from ._common import add_common_args, add_model_args, stream_config
-from .generate import (
-    add_output_args,
-    add_run_args,
-    latent_frames,
-    load_components,
-    noise_and_generator,
-    prompt_embeddings,
-    run_stream,
-    save_latents,
-)
+from .generate import add_output_args, add_run_args, latent_frames, pipeline_from_args, run_stream
 
 
 def register(sub) -> None:
@@ -53,36 +45,37 @@ def cmd_interactive(args) -> int:
     if args.latents:
         raise ValueError("--latents is for --live; with --prompts the latents are not saved")
     videos = read_prompt_jsonl(args.prompts, num_switches=len(args.switch_frames))
-    comp = load_components(args, need_vae=True)
-    frames = check_frames(comp.preset.default_frames if frames is None else frames, stream.chunk_frames)
+    pipe = pipeline_from_args(args, need_vae=True)
+    frames = check_frames(pipe.preset.default_frames if frames is None else frames, stream.chunk_frames)
     switches = align_switch_frames(args.switch_frames, stream.chunk_frames, frames)
     if list(switches) != list(args.switch_frames):
         print(f"switch frames {list(args.switch_frames)} take effect at chunk boundaries {switches}", file=sys.stderr)
-    gen = _generator(comp, stream, args)
     out_dir = Path(args.out_dir)
     for i, prompts in enumerate(videos):
         out = out_dir / f"{i:04d}.mp4"
-        noise, renoise_gen = noise_and_generator(comp, frames, args.seed)
-        kwargs = dict(
-            noise=noise, prompts=prompt_embeddings(comp, prompts), switch_frames=switches, generator=renoise_gen
-        )
-        _, seconds = run_stream(comp, gen, kwargs, frames=frames, out_video=out, args=args, desc=f"video {i}")
-        print(f"wrote {out}: {len(prompts)} prompts, {frames} latent frames in {seconds:.2f} s")
+        res = run_stream(pipe, args, prompts, switches, frames=frames, out_video=out, desc=f"video {i}")
+        print(f"wrote {out}: {len(prompts)} prompts, {frames} latent frames in {res.seconds:.2f} s")
     return 0
 
 
 def _live(args, stream, frames) -> int:
+    """Until standard input ends (EOF, after its last prompt took effect) or Ctrl-C, unless --frames /
+    --seconds bound it: the noise is drawn chunk by chunk, so nothing grows with the length."""
+    from arvid.pipeline import save_latents
     from arvid.runtime.config import check_frames
     from arvid.runtime.interactive import LivePromptReader
+
+    from ._common import resolved_config
 
     out = Path(args.out or "live.mp4")
     if out.suffix.lower() != ".mp4":
         raise ValueError(f"--out {out}: live mode writes an .mp4")
-    comp = load_components(args, need_vae=True)
-    frames = check_frames(comp.preset.default_frames if frames is None else frames, stream.chunk_frames)
+    pipe = pipeline_from_args(args, need_vae=True)
+    if frames is not None:
+        frames = check_frames(frames, stream.chunk_frames)
 
     def encode(text: str):
-        return prompt_embeddings(comp, [text])[0]
+        return pipe.encode(text)[0]
 
     reader = LivePromptReader(encode)
     first = args.prompt
@@ -92,27 +85,24 @@ def _live(args, stream, frames) -> int:
         if not first:
             raise ValueError("no starting prompt: standard input is empty (or give --prompt)")
     reader.start()
-    print("generating; type a new prompt and press Enter to switch at the next chunk", file=sys.stderr)
-    gen = _generator(comp, stream, args)
-    noise, renoise_gen = noise_and_generator(comp, frames, args.seed)
-    kwargs = dict(noise=noise, prompts=encode(first), prompt_source=reader, generator=renoise_gen)
-    latents, seconds = run_stream(comp, gen, kwargs, frames=frames, out_video=out, args=args)
+    until = "the end of input (Ctrl-D) or Ctrl-C" if frames is None else f"{frames} latent frames"
+    print(f"generating until {until}; type a new prompt and press Enter to switch at the next chunk", file=sys.stderr)
+
+    def stop() -> bool:  # EOF, and every prompt typed before it has taken effect
+        return reader.closed.is_set() and reader.queue.empty()
+
+    res = run_stream(pipe, args, [encode(first)], frames=frames, out_video=out, prompt_source=reader, stop=stop)
     for frame, text in reader.switches:
         print(f"  switched at latent frame {frame}: {text}", file=sys.stderr)
     if args.latents:
         meta = {
-            "preset": comp.preset.name,
-            "frames": str(frames),
+            "preset": pipe.preset.name,
+            "frames": str(res.num_frames),
             "seed": str(args.seed),
             "switches": repr([(0, first), *reader.switches]),
+            "config": json.dumps(resolved_config(args)),
             "layout": "[B, F, C, H, W]",
         }
-        save_latents(Path(args.latents), latents, meta)
-    print(f"wrote {out}: {frames} latent frames, {len(reader.switches)} live switches in {seconds:.2f} s")
+        save_latents(Path(args.latents), res.latents, meta)
+    print(f"wrote {out}: {res.num_frames} latent frames, {len(reader.switches)} live switches in {res.seconds:.2f} s")
     return 0
-
-
-def _generator(comp, stream, args):
-    from .generate import make_generator
-
-    return make_generator(comp, stream, args)

@@ -1,0 +1,469 @@
+"""The Python API: :class:`Pipeline` loads the DiT, text encoder and VAE once and streams decoded video.
+
+>>> from arvid import Pipeline
+>>> pipe = Pipeline.from_pretrained("tiny")  # the tiny preset, random weights, no files
+>>> for chunk in pipe.stream(["a cat", "a dog"], switch_frames=[6], num_frames=12):
+...     chunk.frames  # [T, H, W, 3] uint8 of this chunk, as soon as it is decoded
+>>> pipe.generate("a red fox", num_frames=12).save("fox.mp4")
+
+It sits on top of every layer (it may build any variant the runtime or the engines offer) and
+below the ``arvid`` command line, which is a thin layer over it: ``arvid generate`` and ``arvid
+interactive`` call :meth:`Pipeline.from_pretrained` and :meth:`Pipeline.write`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from arvid.runtime import PRESETS, GeneratorOptions, Preset, StreamConfig, StreamingGenerator, get_preset
+from arvid.runtime.generator import NoiseSource
+
+Prompt = str | torch.Tensor  # text, or embeddings [1, text_len, text_dim]
+
+
+@dataclass
+class PipelineChunk:
+    """One finished chunk of a :meth:`Pipeline.stream`.
+
+    ``video`` is the VAE's output for this chunk, ``[T, 3, H, W]`` float32 in [-1, 1] (T = 1 + 4 (F - 1)
+    video frames for the first chunk, 4 F after), or ``None`` for a pipeline without a VAE;
+    :attr:`frames` is the same as ``[T, H, W, 3]`` uint8.
+    """
+
+    index: int  # chunk index
+    frame_start: int  # first latent frame of the chunk
+    latents: torch.Tensor  # [1, chunk_frames, C, h, w] float32, the chunk's x0, on the model's device
+    video: torch.Tensor | None  # [T, 3, H, W] float32 in [-1, 1], or None without a VAE
+    recached: bool  # a prompt switch (KV re-cache) happened right before this chunk
+
+    @property
+    def frames(self) -> np.ndarray:
+        """``[T, H, W, 3]`` uint8 video frames (rounded from :attr:`video`)."""
+        from arvid.runtime.video import to_uint8
+
+        if self.video is None:
+            raise ValueError("this pipeline has no VAE: only latents (load it with need_vae=True)")
+        return to_uint8(self.video)
+
+
+@dataclass
+class GeneratedVideo:
+    """What :meth:`Pipeline.generate` returns: the latents, the decoded video and how they were made."""
+
+    latents: torch.Tensor  # [1, F, C, h, w] float32 on the CPU
+    video: torch.Tensor | None  # [T, 3, H, W] float32 in [-1, 1] on the CPU, or None without a VAE
+    metadata: dict[str, str]  # preset, seed, backend, prompts, ... (written into saved files)
+    fps: int = 16
+
+    @property
+    def frames(self) -> np.ndarray:
+        """``[T, H, W, 3]`` uint8 video frames."""
+        from arvid.runtime.video import to_uint8
+
+        if self.video is None:
+            raise ValueError("no decoded video: the pipeline was loaded without a VAE")
+        return to_uint8(self.video)
+
+    def save(self, path: str | Path, *, codec: str | None = None) -> Path:
+        """Write ``.mp4`` (the video, H.264 yuv420p at :attr:`fps`) or ``.safetensors`` (``latents``
+        ``[1, F, C, h, w]`` with :attr:`metadata`); never a partly written file. Returns the path."""
+        from arvid.runtime.video import VideoWriter
+
+        path = Path(path)
+        kind = output_kind(path)
+        if kind == "latents":
+            return save_latents(path, self.latents, self.metadata)
+        if self.video is None:
+            raise ValueError(f"{path}: no decoded video to write (the pipeline has no VAE); save .safetensors")
+        h, w = self.video.shape[-2:]
+        with VideoWriter(path, width=w, height=h, fps=self.fps, codec=codec) as writer:
+            writer.write(self.video)
+        return path
+
+
+@dataclass
+class WriteResult:
+    """What :meth:`Pipeline.write` made."""
+
+    latents: torch.Tensor | None  # [1, F, C, h, w] on the CPU when asked for (keep_latents), else None
+    num_frames: int  # latent frames generated
+    video_frames: int  # video frames written (0 without a VAE)
+    seconds: float  # wall time of the stream, decoding and writing included
+
+
+def output_kind(path: Path) -> str:
+    """``"video"`` for ``.mp4``, ``"latents"`` for ``.safetensors``; a clear error otherwise."""
+    kind = {".mp4": "video", ".safetensors": "latents"}.get(path.suffix.lower())
+    if kind is None:
+        raise ValueError(f"{path}: use .mp4 for video or .safetensors for latents")
+    return kind
+
+
+def save_latents(path: str | Path, latents: torch.Tensor, meta: dict[str, str]) -> Path:
+    """``latents`` as ``{"latents": ...}`` in a .safetensors with string metadata (atomic write)."""
+    from safetensors.torch import save_file
+
+    from arvid.runtime.files import atomic_write
+
+    return atomic_write(path, lambda tmp: save_file({"latents": latents.contiguous()}, str(tmp), metadata=meta))
+
+
+class Pipeline:
+    """DiT + text encoder + VAE + a streaming generator, loaded once; streams prompts to decoded video.
+
+    Build it with :meth:`from_pretrained`. The generator (backend, graphs, KV cache) is built on
+    first use and reused across streams.
+    """
+
+    def __init__(
+        self,
+        preset: Preset,
+        model,
+        *,
+        text_encoder=None,
+        vae=None,
+        stream_config: StreamConfig | None = None,
+        options: GeneratorOptions | None = None,
+        weights: str = "random weights",
+    ) -> None:
+        param = model.patch_embedding.weight
+        self.preset, self.model = preset, model
+        self.text_encoder, self.vae = text_encoder, vae
+        self.device, self.dtype = param.device, param.dtype
+        self.stream_config = stream_config or StreamConfig()
+        self.options = options or GeneratorOptions()
+        self.weights = weights
+        self._generator: StreamingGenerator | None = None
+
+    # -- loading ---------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | Path = "tiny",
+        *,
+        preset: str | None = None,
+        checkpoint: str | Path | None = None,
+        longlive_ckpt: str | Path | None = None,
+        longlive_weights: str = "auto",
+        lora: str | Path | None = None,
+        lora_alpha: float | None = None,
+        lora_rank: int | None = None,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype | None = None,
+        backend: str | GeneratorOptions | None = None,
+        text_encoder_device: str = "device",
+        stream_config: StreamConfig | None = None,
+        seed: int = 0,
+        need_vae: bool = True,
+        need_text: bool = True,
+    ) -> Pipeline:
+        """Load a pipeline.
+
+        Parameters
+        ----------
+        model : a Wan2.1-T2V model directory (original or diffusers layout: DiT, umT5, VAE), or a
+            preset name (``"tiny"``: random DiT, tiny random umT5 with a byte tokenizer and a tiny
+            random VAE, no files; ``"wan2.1-t2v-1.3b"``: random DiT at the real sizes with stand-in
+            prompt embeddings, latents only: it needs ``need_vae=False``, as there is no VAE to load).
+        preset : the latent geometry (default: the model directory's 832x480 Wan geometry).
+        checkpoint, longlive_ckpt, longlive_weights, lora, lora_alpha, lora_rank : DiT weights on top
+            of ``model`` (see :func:`arvid.runtime.loaders.load_dit`, the one loader).
+        device : ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+        dtype : ``"fp32"``, ``"bf16"``, ``"fp16"`` or a torch dtype (default: bf16 on CUDA, fp32 on the CPU).
+        backend : a variant string such as ``"triton+graphs+fp8kv"`` or :class:`GeneratorOptions`
+            (default: the fastest attention backend that runs here).
+        text_encoder_device : umT5 on ``"device"``, on the ``"cpu"``, or ``"offload"``-ed to the CPU between prompts.
+        stream_config : chunk / sink / attention frames, denoising steps, ... (default: LongLive's).
+        seed : seed of random weights (no checkpoint) and of the tiny text encoder.
+        need_vae, need_text : load the VAE (decoded video) and the text encoder (text prompts).
+        """
+        from arvid.runtime.checkpoint import model_config_from_json
+        from arvid.runtime.devices import resolve_device, resolve_dtype
+        from arvid.runtime.loaders import find_model_files, load_dit
+
+        dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device
+        dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)
+        is_preset = isinstance(model, str) and model in PRESETS and not Path(model).is_dir()
+        p = get_preset(preset or (str(model) if is_preset else "wan2.1-t2v-1.3b"))  # a bad name fails first
+        if not is_preset and isinstance(model, str) and "/" not in model and not Path(model).exists():
+            raise ValueError(f"{model!r} is neither a model directory nor a preset ({', '.join(PRESETS)})")
+        files = None if is_preset else find_model_files(model)
+        if files is not None:
+            p = dataclasses.replace(p, model=model_config_from_json(files.dit_config))
+        _check_sources(files, p, need_vae=need_vae, need_text=need_text)  # fail before loading gigabytes
+        opts = backend if isinstance(backend, GeneratorOptions) else _options(backend)
+        dit = load_dit(
+            model_dir=files.root if files else None, config=p.model, checkpoint=checkpoint,
+            longlive_ckpt=longlive_ckpt, longlive_weights=longlive_weights, lora=lora, lora_alpha=lora_alpha,
+            lora_rank=lora_rank, device=dev, dtype=dt, seed=seed,
+        )  # fmt: skip
+        text = _text_encoder(files, p, dev, dt, text_encoder_device, seed) if need_text else None
+        vae = load_vae_for(files, p, dev, dt) if need_vae else None
+        sources = [files.root if files else None, checkpoint, longlive_ckpt]
+        label = next((str(x) for x in reversed(sources) if x), f"random weights, seed {seed}")
+        label += f" + LoRA {lora}" if lora else ""
+        return cls(p, dit, text_encoder=text, vae=vae, stream_config=stream_config, options=opts, weights=label)
+
+    # -- pieces ----------------------------------------------------------------------------------
+    @property
+    def generator(self) -> StreamingGenerator:
+        """The :class:`StreamingGenerator` (built on first use with :attr:`options`)."""
+        if self._generator is None:
+            p = self.preset
+            self._generator = self.options.build(
+                self.model, self.stream_config, latent_size=(p.latent_height, p.latent_width)
+            )
+        return self._generator
+
+    @property
+    def backend_name(self) -> str:
+        return self.generator.backend_name
+
+    def encode(self, prompts: Prompt | Sequence[Prompt]) -> list[torch.Tensor]:
+        """``[1, text_len, text_dim]`` per prompt: texts through the text encoder (deterministic stand-in
+        embeddings without one, with a note on stderr); embeddings pass through."""
+        from arvid.runtime.prompts import placeholder_prompt_embeds
+
+        items = [prompts] if isinstance(prompts, (str, torch.Tensor)) else list(prompts)
+        out = []
+        for item in items:
+            if isinstance(item, torch.Tensor):
+                out.append(item if item.dim() == 3 else item[None])
+            elif self.text_encoder is None:
+                out.append(placeholder_prompt_embeds(item, self.preset))
+            else:
+                out.append(self.text_encoder.encode(item))
+        return out
+
+    def chunk_video_frames(self, num_frames: int) -> int:
+        """Video frames that ``num_frames`` latent frames decode to (0 without a VAE)."""
+        from arvid.runtime.vae import video_frames
+
+        return video_frames(num_frames) if self.vae is not None else 0
+
+    # -- streaming -------------------------------------------------------------------------------
+    def stream(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        switch_frames: Sequence[int] = (),
+        *,
+        num_frames: int | None = None,
+        seed: int = 0,
+        noise: NoiseSource | None = None,
+        prompt_source: Callable[[int], torch.Tensor | None] | None = None,
+        decode: bool = True,
+    ) -> Iterator[PipelineChunk]:
+        """Generate chunk by chunk and yield each chunk, decoded, as soon as it is done.
+
+        Parameters
+        ----------
+        prompts : one prompt, or one per segment (text, or embeddings ``[1, text_len, text_dim]``).
+        switch_frames : latent frames where prompt i+1 takes over (chunk boundaries, increasing).
+        num_frames : latent frames to generate (a multiple of the chunk); ``None``: endless, the
+            caller stops iterating (memory stays flat).
+        seed : the initial noise is drawn chunk by chunk from ``torch.Generator().manual_seed(seed)``
+            (the same numbers as one ``torch.randn(1, F, C, h, w)`` draw), the re-noising between
+            denoising steps from a generator on the device seeded ``seed + 1``.
+        noise : instead of ``seed``'s: a tensor ``[1, F, C, h, w]``, a ``torch.Generator`` or a callable
+            ``(chunk_index, shape) -> noise`` (see :meth:`StreamingGenerator.stream`).
+        prompt_source : prompts decided while streaming (e.g. typed live), asked at every chunk boundary
+            after the first: embeddings switch the prompt there, ``None`` keeps it. ``prompts`` is then one prompt.
+        decode : decode each chunk with the VAE (``video`` is ``None`` when False or without a VAE).
+        """
+        from arvid.runtime.vae import StreamingVAEDecoder
+
+        embeds = self.encode(prompts)
+        gen = self.generator
+        if noise is None:
+            noise = torch.Generator().manual_seed(seed)
+        renoise = torch.Generator(device=self.device).manual_seed(seed + 1)
+        decoder = StreamingVAEDecoder(self.vae) if decode and self.vae is not None else None
+        for c in gen.stream(
+            noise, embeds, switch_frames, num_frames=num_frames, prompt_source=prompt_source, generator=renoise
+        ):
+            video = decoder.decode(c.latents)[0] if decoder is not None else None
+            yield PipelineChunk(c.index, c.frame_start, c.latents, video, c.recached)
+
+    def generate(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        switch_frames: Sequence[int] = (),
+        *,
+        num_frames: int | None = None,
+        seed: int = 0,
+        noise: NoiseSource | None = None,
+        decode: bool = True,
+        fps: int = 16,
+    ) -> GeneratedVideo:
+        """The whole video at once: :meth:`stream` run to the end. ``num_frames`` defaults to the
+        preset's (``noise``'s frame count for a noise tensor). Returns a :class:`GeneratedVideo`
+        (``.latents``, ``.video``, ``.frames``, ``.save(path)``)."""
+        if num_frames is None and not isinstance(noise, torch.Tensor):
+            num_frames = self.preset.default_frames
+        latents, videos = [], []
+        for c in self.stream(prompts, switch_frames, num_frames=num_frames, seed=seed, noise=noise, decode=decode):
+            latents.append(c.latents.cpu())
+            if c.video is not None:
+                videos.append(c.video.cpu())
+        lat = torch.cat(latents, dim=1)
+        meta = self.metadata(prompts, switch_frames, seed=seed, num_frames=lat.shape[1])
+        return GeneratedVideo(lat, torch.cat(videos) if videos else None, meta, fps=fps)
+
+    def metadata(
+        self, prompts: Prompt | Sequence[Prompt], switch_frames: Sequence[int] = (), *, seed: int, num_frames: int
+    ) -> dict[str, str]:
+        """String metadata of a run (what saved latents carry): preset, weights, backend, stream settings, ..."""
+        import json
+
+        items = [prompts] if isinstance(prompts, (str, torch.Tensor)) else list(prompts)
+        texts = [p if isinstance(p, str) else "<embeddings>" for p in items]
+        return {
+            "preset": self.preset.name,
+            "weights": self.weights,
+            "frames": str(num_frames),
+            "seed": str(seed),
+            "backend": self.backend_name,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "switch_frames": ",".join(map(str, switch_frames)),
+            "prompts": json.dumps(texts),
+            "stream_config": json.dumps(dataclasses.asdict(self.stream_config)),
+            "layout": "[B, F, C, H, W]",
+        }
+
+    def write(
+        self,
+        out: str | Path | None,
+        prompts: Prompt | Sequence[Prompt],
+        switch_frames: Sequence[int] = (),
+        *,
+        num_frames: int | None,
+        seed: int = 0,
+        noise: NoiseSource | None = None,
+        prompt_source: Callable[[int], torch.Tensor | None] | None = None,
+        stop: Callable[[], bool] | None = None,
+        fps: int = 16,
+        codec: str | None = None,
+        png_dir: str | Path | None = None,
+        keep_latents: bool = False,
+        progress: bool = False,
+        desc: str = "video frames",
+    ) -> WriteResult:
+        """Stream to an ``.mp4`` (``out``; ``None``: no video file), appending each chunk as it is decoded.
+
+        ``png_dir`` also writes every video frame as a PNG; ``keep_latents`` returns all latents (memory
+        grows with the length). ``stop()`` is asked before every chunk after the first: True ends the
+        stream there (with ``num_frames=None`` the stream runs until it does, or until Ctrl-C). On Ctrl-C
+        the frames written so far are finalised into a playable mp4 (a note on stderr says how many) and
+        ``KeyboardInterrupt`` propagates; on any other error no file is left behind.
+        """
+        from tqdm import tqdm
+
+        from arvid.runtime.video import VideoWriter, write_png_frames
+
+        decode = self.vae is not None and (out is not None or png_dir is not None)
+        if (out is not None or png_dir is not None) and self.vae is None:
+            raise ValueError("video output needs a VAE: load the pipeline with need_vae=True")
+        h, w = self.preset.video_size
+        writer = VideoWriter(out, width=w, height=h, fps=fps, codec=codec) if out is not None else None
+        chunks: list[torch.Tensor] = []
+        total = None
+        if num_frames is not None:
+            total = self.chunk_video_frames(num_frames) if decode else num_frames
+        t0 = time.perf_counter()
+        frames = written = 0
+        try:
+            with tqdm(total=total, unit="frame", desc=desc, disable=not progress, dynamic_ncols=True) as bar:
+                for c in self.stream(
+                    prompts, switch_frames, num_frames=num_frames, seed=seed, noise=noise,
+                    prompt_source=prompt_source, decode=decode,
+                ):  # fmt: skip
+                    frames += c.latents.shape[1]
+                    if keep_latents:
+                        chunks.append(c.latents.cpu())
+                    if c.video is None:
+                        bar.update(c.latents.shape[1])
+                    else:
+                        if writer is not None:
+                            writer.write(c.video)
+                        if png_dir is not None:
+                            write_png_frames(c.video, png_dir, written)
+                        written += c.video.shape[0]
+                        bar.update(c.video.shape[0])
+                    if stop is not None and stop():
+                        break
+            if writer is not None:
+                writer.close()
+        except KeyboardInterrupt:
+            if writer is not None:
+                writer.__exit__(KeyboardInterrupt, None, None)
+                if writer.interrupted:
+                    print(f"interrupted: {out} holds the first {writer.frames_written} frames", file=sys.stderr)
+            raise
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        seconds = time.perf_counter() - t0
+        latents = torch.cat(chunks, dim=1).contiguous() if chunks else None
+        return WriteResult(latents, frames, written, seconds)
+
+
+# -- loading pieces --------------------------------------------------------------------------------
+def _options(backend: str | None) -> GeneratorOptions:
+    from arvid.runtime import backend_names
+
+    if not backend:
+        return GeneratorOptions()
+    if backend.split("+")[0] not in backend_names():
+        import arvid.export  # noqa: F401  engines (ort, aoti, ...) register as chunk executors on import
+    return GeneratorOptions.from_variant(backend)
+
+
+def _check_sources(files, preset: Preset, *, need_vae: bool, need_text: bool) -> None:
+    if files is None:
+        if need_vae and preset.name != "tiny":
+            raise ValueError("video output needs VAE weights: pass a model directory (--model DIR), or use tiny")
+        return
+    if need_text and files.text_encoder is None:
+        raise ValueError(f"{files.root}: no text encoder found (models_t5_umt5-xxl-enc-bf16.pth or text_encoder/)")
+    if need_text and files.tokenizer is None:
+        want = "google/umt5-xxl/" if files.layout == "wan" else "tokenizer/"
+        raise ValueError(f"{files.root}: no tokenizer directory ({want})")
+    if need_vae and files.vae is None:
+        raise ValueError(f"{files.root}: no VAE found (Wan2.1_VAE.pth or vae/)")
+
+
+def _text_encoder(files, preset: Preset, device, dtype, placement: str, seed: int) -> Any:
+    from arvid.runtime.text_encoder import TextEncoder
+
+    kw = dict(text_len=preset.model.text_len, device=device, dtype=dtype, placement=placement)
+    if files is None:
+        if preset.name != "tiny":
+            print("no model directory: prompts get deterministic stand-in embeddings", file=sys.stderr)
+            return None
+        enc = TextEncoder.tiny_random(preset.model.text_dim, seed=seed, **kw)
+    elif files.layout == "diffusers":
+        enc = TextEncoder.from_pretrained(files.text_encoder, files.tokenizer, **kw)
+    else:
+        enc = TextEncoder.from_wan_checkpoint(files.text_encoder, files.tokenizer, **kw)
+    if enc.dim != preset.model.text_dim:
+        raise ValueError(f"the text encoder gives {enc.dim}-dim embeddings, the DiT takes {preset.model.text_dim}")
+    return enc
+
+
+def load_vae_for(files, preset: Preset, device, dtype):
+    """The VAE of a model directory's files (``None``: the tiny random VAE of the tiny preset)."""
+    from arvid.runtime.vae import load_vae, tiny_vae
+
+    if files is None:
+        return tiny_vae(device=device, dtype=dtype)
+    return load_vae(files.vae, device=device, dtype=dtype)
