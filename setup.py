@@ -23,6 +23,7 @@ setup(
         "safetensors",
         "psutil",
         "tqdm",
+        "pyyaml>=6",  # --config run.yaml (LongLive's inference YAML)
         "transformers>=4.56",  # umT5 text encoder
         "diffusers>=0.35",  # Wan VAE (streaming decode)
         "av>=14",  # PyAV: mp4 output

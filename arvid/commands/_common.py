@@ -39,6 +39,12 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     from arvid.runtime import PRESETS
 
     p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="run settings from a .yaml / .json file: these flags' names (dashes or underscores) or LongLive's "
+        "inference YAML keys; flags on the command line override it",
+    )
+    p.add_argument(
         "--preset",
         default="tiny",
         help=f"model preset: {', '.join(PRESETS)} (default: tiny; with --model: wan2.1-t2v-1.3b)",
@@ -48,13 +54,214 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=positive_int, help="latent frames to generate (a multiple of the chunk)")
     p.add_argument("--switch-frames", type=int_list, default=(), help="prompt switch frames, e.g. 12,24")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-global-sink", action="store_true", help="re-cache with global_sink = false")
+    add_stream_args(p)
+    _read_config_before_parsing(p)
+
+
+def add_stream_args(p: argparse.ArgumentParser) -> None:
+    """One flag per :class:`~arvid.runtime.StreamConfig` field (default: LongLive's shipped settings)."""
+    from arvid.runtime import StreamConfig
+
+    d = StreamConfig()
+    g = p.add_argument_group("streaming (LongLive's settings by default)")
+    g.add_argument("--chunk-frames", type=positive_int, help=f"latent frames per chunk (default: {d.chunk_frames})")
+    g.add_argument(
+        "--sink-frames",
+        type=non_negative_int,
+        help="frame sink: the first latent frames, pinned in the cache; a multiple of the chunk "
+        f"(default: {d.sink_frames})",
+    )
+    g.add_argument(
+        "--attention-frames",
+        type=positive_int,
+        help="latent frames attended to: sink + window, the current chunk included; a multiple of the chunk, "
+        f"above the sink (LongLive's local_attn_size; default: {d.attention_frames})",
+    )
+    g.add_argument(
+        "--denoising-steps",
+        type=int_list,
+        help=f"denoising step list, warped as LongLive does (default: {','.join(map(str, d.denoising_steps))})",
+    )
+    g.add_argument(
+        "--num-train-timesteps",
+        type=positive_int,
+        help=f"training timesteps of the scheduler (default: {d.num_train_timesteps})",
+    )
+    g.add_argument("--shift", type=float, help=f"timestep shift of the flow-matching schedule (default: {d.shift})")
+    g.add_argument(
+        "--context-noise",
+        type=float,
+        help=f"timestep of the clean-context cache update (default: {d.context_noise:g})",
+    )
+    g.add_argument(
+        "--global-sink",
+        action=argparse.BooleanOptionalAction,
+        help="re-cache at a prompt switch with LongLive's global_sink (default: on); "
+        "--no-global-sink clears the cache and makes the re-run frames the new sink",
+    )
+
+
+STREAM_FIELDS = (
+    "chunk_frames",
+    "sink_frames",
+    "attention_frames",
+    "denoising_steps",
+    "num_train_timesteps",
+    "shift",
+    "context_noise",
+    "global_sink",
+)
 
 
 def stream_config(args):
+    """The :class:`~arvid.runtime.StreamConfig` of the stream flags (unset ones: LongLive's defaults)."""
     from arvid.runtime import StreamConfig
 
-    return StreamConfig(global_sink=not args.no_global_sink)
+    given = {f: getattr(args, f) for f in STREAM_FIELDS if getattr(args, f, None) is not None}
+    if "denoising_steps" in given:
+        given["denoising_steps"] = tuple(given["denoising_steps"])
+    try:
+        return StreamConfig(**given)
+    except ValueError as e:
+        raise ValueError(f"stream settings: {e}") from None
+
+
+def resolved_config(args) -> dict:
+    """Every option of the run after the config file and the command line, JSON-able, with the
+    resolved :class:`~arvid.runtime.StreamConfig`: what outputs record in their metadata."""
+    out = {}
+    for key, value in sorted(vars(args).items()):
+        if key in ("func",) or callable(value):
+            continue
+        out[key] = list(value) if isinstance(value, tuple) else value
+    out["stream_config"] = dataclasses.asdict(stream_config(args))
+    return out
+
+
+# -- --config: file values become the parser's defaults, so command-line flags override them -------
+def _read_config_before_parsing(p: argparse.ArgumentParser) -> None:
+    """Make ``p`` read ``--config FILE`` before it parses anything else.
+
+    argparse has no hook for defaults from a file: ``p.parse_known_args`` (which the parent parser
+    calls for a subcommand) is wrapped to find ``--config`` in the arguments first, convert the
+    file's values with the flags' own types, and hand them in as the starting namespace (argparse
+    leaves attributes already there alone, so a flag given on the command line wins).
+    """
+    original = p.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        import sys
+
+        argv = list(sys.argv[1:] if args is None else args)
+        path = _config_path(argv)
+        if path is None:
+            return original(argv, namespace)
+        try:
+            values = config_defaults(p, path)
+        except (ValueError, FileNotFoundError) as e:  # one line, as argparse reports a bad flag (exit 2)
+            p.exit(2, f"{p.prog}: error: {e}\n")
+        namespace = namespace if namespace is not None else argparse.Namespace()
+        for dest, value in values.items():
+            if not hasattr(namespace, dest):
+                setattr(namespace, dest, value)
+        # An option the file gives is not required on the command line any more.
+        flipped = [a for a in p._actions if a.required and a.dest in values]
+        groups = [
+            g for g in p._mutually_exclusive_groups if g.required and any(a.dest in values for a in g._group_actions)
+        ]
+        for x in flipped + groups:
+            x.required = False
+        try:
+            return original(argv, namespace)
+        finally:
+            for x in flipped + groups:
+                x.required = True
+
+    p.parse_known_args = parse_known_args
+
+
+def _config_path(argv: list[str]) -> str | None:
+    path = None
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg == "--config":
+            if i + 1 >= len(argv):
+                return None  # argparse itself says "expected one argument"
+            path = argv[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+    return path
+
+
+def config_defaults(p: argparse.ArgumentParser, path: str) -> dict:
+    """``{dest: value}`` for the options of ``p`` set by the config file ``path``, converted as the flags
+    convert their text. Unknown keys are one error naming them all; LongLive keys that have no flag in
+    this command are skipped with a note on stderr."""
+    import sys
+
+    from arvid.runtime.config_file import LONGLIVE_KEYS, read_config_file
+
+    options: dict[str, tuple[argparse.Action, bool]] = {}  # key -> (action, negated)
+    for action in p._actions:
+        for opt in action.option_strings:
+            if opt.startswith("--") and action.dest not in ("help", "config"):
+                negated = isinstance(action, argparse.BooleanOptionalAction) and opt.startswith("--no-")
+                options[opt[2:].replace("-", "_")] = (action, negated)
+    aliases = {"data_path": ("prompts", "prompt_file")}  # interactive's JSONL, generate's prompt list
+    values, unknown, skipped = {}, [], []
+    for key, (value, source) in read_config_file(path).items():
+        key = next((k for k in aliases.get(key, ()) if k in options), key)
+        if key not in options:
+            (skipped if source in LONGLIVE_KEYS else unknown).append(source)
+            continue
+        if value is None:
+            continue
+        action, negated = options[key]
+        if action.dest in values:
+            raise ValueError(f"--config {path}: {source} sets --{action.dest.replace('_', '-')} twice")
+        values[action.dest] = _convert(path, source, action, value, negated)
+    if unknown:
+        raise ValueError(
+            f"--config {path}: unknown key(s) for {p.prog}: {', '.join(unknown)} "
+            f"(use this command's flag names or LongLive's inference keys)"
+        )
+    if skipped:
+        print(f"note: --config {path}: {', '.join(skipped)} do(es) not apply to {p.prog}; ignored", file=sys.stderr)
+    return values
+
+
+def _convert(path: str, key: str, action: argparse.Action, value, negated: bool):
+    """A file value as the flag would have made it from text (types, choices, on/off flags)."""
+    flag = action.option_strings[-1] if negated else action.option_strings[0]
+    if action.nargs == 0:  # store_true / store_false / BooleanOptionalAction
+        if not isinstance(value, bool):
+            raise ValueError(f"--config {path}: {key} must be true or false, got {value!r}")
+        on = value != negated
+        if isinstance(action, argparse.BooleanOptionalAction):
+            return on
+        if not on:
+            return action.default
+        return action.const
+    if isinstance(value, bool):
+        raise ValueError(f"--config {path}: {key} takes a value like {flag} does, got {value}")
+    if isinstance(action, argparse._AppendAction):  # e.g. --prompt, once per item
+        items = value if isinstance(value, list) else [value]
+        return [_convert_one(path, key, action, v) for v in items]
+    if isinstance(value, list):
+        value = ",".join(str(v) for v in value)  # list flags take comma-separated text
+    return _convert_one(path, key, action, value)
+
+
+def _convert_one(path: str, key: str, action: argparse.Action, value):
+    text = str(value)
+    try:
+        out = action.type(text) if action.type is not None else text
+    except (argparse.ArgumentTypeError, TypeError, ValueError) as e:
+        raise ValueError(f"--config {path}: {key}: {e}") from None
+    if action.choices is not None and out not in action.choices:
+        raise ValueError(f"--config {path}: {key} {out!r} is not one of {', '.join(map(str, action.choices))}")
+    return out
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
