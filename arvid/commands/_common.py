@@ -227,7 +227,7 @@ def config_defaults(p: argparse.ArgumentParser, path: str) -> dict:
             f"(use this command's flag names or LongLive's inference keys)"
         )
     if skipped:
-        print(f"note: --config {path}: {', '.join(skipped)} do(es) not apply to {p.prog}; ignored", file=sys.stderr)
+        print(f"note: --config {path}: {p.prog} has no flag for {', '.join(skipped)}; ignored", file=sys.stderr)
     return values
 
 

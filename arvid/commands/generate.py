@@ -130,7 +130,7 @@ def read_prompt_file(path: str | None) -> list[str]:
     if file.suffix.lower() == ".jsonl":
         raise ValueError(f"--prompt-file {file}: a JSONL prompt file is for `arvid interactive --prompts`")
     if not file.is_file():
-        raise FileNotFoundError(f"--prompt-file {file}: no such file")
+        raise ValueError(f"--prompt-file {file}: no such file")
     prompts = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not prompts:
         raise ValueError(f"--prompt-file {file}: no prompts in it")

@@ -3,7 +3,8 @@
 ``--prompts FILE --switch-frames 40,80,120``: one video per JSONL line (``{"prompts": [...]}``),
 prompt i+1 from switch frame i on (LongLive's rule: at the first chunk starting at or after it).
 ``--live``: the first prompt from ``--prompt`` (or the first line typed), then each line read from
-standard input switches the prompt at the next chunk boundary.
+standard input switches the prompt at the next chunk boundary; without ``--frames`` / ``--seconds``
+the stream is endless (noise drawn per chunk) and stops at the end of input or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ def register(sub) -> None:
     add_run_args(p)
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--prompts", help='LongLive JSONL: one {"prompts": [...]} per line, one video per line')
-    mode.add_argument("--live", action="store_true", help="read the next prompt from standard input while generating")
+    mode.add_argument(
+        "--live",
+        action="store_true",
+        help="read the next prompt from standard input while generating; without --frames / --seconds "
+        "it runs until the input ends or Ctrl-C",
+    )
     p.add_argument("--prompt", help="--live: the starting prompt (default: the first line read)")
     p.add_argument("--seconds", type=float, help="video length in seconds (instead of --frames)")
     p.add_argument("--out", help="--live: the output .mp4 (default: live.mp4)")
