@@ -43,6 +43,8 @@ def test_json_config_and_list_values(tmp_path):
     )
     args = _parse(["generate", "--config", cfg])
     assert args.denoising_steps == (1000, 500) and args.prompt == ["a", "b"] and args.switch_frames == (3,)
+    args = _parse(["generate", "--config", cfg, "--prompt", "c"])  # replaces the file's prompts, not adds
+    assert args.prompt == ["c"]
 
 
 def test_longlive_keys_are_mapped(tmp_path):

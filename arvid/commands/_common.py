@@ -161,8 +161,11 @@ def _read_config_before_parsing(p: argparse.ArgumentParser) -> None:
         except (ValueError, FileNotFoundError) as e:  # one line, as argparse reports a bad flag (exit 2)
             p.exit(2, f"{p.prog}: error: {e}\n")
         namespace = namespace if namespace is not None else argparse.Namespace()
+        # An append flag (--prompt) would add to the file's list: those are filled in after parsing,
+        # where the command line gave none.
+        appended = {a.dest for a in p._actions if isinstance(a, argparse._AppendAction)}
         for dest, value in values.items():
-            if not hasattr(namespace, dest):
+            if dest not in appended and not hasattr(namespace, dest):
                 setattr(namespace, dest, value)
         # An option the file gives is not required on the command line any more.
         flipped = [a for a in p._actions if a.required and a.dest in values]
@@ -172,10 +175,14 @@ def _read_config_before_parsing(p: argparse.ArgumentParser) -> None:
         for x in flipped + groups:
             x.required = False
         try:
-            return original(argv, namespace)
+            parsed, rest = original(argv, namespace)
         finally:
             for x in flipped + groups:
                 x.required = True
+        for dest in appended & values.keys():
+            if getattr(parsed, dest, None) is None:
+                setattr(parsed, dest, values[dest])
+        return parsed, rest
 
     p.parse_known_args = parse_known_args
 
