@@ -97,7 +97,10 @@ def _live(args, stream, frames) -> int:
     def stop() -> bool:  # EOF, and every prompt typed before it has taken effect
         return reader.closed.is_set() and reader.queue.empty()
 
-    res = run_stream(pipe, args, [encode(first)], frames=frames, out_video=out, prompt_source=reader, stop=stop)
+    res = run_stream(
+        pipe, args, [encode(first)], frames=frames, out_video=out, prompt_source=reader,
+        stop=stop if frames is None else None,  # a given length runs to its end, input or not
+    )  # fmt: skip
     for frame, text in reader.switches:
         print(f"  switched at latent frame {frame}: {text}", file=sys.stderr)
     if args.latents:
