@@ -59,11 +59,15 @@ def test_callable_noise_gets_chunk_index_and_shape(gen):
 
 
 def test_endless_stream_runs_until_the_caller_stops(gen):
-    """No frame count: past the default RoPE table (grown on the way), the caller ends it."""
-    stream = gen.stream(torch.Generator().manual_seed(0), _prompt())
+    """No frame count: the caller ends it; up to there it is the fixed-length stream, switches included."""
+    prompts = [_prompt(1), _prompt(2)]
+    stream = gen.stream(torch.Generator().manual_seed(0), prompts, [6], generator=torch.Generator().manual_seed(1))
     chunks = list(itertools.islice(stream, 4))
-    assert [c.frame_start for c in chunks] == [0, 3, 6, 9]
     stream.close()
+    assert [c.frame_start for c in chunks] == [0, 3, 6, 9] and [c.recached for c in chunks] == [0, 0, 1, 0]
+    whole = torch.randn(1, 12, *SHAPE[2:], generator=torch.Generator().manual_seed(0))
+    want = gen.generate(whole, prompts, [6], generator=torch.Generator().manual_seed(1))
+    assert torch.equal(torch.cat([c.latents for c in chunks], dim=1), want)
 
 
 def test_endless_stream_grows_rope_past_its_table():
@@ -132,8 +136,10 @@ def test_generate_and_save(pipe, tmp_path):
 
 def test_pipeline_options(tmp_path):
     stream = StreamConfig(chunk_frames=2, sink_frames=2, attention_frames=6, denoising_steps=(1000, 500))
-    p = Pipeline.from_pretrained("tiny", device="cpu", backend="eager", stream_config=stream, need_vae=False)
-    assert p.vae is None and p.backend_name == "eager"
+    p = Pipeline.from_pretrained(
+        "tiny", device="cpu", backend="eager", stream_config=stream, need_vae=False, text_encoder_device="offload"
+    )
+    assert p.vae is None and p.backend_name == "eager" and p.stream_config is stream
     out = p.generate("x", num_frames=4)
     assert out.latents.shape[1] == 4
     with pytest.raises(ValueError, match="no decoded video"):
