@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ._common import add_common_args, add_model_args, model_preset, stream_config
+from ._checks import check_codec, check_output_dir, check_output_file, check_seconds, report_moved_switches
+from ._common import add_common_args, add_model_args, model_preset, positive_int, stream_config
 
 
 def register(sub) -> None:
@@ -72,7 +74,7 @@ def make_generator(comp, stream, args):
 
 def add_output_args(p) -> None:
     g = p.add_argument_group("output")
-    g.add_argument("--fps", type=int, default=16, help="video frames per second (default: 16, as Wan)")
+    g.add_argument("--fps", type=positive_int, default=16, help="video frames per second (default: 16, as Wan)")
     g.add_argument("--codec", help="video encoder (default: libx264, else the first available H.264 / MPEG-4)")
     g.add_argument("--latents", help="also save the latents to this .safetensors")
     g.add_argument("--png-dir", help="also save every video frame as a PNG in this folder")
@@ -175,45 +177,64 @@ def run_stream(
     frames: int,
     out_video: Path | None,
     args,
-    desc: str = "video frames",
+    desc: str = "latent frames",
+    png_dir: Path | None = None,
+    metadata: dict[str, str] | None = None,
+    on_interrupt: Callable[[torch.Tensor | None], None] | None = None,
 ) -> tuple[torch.Tensor | None, float]:
-    """Drive ``gen.stream(**stream_kwargs)``; decode and append each chunk to ``out_video`` (and PNGs)
-    as it finishes. Returns (latents [1, F, C, H, W] on the CPU if they are to be saved, seconds)."""
+    """Drive ``gen.stream(**stream_kwargs)``; decode and append each chunk to ``out_video`` (and PNGs
+    in ``png_dir``) as it finishes. Returns (latents [1, F, C, H, W] on the CPU if they are to be
+    saved, seconds).
+
+    On Ctrl-C or SIGTERM (a ``KeyboardInterrupt``) the video's playable prefix is finalised and
+    moved into place, what it holds is printed, ``on_interrupt`` gets the latents finished so far
+    (``None`` if none), and the interrupt goes on up (``arvid.cli.main`` exits 130 / 143).
+    """
     from tqdm import tqdm
 
     from arvid.runtime.vae import StreamingVAEDecoder, video_frames
     from arvid.runtime.video import VideoWriter, write_png_frames
 
     decoder = StreamingVAEDecoder(comp.vae) if comp.vae is not None else None
-    keep = out_video is None or bool(args.latents)
+    keep = out_video is None or bool(args.latents)  # latents stay on the CPU only when they are saved
     chunks: list[torch.Tensor] = []
     h, w = comp.preset.video_size
-    writer = VideoWriter(out_video, width=w, height=h, fps=args.fps, codec=args.codec) if out_video else None
-    total = video_frames(frames) if decoder else frames
+    writer = None
+    if out_video:
+        writer = VideoWriter(out_video, width=w, height=h, fps=args.fps, codec=args.codec, metadata=metadata)
     t0 = time.perf_counter()
-    written = 0
+    written = 0  # video frames decoded (and written)
     try:
-        with tqdm(total=total, unit="frame", desc=desc, disable=args.quiet, dynamic_ncols=True) as bar:
+        # The bar counts latent frames (what the DiT generates), whatever the output.
+        with tqdm(total=frames, unit="latent frame", desc=desc, disable=args.quiet, dynamic_ncols=True) as bar:
             for c in gen.stream(**stream_kwargs):
                 if keep:
                     chunks.append(c.latents.cpu())
-                if decoder is None:
-                    bar.update(c.latents.shape[1])
-                    continue
-                video = decoder.decode(c.latents)[0]  # [T, 3, H, W]
-                if writer is not None:
-                    writer.write(video)
-                if args.png_dir:
-                    write_png_frames(video, args.png_dir, written)
-                written += video.shape[0]
-                bar.update(video.shape[0])
+                if decoder is not None:
+                    video = decoder.decode(c.latents)[0]  # [T, 3, H, W]
+                    if writer is not None:
+                        writer.write(video)
+                    if png_dir is not None:
+                        write_png_frames(video, png_dir, written)
+                    written += video.shape[0]
+                bar.update(c.latents.shape[1])
         if writer is not None:
             writer.close()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as arvid.runtime.files.Terminated
         if writer is not None:
             writer.__exit__(KeyboardInterrupt, None, None)
             if writer.interrupted:
-                print(f"interrupted: {out_video} holds the first {writer.frames_written} frames", file=sys.stderr)
+                chunk = gen.stream_cfg.chunk_frames
+                full = sum(1 for k in range(1, frames // chunk + 1) if video_frames(k * chunk) <= writer.frames_written)
+                print(
+                    f"interrupted: {out_video} holds the first {writer.frames_written} video frames "
+                    f"({full} of {frames // chunk} chunks in full), a playable prefix",
+                    file=sys.stderr,
+                )
+            else:
+                print(f"interrupted: no video frame was finished; {out_video} was not written", file=sys.stderr)
+        if on_interrupt is not None:
+            on_interrupt(torch.cat(chunks, dim=1).contiguous() if chunks else None)
         raise
     except BaseException:
         if writer is not None:
@@ -221,6 +242,41 @@ def run_stream(
         raise
     seconds = time.perf_counter() - t0
     return (torch.cat(chunks, dim=1).contiguous() if keep and chunks else None), seconds
+
+
+def save_latents_prefix(paths: list[Path], latents: torch.Tensor | None, meta: dict[str, str], frames: int) -> None:
+    """After an interrupt: write the latents finished so far to each of ``paths`` (metadata
+    ``complete = false``, ``frames`` = what they hold), or say that none were written."""
+    if not paths:
+        return
+    names = ", ".join(map(str, paths))
+    if latents is None:
+        print(f"interrupted: no latent frame was finished; {names} not written", file=sys.stderr)
+        return
+    n = latents.shape[1]
+    # All frames may be done (the interrupt came while the last chunk was decoded): then they are complete.
+    prefix_meta = {**meta, "frames": str(n), "frames_requested": str(frames), "complete": str(n == frames).lower()}
+    for path in paths:
+        save_latents(path, latents, prefix_meta)
+    held = f"all {n}" if n == frames else f"the first {n} of {frames}"
+    print(f"interrupted: {names} hold{'s' * (len(paths) == 1)} {held} latent frames", file=sys.stderr)
+
+
+def video_metadata(prompts: list[str] | str, args, backend: str) -> dict[str, str]:
+    """mp4 container tags: prompt(s), seed, backend, arvid version and, when known, the git commit."""
+    import arvid
+    from arvid.bench.env import environment
+
+    tags = {
+        "prompt": prompts if isinstance(prompts, str) else json.dumps(prompts, ensure_ascii=False),
+        "seed": str(args.seed),
+        "backend": backend,
+        "arvid_version": arvid.__version__,
+    }
+    commit = environment(torch.device("cpu")).get("git_commit")
+    if commit:
+        tags["git_commit"] = commit
+    return tags
 
 
 def read_prompt_embeds(path: Path) -> list[torch.Tensor]:
@@ -265,38 +321,64 @@ def output_kind(path: Path) -> str:
 
 # -- the command ---------------------------------------------------------------------------------
 def cmd_generate(args) -> int:
+    from arvid.runtime import validate_schedule
     from arvid.runtime.config import check_frames
 
+    # Everything that can be checked is checked here, before any weights load.
     out = Path(args.out)
     kind = output_kind(out)
     if args.latents and Path(args.latents).suffix != ".safetensors":
         raise ValueError(f"--latents {args.latents}: latents are written as .safetensors")
+    check_seconds(args.seconds)
+    check_output_file(out, "--out")
+    check_output_file(args.latents, "--latents")
+    check_output_dir(args.png_dir, "--png-dir")
+    if kind == "video":
+        check_codec(args)
     stream = stream_config(args)
     frames = latent_frames(args, stream)
     prompts = args.prompt or ["a red fox running through fresh snow"]
-    if not args.prompt_embeds and len(prompts) != len(args.switch_frames) + 1:
+    embeds = read_prompt_embeds(Path(args.prompt_embeds)) if args.prompt_embeds else None
+    if embeds is None and len(prompts) != len(args.switch_frames) + 1:
         raise ValueError(f"{len(prompts)} --prompt given, {len(args.switch_frames) + 1} needed for the switch frames")
-    comp = load_components(args, need_vae=kind == "video" or bool(args.png_dir), need_text=not args.prompt_embeds)
-    frames = check_frames(comp.preset.default_frames if frames is None else frames, stream.chunk_frames)
-    embeds = read_prompt_embeds(Path(args.prompt_embeds)) if args.prompt_embeds else prompt_embeddings(comp, prompts)
+    preset, _ = model_preset(args)
+    frames = check_frames(preset.default_frames if frames is None else frames, stream.chunk_frames)
+    num_prompts = len(embeds) if embeds is not None else len(prompts)
+    switches = validate_schedule(frames, num_prompts, args.switch_frames, stream.chunk_frames)
+    report_moved_switches(args.switch_frames, switches)
 
+    comp = load_components(args, need_vae=kind == "video" or bool(args.png_dir), need_text=embeds is None)
+    if embeds is None:
+        embeds = prompt_embeddings(comp, prompts)
     p = comp.preset
     gen = make_generator(comp, stream, args)
     noise, renoise_gen = noise_and_generator(comp, frames, args.seed)
-    kwargs = dict(noise=noise, prompts=embeds, switch_frames=args.switch_frames, generator=renoise_gen)
-    latents, seconds = run_stream(
-        comp, gen, kwargs, frames=frames, out_video=out if kind == "video" else None, args=args
-    )
+    kwargs = dict(noise=noise, prompts=embeds, switch_frames=switches, generator=renoise_gen)
+    shown = prompts if not args.prompt_embeds else f"embeddings from {args.prompt_embeds}"
     meta = {
         "preset": p.name,
         "frames": str(frames),
         "seed": str(args.seed),
         "backend": gen.backend_name,
-        "switch_frames": ",".join(map(str, args.switch_frames)),
-        "prompts": json.dumps(prompts) if not args.prompt_embeds else f"embeddings from {args.prompt_embeds}",
+        "switch_frames": ",".join(map(str, switches)),
+        "prompts": json.dumps(shown) if not args.prompt_embeds else shown,
         "layout": "[B, F, C, H, W]",
     }
-    for path in [out] * (kind == "latents") + ([Path(args.latents)] if args.latents else []):
+    latents_paths = [out] * (kind == "latents") + ([Path(args.latents)] if args.latents else [])
+    latents, seconds = run_stream(
+        comp,
+        gen,
+        kwargs,
+        frames=frames,
+        out_video=out if kind == "video" else None,
+        args=args,
+        png_dir=Path(args.png_dir) if args.png_dir else None,
+        metadata=video_metadata(shown, args, gen.backend_name) if kind == "video" else None,
+        on_interrupt=(lambda prefix: save_latents_prefix(latents_paths, prefix, meta, frames))
+        if latents_paths
+        else None,
+    )
+    for path in latents_paths:
         save_latents(path, latents, meta)
     what = f"{kind} of {frames} latent frames"
     if kind == "video":

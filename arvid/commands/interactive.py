@@ -11,7 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ._common import add_common_args, add_model_args, stream_config
+from ._checks import check_codec, check_output_dir, check_output_file, check_seconds, report_moved_switches
+from ._common import add_common_args, add_model_args, model_preset, stream_config
 from .generate import (
     add_output_args,
     add_run_args,
@@ -21,7 +22,11 @@ from .generate import (
     prompt_embeddings,
     run_stream,
     save_latents,
+    save_latents_prefix,
+    video_metadata,
 )
+
+ECHO_CHARS = 80  # a live prompt is echoed up to this many characters (a pasted 2 MB prompt is not)
 
 
 def register(sub) -> None:
@@ -35,15 +40,28 @@ def register(sub) -> None:
     p.add_argument("--prompt", help="--live: the starting prompt (default: the first line read)")
     p.add_argument("--seconds", type=float, help="video length in seconds (instead of --frames)")
     p.add_argument("--out", help="--live: the output .mp4 (default: live.mp4)")
-    p.add_argument("--out-dir", default="videos", help="--prompts: folder for NNNN.mp4, one per line (default: videos)")
+    p.add_argument(
+        "--out-dir",
+        default="videos",
+        help="--prompts: folder for NNNN.mp4, one per line, and prompts.json mapping each to its prompts "
+        "(default: videos)",
+    )
     add_output_args(p)
     p.set_defaults(func=cmd_interactive)
+
+
+def short(text: str, limit: int = ECHO_CHARS) -> str:
+    """``text`` for an echo: whole if short, else its first ``limit`` characters and its length."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
 
 
 def cmd_interactive(args) -> int:
     from arvid.runtime.config import check_frames
     from arvid.runtime.prompts import align_switch_frames, read_prompt_jsonl
 
+    # Everything that can be checked is checked here, before any weights load.
+    check_seconds(args.seconds)
+    check_output_dir(args.png_dir, "--png-dir")
     stream = stream_config(args)
     frames = latent_frames(args, stream)
     if args.live:
@@ -52,64 +70,149 @@ def cmd_interactive(args) -> int:
         return _live(args, stream, frames)
     if args.latents:
         raise ValueError("--latents is for --live; with --prompts the latents are not saved")
-    videos = read_prompt_jsonl(args.prompts, num_switches=len(args.switch_frames))
-    comp = load_components(args, need_vae=True)
-    frames = check_frames(comp.preset.default_frames if frames is None else frames, stream.chunk_frames)
-    switches = align_switch_frames(args.switch_frames, stream.chunk_frames, frames)
-    if list(switches) != list(args.switch_frames):
-        print(f"switch frames {list(args.switch_frames)} take effect at chunk boundaries {switches}", file=sys.stderr)
-    gen = _generator(comp, stream, args)
+    if args.out:
+        raise ValueError("--out is for --live; with --prompts the videos go to --out-dir")
     out_dir = Path(args.out_dir)
+    check_output_dir(out_dir, "--out-dir")
+    check_codec(args)
+    videos = read_prompt_jsonl(args.prompts, num_switches=len(args.switch_frames))
+    preset, _ = model_preset(args)
+    frames = check_frames(preset.default_frames if frames is None else frames, stream.chunk_frames)
+    switches = align_switch_frames(args.switch_frames, stream.chunk_frames, frames)
+    report_moved_switches(args.switch_frames, switches)
+
+    comp = load_components(args, need_vae=True)
+    gen = _generator(comp, stream, args)
+    manifest: dict[str, dict] = {}
     for i, prompts in enumerate(videos):
-        out = out_dir / f"{i:04d}.mp4"
+        name = f"{i:04d}.mp4"
+        out = out_dir / name
         noise, renoise_gen = noise_and_generator(comp, frames, args.seed)
         kwargs = dict(
             noise=noise, prompts=prompt_embeddings(comp, prompts), switch_frames=switches, generator=renoise_gen
         )
-        _, seconds = run_stream(comp, gen, kwargs, frames=frames, out_video=out, args=args, desc=f"video {i}")
+        entry = {
+            "prompts": prompts,
+            "switch_frames": switches,
+            "switch_frames_requested": list(args.switch_frames),
+            "seed": args.seed,
+            "latent_frames": frames,
+            "fps": args.fps,
+            "backend": gen.backend_name,
+        }
+        try:
+            _, seconds = run_stream(
+                comp,
+                gen,
+                kwargs,
+                frames=frames,
+                out_video=out,
+                args=args,
+                desc=f"video {i}",
+                png_dir=Path(args.png_dir) / f"{i:04d}" if args.png_dir else None,  # one folder per video
+                metadata=video_metadata(prompts, args, gen.backend_name),
+            )
+        except KeyboardInterrupt:
+            if out.exists():  # the playable prefix run_stream kept
+                manifest[name] = {**entry, "complete": False}
+            _write_manifest(out_dir, manifest)
+            raise
+        manifest[name] = {**entry, "complete": True}
+        _write_manifest(out_dir, manifest)
         print(f"wrote {out}: {len(prompts)} prompts, {frames} latent frames in {seconds:.2f} s")
+    print(f"wrote {out_dir / 'prompts.json'}: prompts, switch frames and seed of each video")
     return 0
 
 
+def _write_manifest(out_dir: Path, manifest: dict[str, dict]) -> None:
+    """``prompts.json`` beside the videos: ``NNNN.mp4`` -> its prompts, switch frames, seed (the videos
+    written so far, so an interrupted run's manifest matches its folder)."""
+    import json
+
+    from arvid.runtime.files import atomic_write
+
+    text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+    atomic_write(out_dir / "prompts.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _stdin_open() -> bool:
+    """Standard input can be read (it is ``None`` when the process started with it closed)."""
+    return sys.stdin is not None and not sys.stdin.closed
+
+
 def _live(args, stream, frames) -> int:
+    import io
+
     from arvid.runtime.config import check_frames
     from arvid.runtime.interactive import LivePromptReader
 
     out = Path(args.out or "live.mp4")
     if out.suffix.lower() != ".mp4":
         raise ValueError(f"--out {out}: live mode writes an .mp4")
+    if args.latents and Path(args.latents).suffix != ".safetensors":
+        raise ValueError(f"--latents {args.latents}: latents are written as .safetensors")
+    check_output_file(out, "--out")
+    check_output_file(args.latents, "--latents")
+    check_codec(args)
+    if args.prompt is None and not _stdin_open():
+        raise ValueError("--live: standard input is closed, so no prompt can be read; give --prompt")
+    preset, _ = model_preset(args)
+    frames = check_frames(preset.default_frames if frames is None else frames, stream.chunk_frames)
+
     comp = load_components(args, need_vae=True)
-    frames = check_frames(comp.preset.default_frames if frames is None else frames, stream.chunk_frames)
 
     def encode(text: str):
         return prompt_embeddings(comp, [text])[0]
 
-    reader = LivePromptReader(encode)
     first = args.prompt
     if first is None:
         print("type the first prompt (then one line per prompt switch):", file=sys.stderr)
         first = sys.stdin.readline().strip()
         if not first:
             raise ValueError("no starting prompt: standard input is empty (or give --prompt)")
+    if _stdin_open():
+        reader = LivePromptReader(encode)
+        print("generating; type a new prompt and press Enter to switch at the next chunk", file=sys.stderr)
+    else:  # nothing to read: generate with the one prompt (the reader thread would fail on None)
+        reader = LivePromptReader(encode, lines=io.StringIO(""))
+        print("standard input is closed: generating with --prompt only, no live switches", file=sys.stderr)
     reader.start()
-    print("generating; type a new prompt and press Enter to switch at the next chunk", file=sys.stderr)
     gen = _generator(comp, stream, args)
     noise, renoise_gen = noise_and_generator(comp, frames, args.seed)
     kwargs = dict(noise=noise, prompts=encode(first), prompt_source=reader, generator=renoise_gen)
-    latents, seconds = run_stream(comp, gen, kwargs, frames=frames, out_video=out, args=args)
-    for frame, text in reader.switches:
-        print(f"  switched at latent frame {frame}: {text}", file=sys.stderr)
+    meta = {
+        "preset": comp.preset.name,
+        "frames": str(frames),
+        "seed": str(args.seed),
+        "layout": "[B, F, C, H, W]",
+    }
+    latents_paths = [Path(args.latents)] if args.latents else []
+
+    def on_interrupt(prefix):
+        _echo_switches(reader)
+        save_latents_prefix(latents_paths, prefix, {**meta, "switches": repr([(0, first), *reader.switches])}, frames)
+
+    latents, seconds = run_stream(
+        comp,
+        gen,
+        kwargs,
+        frames=frames,
+        out_video=out,
+        args=args,
+        png_dir=Path(args.png_dir) if args.png_dir else None,
+        metadata=video_metadata(first, args, gen.backend_name),
+        on_interrupt=on_interrupt,
+    )
+    _echo_switches(reader)
     if args.latents:
-        meta = {
-            "preset": comp.preset.name,
-            "frames": str(frames),
-            "seed": str(args.seed),
-            "switches": repr([(0, first), *reader.switches]),
-            "layout": "[B, F, C, H, W]",
-        }
-        save_latents(Path(args.latents), latents, meta)
+        save_latents(Path(args.latents), latents, {**meta, "switches": repr([(0, first), *reader.switches])})
     print(f"wrote {out}: {frames} latent frames, {len(reader.switches)} live switches in {seconds:.2f} s")
     return 0
+
+
+def _echo_switches(reader) -> None:
+    for frame, text in reader.switches:
+        print(f"  switched at latent frame {frame}: {short(text)}", file=sys.stderr)
 
 
 def _generator(comp, stream, args):
