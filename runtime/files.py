@@ -42,6 +42,28 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then deliver them to the handlers in place
+    before: for finalising an output, so a second Ctrl-C or a SIGTERM cannot cut a rename or a
+    container close in half. Python-level handlers, not ``pthread_sigmask``: a process-directed
+    signal may land on any thread (torch's, tqdm's), and CPython runs the handler in the main
+    thread regardless. A no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum)) for sig in held}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(pending):  # each held signal once, in arrival order
+            signal.raise_signal(sig)
+
+
 def current_umask() -> int:
     """The process umask (read from /proc where it can be, since ``os.umask`` can only be read by setting it)."""
     with contextlib.suppress(OSError, ValueError):

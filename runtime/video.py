@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .files import atomic_write, current_umask
+from .files import atomic_write, current_umask, signals_deferred
 
 PREFERRED_CODECS = ("libx264", "libopenh264", "h264", "mpeg4")
 
@@ -141,16 +141,17 @@ class VideoWriter:
         """Flush the encoder, close the container and move the file into place."""
         if self._container is None:
             return
-        try:
-            for packet in self._stream.encode(None):
-                self._container.mux(packet)
-        except BaseException:
-            self.abort()  # a file that could not be finalized is not passed off as a video
-            raise
-        self._container.close()
-        self._container = None
-        os.chmod(self.tmp, 0o666 & ~current_umask())
-        os.replace(self.tmp, self.path)
+        with signals_deferred():  # a Ctrl-C / SIGTERM now would lose every frame written: it waits
+            try:
+                for packet in self._stream.encode(None):
+                    self._container.mux(packet)
+            except BaseException:
+                self.abort()  # a file that could not be finalized is not passed off as a video
+                raise
+            self._container.close()
+            self._container = None
+            os.chmod(self.tmp, 0o666 & ~current_umask())
+            os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
         """Drop the output: close the container and delete the temporary file."""

@@ -76,6 +76,60 @@ def test_sigterm_before_any_frame_leaves_nothing(tmp_path, monkeypatch, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_sigterm_with_latents_only_writes_the_latents_prefix(tmp_path, monkeypatch, capsys):
+    from arvid.runtime.generator import StreamingGenerator
+
+    stream = StreamingGenerator.stream
+
+    def stream_then_signal(self, *args, **kwargs):
+        for c in stream(self, *args, **kwargs):
+            yield c
+            if c.index == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(StreamingGenerator, "stream", stream_then_signal)
+    out = tmp_path / "l.safetensors"
+    assert main(["generate", "--frames", "12", "--quiet", "--out", str(out)]) == 143
+    assert f"{out} holds the first 6 of 12 latent frames" in capsys.readouterr().err
+    with safe_open(str(out), "pt") as f:
+        assert f.get_tensor("latents").shape[1] == 6 and f.metadata()["complete"] == "false"
+    assert _stray(tmp_path) == []
+
+
+def test_sigterm_in_interactive_keeps_finished_videos_and_the_manifest(tmp_path, monkeypatch, capsys):
+    write = VideoWriter.write
+    calls = []
+
+    def write_then_signal(self, frames):
+        write(self, frames)
+        calls.append(self.path.name)
+        if calls == ["0000.mp4", "0000.mp4", "0001.mp4"]:  # the second video's first chunk
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(VideoWriter, "write", write_then_signal)
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"prompts": ["a fox"]}) + "\n" + json.dumps({"prompts": ["a dog"]}) + "\n")
+    videos = tmp_path / "videos"
+    assert main(["interactive", "--prompts", str(f), "--frames", "6", "--quiet", "--out-dir", str(videos)]) == 143
+    assert f"{videos / '0001.mp4'} holds the first 9 video frames (1 of 2 chunks in full)" in capsys.readouterr().err
+    assert read_video_info(videos / "0000.mp4")[0] == 21 and read_video_info(videos / "0001.mp4")[0] == 9
+    manifest = json.loads((videos / "prompts.json").read_text())
+    assert manifest["0000.mp4"]["complete"] is True and manifest["0001.mp4"]["complete"] is False
+    assert _stray(tmp_path) == []
+
+
+def test_signals_deferred_holds_sigterm_until_the_block_ends():
+    from arvid.runtime.files import Terminated, signals_deferred, sigterm_as_interrupt
+
+    done = []
+    with pytest.raises(Terminated), sigterm_as_interrupt():
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            done.append("finalised")  # still runs: the signal waits
+        done.append("after")  # not reached: delivered when the block ends
+    assert done == ["finalised"]
+
+
 # -- 2. everything checked before any weights load ----------------------------------------------------
 GEN = ["generate", "--frames", "24", "--quiet"]
 

@@ -192,7 +192,8 @@ def run_stream(
     """
     from tqdm import tqdm
 
-    from arvid.runtime.vae import StreamingVAEDecoder, video_frames
+    from arvid.runtime.files import signals_deferred
+    from arvid.runtime.vae import StreamingVAEDecoder
     from arvid.runtime.video import VideoWriter, write_png_frames
 
     decoder = StreamingVAEDecoder(comp.vae) if comp.vae is not None else None
@@ -221,20 +222,8 @@ def run_stream(
         if writer is not None:
             writer.close()
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as arvid.runtime.files.Terminated
-        if writer is not None:
-            writer.__exit__(KeyboardInterrupt, None, None)
-            if writer.interrupted:
-                chunk = gen.stream_cfg.chunk_frames
-                full = sum(1 for k in range(1, frames // chunk + 1) if video_frames(k * chunk) <= writer.frames_written)
-                print(
-                    f"interrupted: {out_video} holds the first {writer.frames_written} video frames "
-                    f"({full} of {frames // chunk} chunks in full), a playable prefix",
-                    file=sys.stderr,
-                )
-            else:
-                print(f"interrupted: no video frame was finished; {out_video} was not written", file=sys.stderr)
-        if on_interrupt is not None:
-            on_interrupt(torch.cat(chunks, dim=1).contiguous() if chunks else None)
+        with signals_deferred():  # a second signal waits until the prefix is finalised and reported
+            _keep_prefix(writer, out_video, frames, gen.stream_cfg.chunk_frames, chunks, on_interrupt)
         raise
     except BaseException:
         if writer is not None:
@@ -242,6 +231,25 @@ def run_stream(
         raise
     seconds = time.perf_counter() - t0
     return (torch.cat(chunks, dim=1).contiguous() if keep and chunks else None), seconds
+
+
+def _keep_prefix(writer, out_video, frames: int, chunk: int, chunks: list[torch.Tensor], on_interrupt) -> None:
+    """After an interrupt: finalise the video's prefix and say what it holds; hand on the latents."""
+    from arvid.runtime.vae import video_frames
+
+    if writer is not None:
+        writer.__exit__(KeyboardInterrupt, None, None)
+        if writer.interrupted:
+            full = sum(1 for k in range(1, frames // chunk + 1) if video_frames(k * chunk) <= writer.frames_written)
+            print(
+                f"interrupted: {out_video} holds the first {writer.frames_written} video frames "
+                f"({full} of {frames // chunk} chunks in full), a playable prefix",
+                file=sys.stderr,
+            )
+        else:
+            print(f"interrupted: no video frame was finished; {out_video} was not written", file=sys.stderr)
+    if on_interrupt is not None:
+        on_interrupt(torch.cat(chunks, dim=1).contiguous() if chunks else None)
 
 
 def save_latents_prefix(paths: list[Path], latents: torch.Tensor | None, meta: dict[str, str], frames: int) -> None:
