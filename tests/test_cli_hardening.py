@@ -142,6 +142,8 @@ GEN = ["generate", "--frames", "24", "--quiet"]
         (["--switch-frames", "24", "--prompt", "a", "--prompt", "b"], "out of range"),
         (["--switch-frames", "4,5", "--prompt", "a", "--prompt", "b", "--prompt", "c"], "same chunk boundary"),
         (["--switch-frames", "22", "--prompt", "a", "--prompt", "b"], "not before the end of the video"),
+        (["--backend", "nope"], "unknown attention backend or engine 'nope'"),
+        (["--backend", "sdpa+turbo"], "unknown option(s) ['turbo']"),
         (["--codec", "aac"], "--codec: codec 'aac' is an audio encoder, not a video encoder"),
         (["--codec", "no-such-codec"], "--codec: codec 'no-such-codec' is not available"),
     ],

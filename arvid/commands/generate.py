@@ -66,6 +66,15 @@ def generator_options(args):
     )
 
 
+def check_run_args(args) -> None:
+    """Before any load: the device exists (CUDA asked for without CUDA is an error) and the
+    ``--backend`` variant names a known backend or engine with known options."""
+    from arvid.runtime.devices import resolve_device
+
+    resolve_device(args.device)
+    generator_options(args)
+
+
 def make_generator(comp, stream, args):
     """The StreamingGenerator the run options ask for (see :func:`generator_options`)."""
     p = comp.preset
@@ -338,6 +347,7 @@ def cmd_generate(args) -> int:
     if args.latents and Path(args.latents).suffix != ".safetensors":
         raise ValueError(f"--latents {args.latents}: latents are written as .safetensors")
     check_seconds(args.seconds)
+    check_run_args(args)
     check_output_file(out, "--out")
     check_output_file(args.latents, "--latents")
     check_output_dir(args.png_dir, "--png-dir")

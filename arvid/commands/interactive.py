@@ -16,6 +16,7 @@ from ._common import add_common_args, add_model_args, model_preset, stream_confi
 from .generate import (
     add_output_args,
     add_run_args,
+    check_run_args,
     latent_frames,
     load_components,
     noise_and_generator,
@@ -61,6 +62,7 @@ def cmd_interactive(args) -> int:
 
     # Everything that can be checked is checked here, before any weights load.
     check_seconds(args.seconds)
+    check_run_args(args)
     check_output_dir(args.png_dir, "--png-dir")
     stream = stream_config(args)
     frames = latent_frames(args, stream)
