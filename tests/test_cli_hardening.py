@@ -144,6 +144,7 @@ GEN = ["generate", "--frames", "24", "--quiet"]
         (["--switch-frames", "22", "--prompt", "a", "--prompt", "b"], "not before the end of the video"),
         (["--backend", "nope"], "unknown attention backend or engine 'nope'"),
         (["--backend", "sdpa+turbo"], "unknown option(s) ['turbo']"),
+        (["--backend", "sdpa+graphs", "--device", "cpu"], "CUDA graphs need a CUDA device"),
         (["--codec", "aac"], "--codec: codec 'aac' is an audio encoder, not a video encoder"),
         (["--codec", "no-such-codec"], "--codec: codec 'no-such-codec' is not available"),
     ],

@@ -67,12 +67,15 @@ def generator_options(args):
 
 
 def check_run_args(args) -> None:
-    """Before any load: the device exists (CUDA asked for without CUDA is an error) and the
-    ``--backend`` variant names a known backend or engine with known options."""
+    """Before any load: the device exists (CUDA asked for without CUDA is an error), the
+    ``--backend`` variant names a known backend or engine with known options, and CUDA graphs are
+    asked for only on a CUDA device (the generator checks that too, but only once the DiT is loaded)."""
     from arvid.runtime.devices import resolve_device
 
-    resolve_device(args.device)
-    generator_options(args)
+    device = resolve_device(args.device)
+    opts = generator_options(args)
+    if (opts.graphs or opts.stepgraphs) and device.type != "cuda":
+        raise ValueError(f"CUDA graphs need a CUDA device; the model is on {device}")
 
 
 def make_generator(comp, stream, args):
