@@ -53,7 +53,8 @@ def signals_deferred() -> Iterator[None]:
         yield
         return
     pending: list[int] = []
-    held = (signal.SIGINT, signal.SIGTERM)
+    # A handler installed from C (getsignal() is None) could not be put back: leave that signal alone.
+    held = [sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) is not None]
     previous = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum)) for sig in held}
     try:
         yield
