@@ -355,15 +355,22 @@ class Pipeline:
         png_dir: str | Path | None = None,
         keep_latents: bool = False,
         progress: bool = False,
-        desc: str = "video frames",
+        desc: str = "latent frames",
+        metadata: dict[str, str] | None = None,
+        on_interrupt: Callable[[torch.Tensor | None], None] | None = None,
     ) -> WriteResult:
         """Stream to an ``.mp4`` (``out``; ``None``: no video file), appending each chunk as it is decoded.
 
         ``png_dir`` also writes every video frame as a PNG; ``keep_latents`` returns all latents (memory
         grows with the length). ``stop()`` is asked before every chunk after the first: True ends the
-        stream there (with ``num_frames=None`` the stream runs until it does, or until Ctrl-C). On Ctrl-C
-        the frames written so far are finalised into a playable mp4 (a note on stderr says how many) and
-        ``KeyboardInterrupt`` propagates; on any other error no file is left behind.
+        stream there (with ``num_frames=None`` the stream runs until it does, or until Ctrl-C).
+        ``metadata`` are the mp4's container tags. The progress bar counts latent frames.
+
+        On Ctrl-C or SIGTERM (a ``KeyboardInterrupt``: ``arvid.runtime.files.Terminated``) the frames
+        written so far are finalised into a playable mp4 and moved into place, a note on stderr says
+        what it holds, ``on_interrupt`` gets the latents finished so far (with ``keep_latents``; else
+        ``None``), and the interrupt propagates; a second signal waits until that is done. On any
+        other error no file is left behind.
         """
         from tqdm import tqdm
 
@@ -373,15 +380,17 @@ class Pipeline:
         if (out is not None or png_dir is not None) and self.vae is None:
             raise ValueError("video output needs a VAE: load the pipeline with need_vae=True")
         h, w = self.preset.video_size
-        writer = VideoWriter(out, width=w, height=h, fps=fps, codec=codec) if out is not None else None
+        writer = None
+        if out is not None:
+            writer = VideoWriter(out, width=w, height=h, fps=fps, codec=codec, metadata=metadata)
         chunks: list[torch.Tensor] = []
-        total = None
-        if num_frames is not None:
-            total = self.chunk_video_frames(num_frames) if decode else num_frames
         t0 = time.perf_counter()
         frames = written = 0
         try:
-            with tqdm(total=total, unit="frame", desc=desc, disable=not progress, dynamic_ncols=True) as bar:
+            # The bar counts latent frames (what the DiT generates), whatever the output.
+            with tqdm(
+                total=num_frames, unit="latent frame", desc=desc, disable=not progress, dynamic_ncols=True
+            ) as bar:
                 for c in self.stream(
                     prompts, switch_frames, num_frames=num_frames, seed=seed, noise=noise,
                     prompt_source=prompt_source, decode=decode,
@@ -389,24 +398,24 @@ class Pipeline:
                     frames += c.latents.shape[1]
                     if keep_latents:
                         chunks.append(c.latents.cpu())
-                    if c.video is None:
-                        bar.update(c.latents.shape[1])
-                    else:
+                    if c.video is not None:
                         if writer is not None:
                             writer.write(c.video)
                         if png_dir is not None:
                             write_png_frames(c.video, png_dir, written)
                         written += c.video.shape[0]
-                        bar.update(c.video.shape[0])
+                    bar.update(c.latents.shape[1])
                     if stop is not None and stop():
                         break
             if writer is not None:
                 writer.close()
-        except KeyboardInterrupt:
-            if writer is not None:
-                writer.__exit__(KeyboardInterrupt, None, None)
-                if writer.interrupted:
-                    print(f"interrupted: {out} holds the first {writer.frames_written} frames", file=sys.stderr)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as arvid.runtime.files.Terminated
+            from arvid.runtime.files import signals_deferred
+
+            with signals_deferred():  # a second signal waits until the prefix is finalised and reported
+                self._keep_prefix(writer, out, num_frames)
+                if on_interrupt is not None:
+                    on_interrupt(torch.cat(chunks, dim=1).contiguous() if chunks else None)
             raise
         except BaseException:
             if writer is not None:
@@ -415,6 +424,24 @@ class Pipeline:
         seconds = time.perf_counter() - t0
         latents = torch.cat(chunks, dim=1).contiguous() if chunks else None
         return WriteResult(latents, frames, written, seconds)
+
+    def _keep_prefix(self, writer, out, num_frames: int | None) -> None:
+        """After an interrupt: finalise the video's playable prefix and say what it holds."""
+        from arvid.runtime.vae import video_frames
+
+        if writer is None:
+            return
+        writer.__exit__(KeyboardInterrupt, None, None)
+        if not writer.interrupted:
+            print(f"interrupted: no video frame was finished; {out} was not written", file=sys.stderr)
+            return
+        held = f"interrupted: {out} holds the first {writer.frames_written} video frames"
+        if num_frames is not None:
+            chunk = self.stream_config.chunk_frames
+            total = num_frames // chunk
+            full = sum(1 for k in range(1, total + 1) if video_frames(k * chunk) <= writer.frames_written)
+            held += f" ({full} of {total} chunks in full)"
+        print(f"{held}, a playable prefix", file=sys.stderr)
 
 
 # -- loading pieces --------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from .attention import backend_names, default_backend, get_backend
 from .chunk_runner import ChunkExecutor, ChunkRunner, executor_names, get_executor
 from .config import StreamConfig
 from .model import CausalWanModel
+from .prompts import align_switch_frames
 from .scheduler import FlowMatchScheduler
 
 
@@ -32,22 +33,20 @@ class ChunkOutput:
 
 
 def validate_schedule(num_frames: int | None, num_prompts: int, switch_frames: Sequence[int], chunk: int) -> list[int]:
-    """Check a prompt schedule (``num_frames`` None: an endless stream, no upper bound); returns the
-    switch frames as a list."""
+    """Check a prompt schedule; returns the switch frames where they take effect.
+
+    LongLive's rule (:func:`~arvid.runtime.prompts.align_switch_frames`): a switch takes effect at the
+    first chunk that starts at or after its frame, so with 3-frame chunks a switch at 13 happens at 15.
+    Switch frames must be strictly increasing inside ``(0, num_frames)`` and land on different chunks
+    before the end of the video (``num_frames`` None: an endless stream, no upper bound); the error
+    names what is wrong (out of range, not sorted, duplicate).
+    """
     switches = [int(s) for s in switch_frames]
     if num_prompts < 1:
         raise ValueError("at least one prompt is needed")
     if len(switches) != num_prompts - 1:
         raise ValueError(f"{num_prompts} prompts need {num_prompts - 1} switch frames, got {len(switches)}")
-    prev = 0
-    for s in switches:
-        if not prev < s < (num_frames if num_frames is not None else s + 1):
-            span = f"(0, {num_frames})" if num_frames is not None else "(0, ...)"
-            raise ValueError(f"switch frame {s} out of range: switch frames must increase strictly inside {span}")
-        if s % chunk:
-            raise ValueError(f"switch frame {s} is not on a chunk boundary (chunk = {chunk} latent frames)")
-        prev = s
-    return switches
+    return align_switch_frames(switches, chunk, num_frames)
 
 
 #: The initial noise of a stream: all frames at once ``[B, F, C, H, W]``, a callable
@@ -200,7 +199,8 @@ class StreamingGenerator:
             With a generator or a callable and no ``num_frames`` the stream is endless: the caller
             stops iterating. Nothing grows with the length (no per-frame list is kept).
         prompts : one ``[B, text_len, text_dim]`` embedding, or one per prompt segment.
-        switch_frames : latent frames where prompt i+1 takes over (chunk boundaries, increasing).
+        switch_frames : latent frames where prompt i+1 takes over (increasing); each takes effect at the
+            first chunk starting at or after it (LongLive's rule, see :func:`validate_schedule`).
         num_frames : latent frames to generate (a multiple of the chunk); with a noise tensor it
             must equal the tensor's F (or be None).
         prompt_source : instead of a fixed schedule, ``prompt_source(frame_start)`` is asked at every

@@ -25,14 +25,20 @@ def read_prompt_jsonl(path: str | Path, num_switches: int | None = None) -> list
     ----------
     num_switches : when given, every line must hold ``num_switches + 1`` prompts.
 
-    Errors name the file and the line: malformed JSON, a line that is not an object with a
+    Errors name the file and the line: text that is not UTF-8, malformed JSON, a line that is not an object with a
     ``"prompts"`` list of non-empty strings, or a prompt count that does not match the switches.
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"prompt file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        bad = f"byte 0x{e.object[e.start]:02x} at offset {e.start}"
+        raise ValueError(f"{path}:{line}: not UTF-8 text ({bad}); save the file as UTF-8") from None
     videos = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
@@ -55,25 +61,48 @@ def read_prompt_jsonl(path: str | Path, num_switches: int | None = None) -> list
     return videos
 
 
-def align_switch_frames(switch_frames: Sequence[int], chunk: int, num_frames: int) -> list[int]:
-    """LongLive's switch rule: each switch happens at the first chunk boundary at or after its frame.
+def align_switch_frames(switch_frames: Sequence[int], chunk: int, num_frames: int | None) -> list[int]:
+    """LongLive's switch rule, the one rule of arvid: each switch takes effect at the first chunk that
+    starts at or after its frame (``current_start_frame >= next_switch_pos`` in LongLive's pipeline).
 
-    Returns the chunk-aligned switch frames; an error if two land on the same chunk or one lands at
-    or past the end of the video (that prompt would never be shown).
+    Parameters
+    ----------
+    switch_frames : latent frames, strictly increasing, each in ``(0, num_frames)``.
+    chunk : latent frames per chunk.
+    num_frames : latent frames in the video; None for an endless stream (no upper bound).
+
+    Returns
+    -------
+    The chunk-aligned switch frames (``13 -> 15`` with 3-frame chunks). Errors say what is wrong:
+    a frame out of range, switch frames not sorted, a duplicate, two switches that land on the same
+    chunk, or one that lands at or past the end of the video (that prompt would never be shown).
     """
-    aligned = []
-    for s in switch_frames:
-        if s <= 0:
-            raise ValueError(f"switch frame {s} must be positive")
-        a = -(-int(s) // chunk) * chunk
-        if aligned and a <= aligned[-1]:
+    aligned: list[int] = []
+    prev: int | None = None
+    for s in (int(x) for x in switch_frames):
+        if not 0 < s < (num_frames if num_frames is not None else s + 1):
+            if num_frames is None:
+                raise ValueError(f"switch frame {s} out of range: switch frames must be > 0")
             raise ValueError(
-                f"switch frames {aligned[-1]} and {s} fall on the same chunk boundary ({a}; chunk = {chunk} latent "
-                "frames) or are not increasing"
+                f"switch frame {s} out of range: switch frames must lie inside (0, {num_frames}) "
+                f"for {num_frames} latent frames"
             )
-        if a >= num_frames:
-            raise ValueError(f"switch frame {s} (chunk boundary {a}) is not before the end of the video ({num_frames})")
+        if prev is not None and s == prev:
+            raise ValueError(f"duplicate switch frame {s}")
+        if prev is not None and s < prev:
+            raise ValueError(f"switch frames not sorted: {s} after {prev}")
+        a = -(-s // chunk) * chunk
+        if aligned and a == aligned[-1]:
+            raise ValueError(
+                f"switch frames {prev} and {s} land on the same chunk boundary ({a}; chunk = {chunk} latent frames)"
+            )
+        if num_frames is not None and a >= num_frames:
+            raise ValueError(
+                f"switch frame {s} out of range: it takes effect at chunk boundary {a}, "
+                f"which is not before the end of the video ({num_frames} latent frames)"
+            )
         aligned.append(a)
+        prev = s
     return aligned
 
 

@@ -1,9 +1,11 @@
 """Video output: an mp4 written with PyAV as frames arrive, never left half-written; PNG frames.
 
 :class:`VideoWriter` encodes into a temporary file beside the target and renames it when the
-container is closed properly. On an exception the temporary file is removed; on Ctrl-C
-(``KeyboardInterrupt``) the frames written so far are finalised into a playable file and
-``interrupted`` is set so the caller can say so. Either a complete, playable file or none.
+container is closed properly. On an exception the temporary file is removed; on Ctrl-C or SIGTERM
+(``KeyboardInterrupt``, or :class:`~arvid.runtime.files.Terminated` under
+:func:`~arvid.runtime.files.sigterm_as_interrupt`) the frames written so far are finalised into a
+playable file and ``interrupted`` is set so the caller can say so. Either a complete, playable file,
+a playable prefix reported as such, or none.
 """
 
 from __future__ import annotations
@@ -17,31 +19,43 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .files import atomic_write
+from .files import atomic_write, current_umask, signals_deferred
 
 PREFERRED_CODECS = ("libx264", "libopenh264", "h264", "mpeg4")
 
 
 def pick_codec(requested: str | None = None) -> str:
-    """``requested`` if PyAV can encode it, else the first of H.264 (libx264) / OpenH264 / MPEG-4 Part 2
-    this PyAV build has (with a note on stderr when it is not libx264)."""
-    import av
+    """``requested`` if this PyAV build has it as a video encoder, else the first of H.264 (libx264) /
+    OpenH264 / MPEG-4 Part 2 this PyAV build can encode (with a note on stderr when it is not libx264).
 
-    available = av.codecs_available
+    A name that is unknown, decoder-only or not a video codec (``aac``) is a ``ValueError``.
+    """
     if requested is not None:
-        if requested not in available:
-            raise ValueError(f"video codec {requested!r} is not available in this PyAV build")
+        kind = _encoder_type(requested)
+        if kind is None:
+            raise ValueError(f"codec {requested!r} is not available in this PyAV build as an encoder")
+        if kind != "video":
+            raise ValueError(f"codec {requested!r} is an {kind} encoder, not a video encoder (e.g. libx264, mpeg4)")
         return requested
     for name in PREFERRED_CODECS:
-        if name in available:
-            try:
-                av.codec.Codec(name, "w")
-            except Exception:  # listed but no encoder (e.g. a decoder-only 'h264')
-                continue
+        if _encoder_type(name) == "video":
             if name != "libx264":
                 print(f"note: libx264 is not in this PyAV build; encoding with {name}", file=sys.stderr)
             return name
     raise ValueError(f"no mp4 video encoder in this PyAV build (tried {', '.join(PREFERRED_CODECS)})")
+
+
+def _encoder_type(name: str) -> str | None:
+    """``"video"`` / ``"audio"`` / ... for an encoder PyAV has, ``None`` for no encoder of that name
+    (unknown, or listed as a decoder only, as a decoder-only ``h264`` is)."""
+    import av
+
+    if name not in av.codecs_available:
+        return None
+    try:
+        return av.codec.Codec(name, "w").type
+    except Exception:  # av.codec.UnknownCodecError: known name, no encoder
+        return None
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
@@ -59,12 +73,22 @@ class VideoWriter:
     width, height : frame size in pixels; both must be even (yuv420p halves the chroma planes).
     fps : frames per second (Wan / LongLive: 16).
     codec : an encoder name, or ``None`` for libx264 with fallbacks (see :func:`pick_codec`).
+    metadata : container tags (e.g. prompt, seed), written as mp4 metadata that
+        ``av.open(path).metadata`` reads back (custom keys need ffmpeg's ``use_metadata_tags``).
 
     Use as a context manager; ``frames_written`` and ``interrupted`` tell what happened.
     """
 
     def __init__(
-        self, path: str | Path, *, width: int, height: int, fps: int = 16, codec: str | None = None, crf: int = 18
+        self,
+        path: str | Path,
+        *,
+        width: int,
+        height: int,
+        fps: int = 16,
+        codec: str | None = None,
+        crf: int = 18,
+        metadata: dict[str, str] | None = None,
     ) -> None:
         import av
 
@@ -73,14 +97,20 @@ class VideoWriter:
             raise ValueError(f"{self.path}: video output must be .mp4")
         if width % 2 or height % 2 or width <= 0 or height <= 0:
             raise ValueError(f"{self.path}: frame size {width}x{height} must be positive and even for yuv420p")
+        if not isinstance(fps, int) or fps <= 0:
+            raise ValueError(f"{self.path}: fps must be a positive integer, got {fps!r}")
         self.width, self.height, self.fps = width, height, fps
         self.codec = pick_codec(codec)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp.mp4")
         self.frames_written = 0
         self.interrupted = False
-        self._container = av.open(str(self.tmp), mode="w", format="mp4")
+        # use_metadata_tags: the mp4 muxer keeps only a few standard tags unless told to keep every key.
+        opts = {"movflags": "use_metadata_tags"} if metadata else {}
+        self._container = av.open(str(self.tmp), mode="w", format="mp4", options=opts)
         try:
+            for key, value in sorted((metadata or {}).items()):
+                self._container.metadata[key] = str(value)
             self._stream = self._container.add_stream(self.codec, rate=Fraction(fps))
             self._stream.width, self._stream.height = width, height
             self._stream.pix_fmt = "yuv420p"
@@ -111,15 +141,17 @@ class VideoWriter:
         """Flush the encoder, close the container and move the file into place."""
         if self._container is None:
             return
-        try:
-            for packet in self._stream.encode(None):
-                self._container.mux(packet)
-        except BaseException:
-            self.abort()  # a file that could not be finalized is not passed off as a video
-            raise
-        self._container.close()
-        self._container = None
-        os.replace(self.tmp, self.path)
+        with signals_deferred():  # a Ctrl-C / SIGTERM now would lose every frame written: it waits
+            try:
+                for packet in self._stream.encode(None):
+                    self._container.mux(packet)
+            except BaseException:
+                self.abort()  # a file that could not be finalized is not passed off as a video
+                raise
+            self._container.close()
+            self._container = None
+            os.chmod(self.tmp, 0o666 & ~current_umask())
+            os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
         """Drop the output: close the container and delete the temporary file."""

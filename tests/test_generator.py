@@ -177,8 +177,12 @@ def test_bad_input_errors(model):
         gen.generate(noise[:, :10], embeds[:1])
     with pytest.raises(ValueError, match="out of range"):
         gen.generate(noise, embeds, (12,))
-    with pytest.raises(ValueError, match="chunk boundary"):
-        gen.generate(noise, embeds, (4,))
+    with pytest.raises(ValueError, match="not sorted"):
+        gen.generate(noise, [embeds[0]] * 3, (9, 6))
+    with pytest.raises(ValueError, match="duplicate"):
+        gen.generate(noise, [embeds[0]] * 3, (6, 6))
+    with pytest.raises(ValueError, match="same chunk boundary"):
+        gen.generate(noise, [embeds[0]] * 3, (4, 5))
     with pytest.raises(ValueError, match="switch frames"):
         gen.generate(noise, embeds)
     with pytest.raises(ValueError, match="noise must be"):

@@ -140,7 +140,7 @@ def test_cli_interactive_jsonl(tmp_path, capsys):
     f.write_text(json.dumps({"prompts": ["a fox", "a dog"]}) + "\n" + json.dumps({"prompts": ["x", "y"]}) + "\n")
     args = ["interactive", "--prompts", str(f), "--switch-frames", "2", "--frames", "6", "--quiet"]
     assert main([*args, "--out-dir", str(tmp_path / "videos")]) == 0
-    assert "take effect at chunk boundaries [3]" in capsys.readouterr().err
+    assert "switch frame 2 -> 3 (chunk boundary)" in capsys.readouterr().err
     for name in ("0000.mp4", "0001.mp4"):
         assert read_video_info(tmp_path / "videos" / name)[:3] == (21, 64, 64)
 

@@ -114,6 +114,8 @@ def test_cli_ctrl_c_keeps_a_playable_prefix(tmp_path, monkeypatch, capsys):
     out = tmp_path / "v.mp4"
     assert main(["generate", "--frames", "6", "--out", str(out), "--latents", str(tmp_path / "l.safetensors")]) == 130
     err = capsys.readouterr().err
-    assert f"interrupted: {out} holds the first 9 frames" in err
+    assert f"interrupted: {out} holds the first 9 video frames" in err
     assert read_video_info(out)[:3] == (9, 64, 64)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mp4"]  # no temp file, no latents
+    # no temp file; both chunks' latents were done before the interrupt, so --latents holds them all
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.safetensors", "v.mp4"]
+    assert f"{tmp_path / 'l.safetensors'} holds all 6 latent frames" in err

@@ -35,6 +35,20 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+SEED_MAX = 2**63 - 2  # the run seeds torch.Generator with seed and seed + 1; both must fit an int64
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a seed that fits a 64-bit integer (0 to 2**63 - 2; the run also uses seed + 1)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must fit a 64-bit integer (0 to {SEED_MAX}), got {value}")
+    return value
+
+
 def add_common_args(p: argparse.ArgumentParser) -> None:
     from arvid.runtime import PRESETS
 
@@ -53,7 +67,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default: bf16 on CUDA, fp32 on the CPU")
     p.add_argument("--frames", type=positive_int, help="latent frames to generate (a multiple of the chunk)")
     p.add_argument("--switch-frames", type=int_list, default=(), help="prompt switch frames, e.g. 12,24")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0, help="random seed, 0 to 2**63 - 2 (default: 0)")
     add_stream_args(p)
     _read_config_before_parsing(p)
 

@@ -9,11 +9,13 @@ tokenizer, tiny random VAE), so ``arvid generate --out video.mp4`` needs no file
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
 
-from ._common import add_common_args, add_model_args, stream_config
+from ._checks import check_codec, check_output_dir, check_output_file, check_seconds, report_moved_switches
+from ._common import add_common_args, add_model_args, positive_int, stream_config
 
 
 def register(sub) -> None:
@@ -65,9 +67,21 @@ def generator_options(args):
     )
 
 
+def check_run_args(args) -> None:
+    """Before any load: the device exists (CUDA asked for without CUDA is an error), the
+    ``--backend`` variant names a known backend or engine with known options, and CUDA graphs are
+    asked for only on a CUDA device (the generator checks that too, but only once the DiT is loaded)."""
+    from arvid.runtime.devices import resolve_device
+
+    device = resolve_device(args.device)
+    opts = generator_options(args)
+    if (opts.graphs or opts.stepgraphs) and device.type != "cuda":
+        raise ValueError(f"CUDA graphs need a CUDA device; the model is on {device}")
+
+
 def add_output_args(p) -> None:
     g = p.add_argument_group("output")
-    g.add_argument("--fps", type=int, default=16, help="video frames per second (default: 16, as Wan)")
+    g.add_argument("--fps", type=positive_int, default=16, help="video frames per second (default: 16, as Wan)")
     g.add_argument("--codec", help="video encoder (default: libx264, else the first available H.264 / MPEG-4)")
     g.add_argument("--latents", help="also save the latents to this .safetensors")
     g.add_argument("--png-dir", help="also save every video frame as a PNG in this folder")
@@ -122,6 +136,43 @@ def run_stream(pipe, args, prompts, switch_frames=(), *, frames: int | None, out
     )  # fmt: skip
 
 
+def save_latents_prefix(paths: list[Path], latents: torch.Tensor | None, meta: dict[str, str], frames: int) -> None:
+    """After an interrupt: write the latents finished so far to each of ``paths`` (metadata
+    ``complete = false``, ``frames`` = what they hold), or say that none were written."""
+    from arvid.pipeline import save_latents
+
+    if not paths:
+        return
+    names = ", ".join(map(str, paths))
+    if latents is None:
+        print(f"interrupted: no latent frame was finished; {names} not written", file=sys.stderr)
+        return
+    n = latents.shape[1]
+    # All frames may be done (the interrupt came while the last chunk was decoded): then they are complete.
+    prefix_meta = {**meta, "frames": str(n), "frames_requested": str(frames), "complete": str(n == frames).lower()}
+    for path in paths:
+        save_latents(path, latents, prefix_meta)
+    held = f"all {n}" if n == frames else f"the first {n} of {frames}"
+    print(f"interrupted: {names} hold{'s' * (len(paths) == 1)} {held} latent frames", file=sys.stderr)
+
+
+def video_metadata(prompts: list[str] | str, args, backend: str) -> dict[str, str]:
+    """mp4 container tags: prompt(s), seed, backend, arvid version and, when known, the git commit."""
+    import arvid
+    from arvid.bench.env import environment
+
+    tags = {
+        "prompt": prompts if isinstance(prompts, str) else json.dumps(prompts, ensure_ascii=False),
+        "seed": str(args.seed),
+        "backend": backend,
+        "arvid_version": arvid.__version__,
+    }
+    commit = environment(torch.device("cpu")).get("git_commit")
+    if commit:
+        tags["git_commit"] = commit
+    return tags
+
+
 def read_prompt_file(path: str | None) -> list[str]:
     """The prompts of ``--prompt-file`` (one a line, blank lines skipped); [] without one."""
     if not path:
@@ -158,28 +209,58 @@ def read_prompt_embeds(path: Path) -> list[torch.Tensor]:
 # -- the command ---------------------------------------------------------------------------------
 def cmd_generate(args) -> int:
     from arvid.pipeline import output_kind, save_latents
+    from arvid.runtime import validate_schedule
     from arvid.runtime.config import check_frames
 
-    from ._common import resolved_config
+    from ._common import model_preset, resolved_config
 
+    # Everything that can be checked is checked here, before any weights load.
     out = Path(args.out)
     kind = output_kind(out)
     if args.latents and Path(args.latents).suffix != ".safetensors":
         raise ValueError(f"--latents {args.latents}: latents are written as .safetensors")
+    check_seconds(args.seconds)
+    check_run_args(args)
+    check_output_file(out, "--out")
+    check_output_file(args.latents, "--latents")
+    check_output_dir(args.png_dir, "--png-dir")
+    if kind == "video":
+        check_codec(args)
     stream = stream_config(args)
     frames = latent_frames(args, stream)
     prompts = args.prompt or read_prompt_file(args.prompt_file) or ["a red fox running through fresh snow"]
-    if not args.prompt_embeds and len(prompts) != len(args.switch_frames) + 1:
+    embeds = read_prompt_embeds(Path(args.prompt_embeds)) if args.prompt_embeds else None
+    if embeds is None and len(prompts) != len(args.switch_frames) + 1:
         raise ValueError(f"{len(prompts)} --prompt given, {len(args.switch_frames) + 1} needed for the switch frames")
-    pipe = pipeline_from_args(args, need_vae=kind == "video" or bool(args.png_dir), need_text=not args.prompt_embeds)
-    frames = check_frames(pipe.preset.default_frames if frames is None else frames, stream.chunk_frames)
-    inputs = read_prompt_embeds(Path(args.prompt_embeds)) if args.prompt_embeds else prompts
-    res = run_stream(pipe, args, inputs, args.switch_frames, frames=frames, out_video=out if kind == "video" else None)
-    meta = pipe.metadata(prompts, args.switch_frames, seed=args.seed, num_frames=frames)
-    if args.prompt_embeds:
-        meta["prompts"] = f"embeddings from {args.prompt_embeds}"
+    preset, _ = model_preset(args)
+    frames = check_frames(preset.default_frames if frames is None else frames, stream.chunk_frames)
+    num_prompts = len(embeds) if embeds is not None else len(prompts)
+    switches = validate_schedule(frames, num_prompts, args.switch_frames, stream.chunk_frames)
+    report_moved_switches(args.switch_frames, switches)
+
+    pipe = pipeline_from_args(args, need_vae=kind == "video" or bool(args.png_dir), need_text=embeds is None)
+    meta = pipe.metadata(prompts, switches, seed=args.seed, num_frames=frames)
+    shown = prompts if embeds is None else f"embeddings from {args.prompt_embeds}"
+    if embeds is not None:
+        meta["prompts"] = shown
     meta["config"] = json.dumps(resolved_config(args))
-    for path in [out] * (kind == "latents") + ([Path(args.latents)] if args.latents else []):
+    latents_paths = [out] * (kind == "latents") + ([Path(args.latents)] if args.latents else [])
+
+    def keep_latents_prefix(prefix):
+        save_latents_prefix(latents_paths, prefix, meta, frames)
+
+    video_tags = {**video_metadata(shown, args, pipe.backend_name), "config": meta["config"]}
+    res = run_stream(
+        pipe,
+        args,
+        embeds if embeds is not None else prompts,
+        switches,
+        frames=frames,
+        out_video=out if kind == "video" else None,
+        metadata=video_tags if kind == "video" else None,
+        on_interrupt=keep_latents_prefix if latents_paths else None,
+    )
+    for path in latents_paths:
         save_latents(path, res.latents, meta)
     p = pipe.preset
     what = f"{kind} of {frames} latent frames"
