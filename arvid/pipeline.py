@@ -374,9 +374,11 @@ class Pipeline:
         """
         from tqdm import tqdm
 
+        from arvid.runtime.vae import StreamingVAEDecoder
         from arvid.runtime.video import VideoWriter, write_png_frames
 
         decode = self.vae is not None and (out is not None or png_dir is not None)
+        decoder = StreamingVAEDecoder(self.vae) if decode else None
         if (out is not None or png_dir is not None) and self.vae is None:
             raise ValueError("video output needs a VAE: load the pipeline with need_vae=True")
         h, w = self.preset.video_size
@@ -391,19 +393,22 @@ class Pipeline:
             with tqdm(
                 total=num_frames, unit="latent frame", desc=desc, disable=not progress, dynamic_ncols=True
             ) as bar:
+                # Decoded here, not in stream(): a chunk's latents are kept before its decode, so an
+                # interrupt during the decode still hands them to on_interrupt.
                 for c in self.stream(
                     prompts, switch_frames, num_frames=num_frames, seed=seed, noise=noise,
-                    prompt_source=prompt_source, decode=decode,
+                    prompt_source=prompt_source, decode=False,
                 ):  # fmt: skip
                     frames += c.latents.shape[1]
                     if keep_latents:
                         chunks.append(c.latents.cpu())
-                    if c.video is not None:
+                    if decoder is not None:
+                        video = decoder.decode(c.latents)[0]  # [T, 3, H, W]
                         if writer is not None:
-                            writer.write(c.video)
+                            writer.write(video)
                         if png_dir is not None:
-                            write_png_frames(c.video, png_dir, written)
-                        written += c.video.shape[0]
+                            write_png_frames(video, png_dir, written)
+                        written += video.shape[0]
                     bar.update(c.latents.shape[1])
                     if stop is not None and stop():
                         break

@@ -129,10 +129,10 @@ def latent_frames(args, stream) -> int | None:
 def run_stream(pipe, args, prompts, switch_frames=(), *, frames: int | None, out_video: Path | None, **kwargs):
     """:meth:`Pipeline.write <arvid.pipeline.Pipeline.write>` with ``--fps``, ``--codec``, ``--png-dir``,
     ``--quiet`` and ``--seed``; the latents are kept when ``--latents`` (or no video) asks for them."""
+    kwargs.setdefault("png_dir", args.png_dir)
     return pipe.write(
         out_video, prompts, switch_frames, num_frames=frames, seed=args.seed, fps=args.fps, codec=args.codec,
-        png_dir=args.png_dir, keep_latents=out_video is None or bool(args.latents), progress=not args.quiet,
-        **kwargs,
+        keep_latents=out_video is None or bool(args.latents), progress=not args.quiet, **kwargs,
     )  # fmt: skip
 
 
