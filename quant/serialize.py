@@ -24,7 +24,7 @@ from torch import nn
 
 from arvid.runtime.checkpoint import state_dict_mismatch
 from arvid.runtime.config import ModelConfig
-from arvid.runtime.files import atomic_write
+from arvid.runtime.files import atomic_write, run_metadata, write_safetensors
 from arvid.runtime.model import CausalWanModel
 
 from ._linear import QuantizedLinear
@@ -96,8 +96,6 @@ def save_quantized(model: CausalWanModel, directory: str | Path, *, metadata: di
     -------
     The JSON config written (with ``sizes`` including ``file_bytes``, the size of model.safetensors).
     """
-    from safetensors.torch import save_file
-
     rec = quant_record(model)
     if rec is None:
         raise ValueError("model is not quantized (run arvid.quant.quantize_ first)")
@@ -126,8 +124,8 @@ def save_quantized(model: CausalWanModel, directory: str | Path, *, metadata: di
         }
     sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     weights = directory / WEIGHTS_FILE
-    meta = {"format": FORMAT, "scheme": rec.config.scheme, **(metadata or {})}
-    atomic_write(weights, lambda tmp: save_file(sd, str(tmp), metadata=meta))
+    meta = run_metadata(**{"format": FORMAT, "scheme": rec.config.scheme, **(metadata or {})})
+    write_safetensors(weights, sd, meta)
     sizes = model_size_report(model) | {"file_bytes": weights.stat().st_size}
     cfg = dataclasses.asdict(model.cfg)
     doc = {

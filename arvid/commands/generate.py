@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 
-from ._common import add_common_args, add_model_args, model_preset, stream_config
+from arvid.runtime.files import run_metadata
+
+from ._common import add_common_args, add_model_args, model_preset, stream_config, weights_label
 
 
 def register(sub) -> None:
@@ -242,11 +244,9 @@ def read_prompt_embeds(path: Path) -> list[torch.Tensor]:
 
 
 def save_latents(path: Path, latents: torch.Tensor, meta: dict[str, str]) -> None:
-    from safetensors.torch import save_file
+    from arvid.runtime.files import write_safetensors
 
-    from arvid.runtime.files import atomic_write
-
-    atomic_write(path, lambda tmp: save_file({"latents": latents}, str(tmp), metadata=meta))
+    write_safetensors(path, {"latents": latents.contiguous()}, meta)
 
 
 def noise_and_generator(comp: Components, frames: int, seed: int) -> tuple[torch.Tensor, torch.Generator]:
@@ -287,15 +287,21 @@ def cmd_generate(args) -> int:
     latents, seconds = run_stream(
         comp, gen, kwargs, frames=frames, out_video=out if kind == "video" else None, args=args
     )
-    meta = {
-        "preset": p.name,
-        "frames": str(frames),
-        "seed": str(args.seed),
-        "backend": gen.backend_name,
-        "switch_frames": ",".join(map(str, args.switch_frames)),
-        "prompts": json.dumps(prompts) if not args.prompt_embeds else f"embeddings from {args.prompt_embeds}",
-        "layout": "[B, F, C, H, W]",
-    }
+    opts = generator_options(args)
+    meta = run_metadata(
+        preset=p.name,
+        frames=frames,
+        seed=args.seed,
+        backend=gen.backend_name,
+        dtype=comp.dtype,
+        fp8_kv=opts.fp8kv,
+        compile=opts.compile,
+        graphs=opts.graphs,
+        checkpoint=weights_label(args),
+        switch_frames=",".join(map(str, args.switch_frames)),
+        prompts=json.dumps(prompts) if not args.prompt_embeds else f"embeddings from {args.prompt_embeds}",
+        layout="[B, F, C, H, W]",
+    )
     for path in [out] * (kind == "latents") + ([Path(args.latents)] if args.latents else []):
         save_latents(path, latents, meta)
     what = f"{kind} of {frames} latent frames"
