@@ -171,7 +171,11 @@ def check_float_weights(state_dict: dict[str, torch.Tensor], source: str | Path)
     """
     for key, value in state_dict.items():
         if not isinstance(value, torch.Tensor):
-            raise ValueError(f"{source}: {key!r} is a {type(value).__name__}, not a tensor")
+            hint = " (a LongLive file of 'generator' / 'generator_ema' / 'model' entries is a longlive_ckpt)"
+            raise ValueError(
+                f"{source}: {key!r} is a {type(value).__name__}, not a tensor"
+                + (hint if isinstance(value, dict) else "")
+            )
         if not value.is_floating_point():
             raise ValueError(
                 f"{source}: weight {key!r} has dtype {str(value.dtype).removeprefix('torch.')}; "

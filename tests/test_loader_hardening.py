@@ -72,6 +72,12 @@ def test_integer_weights_are_refused(tmp_path, sd):
         load_dit(config=CFG, checkpoint=tmp_path / "int.safetensors")
 
 
+def test_a_longlive_file_given_as_checkpoint_says_what_it_is(tmp_path, sd):
+    torch.save({"generator": sd}, tmp_path / "base.pt")
+    with pytest.raises(ValueError, match=r"base\.pt: 'generator' is a dict, not a tensor \(a LongLive file"):
+        load_dit(config=CFG, checkpoint=tmp_path / "base.pt")
+
+
 def test_lora_alpha_must_be_a_number(tmp_path):
     a, b = torch.randn(4, CFG.dim), torch.zeros(CFG.dim, 4)
     factors = {f"{LORA_KEY}.lora_A.weight": a, f"{LORA_KEY}.lora_B.weight": b}
