@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
 import re
 from dataclasses import dataclass
@@ -192,13 +193,15 @@ def load_sharded_safetensors(index_path: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{index_path}: not a safetensors index (needs a 'weight_map'): {e}") from None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise ValueError(f"{index_path}: 'weight_map' must map each key to a shard file name")
-    folder = index_path.parent.resolve()
+    folder = Path(os.path.normpath(index_path.parent.absolute()))
     sd: dict[str, torch.Tensor] = {}
     for shard in sorted(set(weight_map.values())):
         shard_path = index_path.parent / shard
-        # A shard is a file of the model folder: an absolute name or one that leaves the folder
-        # ("../x", or a symlinked subfolder pointing out) would read files the index has no business with.
-        if Path(shard).is_absolute() or not shard_path.resolve().is_relative_to(folder):
+        # A shard is named inside the model folder: an absolute name or a "../x" would read files
+        # the index has no business with. Checked on the names, not on resolved links: a Hugging
+        # Face cache snapshot links every shard to ../../blobs/, and those links are the folder's own.
+        lexical = Path(os.path.normpath(folder / shard))
+        if Path(shard).is_absolute() or lexical == folder or not lexical.is_relative_to(folder):
             raise ValueError(f"{index_path}: shard {shard!r} is outside the model folder {index_path.parent}")
         if not shard_path.is_file():
             raise ValueError(f"{index_path}: shard {shard} does not exist")

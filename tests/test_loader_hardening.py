@@ -96,6 +96,18 @@ def test_lora_alpha_must_be_a_number(tmp_path):
         load_lora(tmp_path / "i.pt")
 
 
+def test_shards_linked_from_the_model_folder_load(tmp_path, sd):
+    """Hugging Face cache snapshots link each shard to ../../blobs/<hash>: the names are inside, so it loads."""
+    blobs, folder = tmp_path / "blobs", tmp_path / "snapshots" / "rev"
+    blobs.mkdir()
+    folder.mkdir(parents=True)
+    save_file(sd, str(blobs / "hash1"))
+    (folder / "model-1.safetensors").symlink_to(blobs / "hash1")
+    index = folder / "diffusion_pytorch_model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": dict.fromkeys(sd, "model-1.safetensors")}))
+    assert set(load_state_dict(index)) == set(sd)
+
+
 @pytest.mark.parametrize("shard", ["../outside.safetensors", "/abs/outside.safetensors", "sub/../../x.safetensors"])
 def test_shards_outside_the_model_folder_are_refused(tmp_path, shard):
     folder = tmp_path / "model"
