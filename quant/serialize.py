@@ -234,6 +234,9 @@ def load_quantized(directory: str | Path, *, device: torch.device | str = "cpu")
     for m in model.modules():
         if isinstance(m, QuantizedLinear):
             m.compute_dtype = dtype
-    config = config_for_scheme(doc["scheme"], skip=tuple(doc["config"]["skip"]), backend="emulate")
+    skip = doc["config"].get("skip")
+    if not isinstance(skip, list) or not all(isinstance(x, str) for x in skip):
+        raise ValueError(f"{directory / CONFIG_FILE}: config 'skip' must be a list of patterns, got {skip!r}")
+    config = config_for_scheme(doc["scheme"], skip=tuple(skip), backend="emulate")
     model.arvid_quant = QuantRecord(config, tuple(doc["layers"]), tuple(doc["skipped"]))
     return model.eval().requires_grad_(False)

@@ -206,3 +206,16 @@ def test_variant_config_not_json_or_without_model_config(variant, tmp_path):
         load_quantized(d)
     (d / "quant_config.json").write_text(json.dumps(doc))
     assert load_quantized(d) is not None  # the untouched file still loads
+
+
+def test_quality_with_a_truncated_variant_is_one_line_exit_2(variant, tmp_path, capsys):
+    from arvid.cli import main
+
+    d = _copy(variant, tmp_path)
+    data = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[:100])
+    assert (
+        main(["quality", "--preset", "tiny", "--variant", str(d), "--frames", "3", "--out", str(tmp_path / "q")]) == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "model.safetensors: not a readable safetensors file" in err, err
