@@ -253,7 +253,7 @@ def stream_inputs(
 ) -> dict[str, torch.Tensor]:
     """The tensors ``arvid-stream --inputs`` reads: noise, renoise, the prompts' cross-attention
     K/V ``text_k/text_v [P, L, B, H, Lt, D]`` (computed here, so the C++ side needs no text path)
-    and ``switch_frames``. Save with ``safetensors.torch.save_file``."""
+    and ``switch_frames``. Save with :func:`arvid.runtime.files.write_safetensors`."""
     from arvid.runtime import validate_schedule
 
     switches = validate_schedule(noise.shape[1], len(prompt_embeds), switch_frames, stream.chunk_frames)

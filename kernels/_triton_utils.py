@@ -24,6 +24,48 @@ FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn",) if hasattr(torc
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)  # head dims the kernels are built and tested for
 
 
+def check_cache_dtypes(
+    name: str,
+    act_dtype: torch.dtype,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    k_scale: torch.Tensor | None,
+    v_scale: torch.Tensor | None,
+) -> bool:
+    """The one cache-dtype rule of every kernel that reads or writes a ring-buffer cache.
+
+    A float cache has the activations' dtype (no silent cast on write, none on read); a
+    float8_e4m3fn cache takes any of :data:`FLOAT_DTYPES` as activations and needs float32
+    ``k_scale`` / ``v_scale`` ``[B, S, H]`` (``B, S, H`` of the cache), which only it may have.
+    Errors start with ``name`` (the public function). Returns True for an FP8 cache.
+    """
+    if k_cache.dtype != v_cache.dtype:
+        raise ValueError(f"{name}: k_cache ({k_cache.dtype}) and v_cache ({v_cache.dtype}) dtypes differ")
+    is_fp8 = k_cache.dtype in FP8_DTYPES
+    if (k_scale is None) != (v_scale is None):
+        raise ValueError(f"{name}: give both k_scale and v_scale, or neither")
+    if not is_fp8:
+        if k_scale is not None:
+            raise ValueError(
+                f"{name}: k_scale/v_scale are only for a float8_e4m3fn cache, the cache is {k_cache.dtype}"
+            )
+        if k_cache.dtype not in FLOAT_DTYPES:
+            raise ValueError(f"{name}: unsupported cache dtype {k_cache.dtype}")
+        if k_cache.dtype != act_dtype:
+            raise ValueError(
+                f"{name}: the activations ({act_dtype}) and the cache ({k_cache.dtype}) must share a dtype "
+                "(or the cache be float8_e4m3fn with scales)"
+            )
+        return False
+    if k_scale is None:
+        raise ValueError(f"{name}: a {k_cache.dtype} cache needs k_scale and v_scale [B, S, H] float32")
+    b, s, h, _ = k_cache.shape
+    for t, n in ((k_scale, "k_scale"), (v_scale, "v_scale")):
+        if tuple(t.shape) != (b, s, h) or t.dtype != torch.float32:
+            raise ValueError(f"{name}: {n} must be float32 [B={b}, S={s}, H={h}], got {t.dtype} {tuple(t.shape)}")
+    return True
+
+
 def import_triton():
     """``(triton, triton.language)``, or ``(None, None)`` where Triton does not import."""
     try:

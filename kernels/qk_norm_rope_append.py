@@ -27,8 +27,8 @@ import torch
 
 from ._triton_utils import (
     FLOAT_DTYPES,
-    FP8_DTYPES,
     SUPPORTED_HEAD_DIMS,
+    check_cache_dtypes,
     check_kernel_device,
     has_sm89,
     import_triton,
@@ -43,6 +43,7 @@ from .rope_3d import apply_rope_3d_ref, rope_3d_cos_sin, rope_3d_split
 triton, tl = import_triton()  # optional: the reference must import and run without it
 
 __all__ = [
+    "plan_is_host_known",
     "qk_norm_rope_append_kv_cache",
     "qk_norm_rope_append_kv_cache_ref",
     "rms_norm_across_heads_ref",
@@ -57,10 +58,9 @@ __all__ = [
 
 def _check_inputs(
     q, k, v, norm_q_weight, norm_k_weight, rope_cos, rope_sin, k_cache, v_cache, write_start, frame_offset,
-    grid_sizes, k_scale, v_scale,
+    grid_sizes, k_scale, v_scale, name: str,
 ) -> bool:  # fmt: skip
-    """Validate shapes / dtypes / devices; return True when the cache is FP8."""
-    name = "qk_norm_rope_append"
+    """Validate shapes / dtypes / devices; return True when the cache is FP8. Errors start with ``name``."""
     for t, n in ((q, "q"), (k, "k"), (v, "v"), (k_cache, "k_cache"), (v_cache, "v_cache")):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             raise ValueError(f"{name}: {n} must be a 4-D tensor [B, L, H, D], got {getattr(t, 'shape', type(t))}")
@@ -89,29 +89,14 @@ def _check_inputs(
         raise ValueError(f"{name}: rope_cos {tuple(rope_cos.shape)} and rope_sin {tuple(rope_sin.shape)} differ")
     if max(hp, wp) > rope_cos.shape[0]:
         raise ValueError(f"{name}: grid {(f, hp, wp)} needs more than the table's {rope_cos.shape[0]} positions")
-    if k_cache.shape != v_cache.shape or k_cache.dtype != v_cache.dtype:
-        raise ValueError(
-            f"{name}: k_cache {k_cache.dtype} {tuple(k_cache.shape)} and v_cache {v_cache.dtype} "
-            f"{tuple(v_cache.shape)} must match"
-        )
+    if k_cache.shape != v_cache.shape:
+        raise ValueError(f"{name}: k_cache {tuple(k_cache.shape)} and v_cache {tuple(v_cache.shape)} must match")
     bc, s, hc, dc = k_cache.shape
     if (bc, hc, dc) != (b, h, d):
         raise ValueError(f"{name}: the cache is [B={bc}, S, H={hc}, D={dc}] but q is [B={b}, L, H={h}, D={d}]")
     if seq > s:
         raise ValueError(f"{name}: L={seq} tokens do not fit a cache of S={s} slots")
-    is_fp8 = k_cache.dtype in FP8_DTYPES
-    if (k_scale is None) != (v_scale is None):
-        raise ValueError(f"{name}: give both k_scale and v_scale, or neither")
-    if is_fp8:
-        if k_scale is None:
-            raise ValueError(f"{name}: a {k_cache.dtype} cache needs k_scale and v_scale [B, S, H] float32")
-        for t, n in ((k_scale, "k_scale"), (v_scale, "v_scale")):
-            if tuple(t.shape) != (b, s, h) or t.dtype != torch.float32:
-                raise ValueError(f"{name}: {n} must be float32 [B={b}, S={s}, H={h}], got {t.dtype} {tuple(t.shape)}")
-    elif k_scale is not None:
-        raise ValueError(f"{name}: k_scale/v_scale are only for a float8_e4m3fn cache, the cache is {k_cache.dtype}")
-    elif k_cache.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"{name}: unsupported cache dtype {k_cache.dtype}")
+    is_fp8 = check_cache_dtypes(name, q.dtype, k_cache, v_cache, k_scale, v_scale)
     for t, n in ((write_start, "write_start"), (frame_offset, "frame_offset")):
         if not isinstance(t, torch.Tensor) or t.dtype != torch.int32 or tuple(t.shape) != (1,):
             raise ValueError(
@@ -127,6 +112,29 @@ def _check_inputs(
         if t is not None and t.device != q.device:
             raise ValueError(f"{name}: {n} is on {t.device}, q on {q.device}")
     return is_fp8
+
+
+def plan_is_host_known(*scalars: torch.Tensor) -> bool:
+    """Whether the plan's scalars can be read on the host for free: CPU tensors outside any tracing.
+
+    A CUDA scalar costs a device sync (and breaks CUDA-graph capture); a traced one (torch.compile,
+    torch.export) has no value yet. Those keep the kernel's device-side contract instead.
+    """
+    return all(t.device.type == "cpu" for t in scalars) and not torch.compiler.is_compiling()
+
+
+def _check_plan_values(
+    name: str, write_start: int, frame_offset: int, seq: int, s: int, grid: tuple[int, int, int], p: int
+) -> None:
+    """The plan's values against the cache and the RoPE table (one rule for the kernel and the reference)."""
+    if write_start < 0 or write_start + seq > s:
+        raise ValueError(f"{name}: write_start={write_start} + L={seq} is outside the cache's S={s} slots")
+    top = max(frame_offset + grid[0], grid[1], grid[2]) - 1
+    if frame_offset < 0 or top >= p:
+        raise ValueError(
+            f"{name}: RoPE position {top} (frame_offset={frame_offset}, F={grid[0]}) is past the table's {p} "
+            "positions (raise ModelConfig.rope_max_positions)"
+        )
 
 
 # ----------------------------------------------------------------------------------------
@@ -168,19 +176,19 @@ def qk_norm_rope_append_kv_cache_ref(
     rope_cos, rope_sin, k_cache, v_cache = rope.cos, rope.sin, cache.k, cache.v
     k_scale, v_scale = cache.k_scale, cache.v_scale
     write_start, frame_offset = plan.write_start, plan.frame_offset
+    name = "qk_norm_rope_append_kv_cache_ref"
     is_fp8 = _check_inputs(
         q, k, v, norm_q_weight, norm_k_weight, rope_cos, rope_sin, k_cache, v_cache, write_start, frame_offset,
-        grid_sizes, k_scale, v_scale,
+        grid_sizes, k_scale, v_scale, name,
     )  # fmt: skip
     seq, s = q.shape[1], k_cache.shape[1]
-    # The reference may read device scalars on the host: an int offset gets rope_3d's range check.
+    # The reference reads the plan on the host (wherever it lives) and checks it before any write.
     grid = tuple(int(x) for x in grid_sizes)
-    cos, sin = rope_3d_cos_sin(rope_cos, rope_sin, grid, int(frame_offset.item()))
+    ws, fo = int(write_start.item()), int(frame_offset.item())
+    _check_plan_values(name, ws, fo, seq, s, grid, rope_cos.shape[0])
+    cos, sin = rope_3d_cos_sin(rope_cos, rope_sin, grid, fo)
     q_out = apply_rope_3d_ref(rms_norm_across_heads_ref(q, norm_q_weight, eps), cos, sin).contiguous()
     k_rot = apply_rope_3d_ref(rms_norm_across_heads_ref(k, norm_k_weight, eps), cos, sin)
-    ws = int(write_start.item())
-    if ws < 0 or ws + seq > s:
-        raise ValueError(f"qk_norm_rope_append: write_start={ws} + L={seq} is outside the cache's S={s} slots")
     if is_fp8:
         k8, ks = quantize_fp8_per_token_head_ref(k_rot)
         v8, vs = quantize_fp8_per_token_head_ref(v)
@@ -278,8 +286,8 @@ if triton is not None:
         frame = tl.load(FRAME_OFFSET) + tok // (Wp * Hp)
         j2 = offs_j[None, :]
         rope_row = tl.where(j2 < CF, frame[:, None], tl.where(j2 < CF + CH, hh[:, None], ww[:, None]))  # [T, J]
-        # frame_offset lives on the device, so a frame past the table cannot be caught on the
-        # host: the mask keeps the read in bounds (such pairs get cos = sin = 0).
+        # Where frame_offset is only on the device the host cannot check it (the wrapper does where
+        # it can): the mask keeps the read in bounds (such pairs get cos = sin = 0).
         r_mask = (rope_row >= 0) & (rope_row < P) & t_ok[:, None]
         rope_off = rope_row.to(tl.int64) * stride_rope + j2
         cos = tl.load(COS + rope_off, mask=r_mask, other=0.0)[:, None, :]
@@ -288,7 +296,7 @@ if triton is not None:
         w_off = h3 * (2 * HALF_D) + even3
 
         slot = tl.load(WRITE_START) + tok  # [T]
-        # A slot outside the cache is dropped, never written out of bounds.
+        # A slot outside the cache (a plan the host could not check) is dropped, never written out of bounds.
         s_ok = t_ok & (slot >= 0) & (slot < S)
         slot3 = slot.to(tl.int64)[:, None, None]
         st_mask = mask & s_ok[:, None, None]
@@ -412,6 +420,15 @@ def qk_norm_rope_append_kv_cache(
     Reads ``plan.write_start`` and ``plan.frame_offset`` on the device: no host sync, CUDA-graph
     capturable.
 
+    The plan's contract is the reference's: ``0 <= write_start`` and ``write_start + L <= S``, and
+    every RoPE position (``frame_offset + F - 1``, ``Hp - 1``, ``Wp - 1``) below the table's ``P``
+    rows. Where the plan is host-known (CPU scalars, not traced: see :func:`plan_is_host_known`)
+    a violation raises ``ValueError`` before anything is written, as the reference does. Where
+    it is not (CUDA scalars, inside a captured graph or a compiled region) the host cannot look
+    without a sync, so the kernel keeps memory safe instead: slots outside ``[0, S)`` are not
+    written and RoPE rows outside ``[0, P)`` read cos = sin = 0. The caller's planner
+    (``arvid.runtime.kv_cache``) is what guarantees the contract there.
+
     Parameters
     ----------
     q, k, v : Tensor ``[B, L, H, D]``
@@ -422,8 +439,8 @@ def qk_norm_rope_append_kv_cache(
         RMSNorm weights (the norm runs over all ``H*D`` features of a token), contiguous.
     cache : RingLayer
         The layer's ring buffer: ``cache.k`` / ``cache.v`` ``[B, S, H, D]`` (any strides,
-        contiguous last dim), written in place in slots ``[write_start, write_start + L)`` only;
-        slots outside ``[0, S)`` are skipped. For a float8_e4m3fn cache, ``cache.k_scale`` /
+        contiguous last dim), written in place in slots ``[write_start, write_start + L)`` only
+        (see the plan's contract above). For a float8_e4m3fn cache, ``cache.k_scale`` /
         ``cache.v_scale`` float32 ``[B, S, H]``: per token-head scales written beside the
         quantized values (``scale = amax|x| / 448``, floored at 1e-12).
     rope : RopeCosSin
@@ -433,7 +450,7 @@ def qk_norm_rope_append_kv_cache(
     plan : PlanTensors
         ``plan.write_start`` and ``plan.frame_offset``, int32 ``[1]`` on the device: first cache
         slot to write; absolute latent-frame index of the chunk's first frame (``frame_offset + F``
-        must stay within the table's ``P`` rows; rows past it read 0). ``plan.kv_len`` is not read.
+        must stay within the table's ``P`` rows). ``plan.kv_len`` is not read.
     grid_sizes : tuple of int
         ``(F, Hp, Wp)``.
     eps : float
@@ -449,11 +466,17 @@ def qk_norm_rope_append_kv_cache(
     rope_cos, rope_sin, k_cache, v_cache = rope.cos, rope.sin, cache.k, cache.v
     k_scale, v_scale = cache.k_scale, cache.v_scale
     write_start, frame_offset = plan.write_start, plan.frame_offset
+    op = "qk_norm_rope_append_kv_cache"
     is_fp8 = _check_inputs(
         q, k, v, norm_q_weight, norm_k_weight, rope_cos, rope_sin, k_cache, v_cache, write_start, frame_offset,
-        grid_sizes, k_scale, v_scale,
+        grid_sizes, k_scale, v_scale, op,
     )  # fmt: skip
-    op = "qk_norm_rope_append_kv_cache"
+    if plan_is_host_known(write_start, frame_offset):  # free to read: the reference's rule, before any write
+        grid = tuple(int(x) for x in grid_sizes)
+        _check_plan_values(
+            op, int(write_start.item()), int(frame_offset.item()), q.shape[1], k_cache.shape[1], grid,
+            rope_cos.shape[0],
+        )  # fmt: skip
     if block_t is not None and (not isinstance(block_t, int) or block_t < 1 or block_t & (block_t - 1)):
         raise ValueError(f"{op}: block_t must be a power of 2, got {block_t!r}")
     require_triton(op)

@@ -30,8 +30,8 @@ import torch
 
 from ._triton_utils import (
     FLOAT_DTYPES,
-    FP8_DTYPES,
     SUPPORTED_HEAD_DIMS,
+    check_cache_dtypes,
     check_kernel_device,
     has_sm89,
     import_triton,
@@ -66,44 +66,27 @@ def _check_inputs(
     kv_len: torch.Tensor,
     k_scale: torch.Tensor | None,
     v_scale: torch.Tensor | None,
+    name: str,
 ) -> bool:
-    """Validate shapes / dtypes / devices; return True when the cache is FP8 (scales given)."""
-    name = "sink_window_attention"
+    """Validate shapes / dtypes / devices; return True when the cache is FP8. Errors start with ``name``."""
     for t, n in ((q, "q"), (k_cache, "k_cache"), (v_cache, "v_cache")):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             raise ValueError(f"{name}: {n} must be a 4-D tensor [B, L, H, D], got {getattr(t, 'shape', type(t))}")
     b, _, h, d = q.shape
     if k_cache.shape != v_cache.shape:
         raise ValueError(f"{name}: k_cache {tuple(k_cache.shape)} and v_cache {tuple(v_cache.shape)} differ in shape")
-    bk, s, hk, dk = k_cache.shape
+    bk, _, hk, dk = k_cache.shape
     if bk != b or hk != h:
         raise ValueError(f"{name}: q is [B={b}, Lq, H={h}, D] but the cache is [B={bk}, S, H={hk}, D]")
     if dk != d:
         raise ValueError(f"{name}: head dim mismatch: q has D={d}, the cache D={dk}")
     if q.dtype not in FLOAT_DTYPES:
         raise ValueError(f"{name}: q must be float16, bfloat16 or float32, got {q.dtype}")
-    if k_cache.dtype != v_cache.dtype:
-        raise ValueError(f"{name}: k_cache ({k_cache.dtype}) and v_cache ({v_cache.dtype}) dtypes differ")
-    is_fp8 = k_cache.dtype in FP8_DTYPES
-    if (k_scale is None) != (v_scale is None):
-        raise ValueError(f"{name}: give both k_scale and v_scale, or neither")
+    is_fp8 = check_cache_dtypes(name, q.dtype, k_cache, v_cache, k_scale, v_scale)
     if is_fp8:
-        if k_scale is None:
-            raise ValueError(f"{name}: a {k_cache.dtype} cache needs k_scale and v_scale [B, S, H] float32")
-        if q.dtype == torch.float32:
-            raise ValueError(f"{name}: with an FP8 cache q must be float16 or bfloat16, got float32")
         for t, n in ((k_scale, "k_scale"), (v_scale, "v_scale")):
-            if tuple(t.shape) != (b, s, h) or t.dtype != torch.float32:
-                raise ValueError(f"{name}: {n} must be float32 [B={b}, S={s}, H={h}], got {t.dtype} {tuple(t.shape)}")
             if t.device != q.device:
                 raise ValueError(f"{name}: {n} is on {t.device}, q on {q.device}")
-    else:
-        if k_scale is not None:
-            raise ValueError(
-                f"{name}: k_scale/v_scale are only for a float8_e4m3fn cache, the cache is {k_cache.dtype}"
-            )
-        if k_cache.dtype != q.dtype:
-            raise ValueError(f"{name}: q ({q.dtype}) and the cache ({k_cache.dtype}) must share a dtype")
     if not isinstance(kv_len, torch.Tensor) or kv_len.dtype != torch.int32 or tuple(kv_len.shape) != (b,):
         raise ValueError(
             f"{name}: kv_len must be an int32 tensor of shape [B={b}] on the device, got "
@@ -149,7 +132,7 @@ def sink_window_attention_ref(
     computed in float32. A batch element with ``kv_len == 0`` gets zeros.
     """
     k_cache, v_cache, k_scale, v_scale = cache.k, cache.v, cache.k_scale, cache.v_scale
-    is_fp8 = _check_inputs(q, k_cache, v_cache, kv_len, k_scale, v_scale)
+    is_fp8 = _check_inputs(q, k_cache, v_cache, kv_len, k_scale, v_scale, "sink_window_attention_ref")
     d = q.shape[-1]
     scale = 1.0 / math.sqrt(d) if sm_scale is None else float(sm_scale)
     lens = kv_len.tolist()
@@ -271,15 +254,22 @@ if triton is not None:
         p = tl.exp2(qk - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         if IS_FP8:
-            # sum_n p_n (v8_n * s_v,n) = (p * s_v) @ v8: scale the probability columns instead of V.
+            # sum_n p_n (v8_n * s_v,n) = s_max * ((p * s_v / s_max) @ v8): the probability columns
+            # carry the V scales relative to the tile's largest, and s_max multiplies the fp32 dot
+            # product. Multiplying by s_v itself would put p * s_v into the 16-bit dot operand:
+            # below fp16's normal range (s_v < 6.1e-5, i.e. amax|V| < ~0.027) it goes subnormal
+            # and the error grows as 1/|V|. Relative to s_max, the operand does not depend on
+            # V's overall scale, and neither does the result's relative error.
             if MASKED:  # noqa: SIM108
                 vs = tl.load(vs_ptrs, mask=valid, other=0.0)
             else:
                 vs = tl.load(vs_ptrs)
-            pv = p * vs[None, :]
+            vs_max = tl.max(vs, 0)
+            vs_rel = tl.where(vs_max > 0.0, vs / vs_max, 0.0)
+            pv = tl.dot((p * vs_rel[None, :]).to(v.dtype), v, input_precision=INPUT_PRECISION) * vs_max
         else:
-            pv = p
-        acc = acc * alpha[:, None] + tl.dot(pv.to(v.dtype), v, input_precision=INPUT_PRECISION)
+            pv = tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
+        acc = acc * alpha[:, None] + pv
         return acc, l_i, m_new
 
     @triton.autotune(
@@ -458,18 +448,19 @@ def sink_window_attention_with_kv_cache(
     RuntimeError
         When Triton (or a CUDA device / the interpreter) is not available.
     """
+    op = "sink_window_attention_with_kv_cache"
     k_cache, v_cache, k_scale, v_scale = cache.k, cache.v, cache.k_scale, cache.v_scale
-    is_fp8 = _check_inputs(q, k_cache, v_cache, kv_len, k_scale, v_scale)
-    require_triton("sink_window_attention_with_kv_cache")
-    check_kernel_device("sink_window_attention_with_kv_cache", q, k_cache, v_cache, kv_len)
+    is_fp8 = _check_inputs(q, k_cache, v_cache, kv_len, k_scale, v_scale, op)
+    require_triton(op)
+    check_kernel_device(op, q, k_cache, v_cache, kv_len)
     d = q.shape[-1]
     if d not in SUPPORTED_HEAD_DIMS:
-        raise ValueError(f"sink_window_attention: head dim D={d} is not one of {SUPPORTED_HEAD_DIMS}")
+        raise ValueError(f"{op}: head dim D={d} is not one of {SUPPORTED_HEAD_DIMS}")
     for t, n in ((q, "q"), (k_cache, "k_cache"), (v_cache, "v_cache")):
         if t.stride(-1) != 1:
-            raise ValueError(f"sink_window_attention: {n} must have a contiguous last dim, got strides {t.stride()}")
+            raise ValueError(f"{op}: {n} must have a contiguous last dim, got strides {t.stride()}")
     if is_fp8 and not interpreting() and not has_sm89(q.device):
-        raise RuntimeError("sink_window_attention: a float8_e4m3fn cache needs an sm_89+ GPU (Ada, Hopper)")
+        raise RuntimeError(f"{op}: a float8_e4m3fn cache needs an sm_89+ GPU (Ada, Hopper)")
     scale = 1.0 / math.sqrt(d) if sm_scale is None else float(sm_scale)
     return _sink_window_attn_fwd(q, cache, kv_len, scale)
 

@@ -19,10 +19,11 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from arvid.export.aoti import export_stream_packages, stream_inputs
 from arvid.runtime import StreamConfig, StreamingGenerator, build_model, get_preset
+from arvid.runtime.files import write_safetensors
 
 TOL = 1e-5
 FRAMES = 36
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     inputs = parity_inputs(model)
     in_path = args.work / "inputs.safetensors"
-    save_file({k: v for k, v in inputs.items() if not k.startswith("_")}, str(in_path))
+    write_safetensors(in_path, {k: v for k, v in inputs.items() if not k.startswith("_")})
     worst = 0.0
     refs = {gs: reference(model, inputs, gs) for gs in (True, False)}
     # The settings differ only after the switch past the first window: they must differ there, or

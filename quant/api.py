@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from arvid.runtime.devices import require_sm89
+from arvid.runtime.optional_deps import quiet_torchao_import
 
 from ._linear import QuantizedLinear
 from .fp8 import Fp8EmulatedLinear
@@ -183,12 +184,13 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def _torchao_config(config: QuantConfig):
     try:
-        from torchao.quantization import (
-            Float8DynamicActivationFloat8WeightConfig,
-            Int8DynamicActivationInt8WeightConfig,
-            Int8WeightOnlyConfig,
-            PerRow,
-        )
+        with quiet_torchao_import():  # torchao is imported here only: where quantization with it is asked for
+            from torchao.quantization import (
+                Float8DynamicActivationFloat8WeightConfig,
+                Int8DynamicActivationInt8WeightConfig,
+                Int8WeightOnlyConfig,
+                PerRow,
+            )
     except ImportError as e:
         raise MissingDependencyError(
             f"backend='torchao' needs torchao (pip install 'torchao==0.18.0'; {e}); "

@@ -24,7 +24,7 @@ from torch import nn
 
 from arvid.runtime.checkpoint import state_dict_mismatch
 from arvid.runtime.config import ModelConfig
-from arvid.runtime.files import atomic_write
+from arvid.runtime.files import atomic_write, run_metadata, write_safetensors
 from arvid.runtime.model import CausalWanModel
 
 from ._linear import QuantizedLinear
@@ -34,6 +34,17 @@ FORMAT = "arvid-quant"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "quant_config.json"
+
+# What load_quantized reads from quant_config.json, and the JSON type each must have.
+_REQUIRED_KEYS = {
+    "model_config": dict,
+    "compute_dtype": str,
+    "quantized_layers": dict,
+    "scheme": str,
+    "config": dict,
+    "layers": list,
+    "skipped": list,
+}
 
 _DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.bfloat16, torch.float16)}
 
@@ -85,8 +96,6 @@ def save_quantized(model: CausalWanModel, directory: str | Path, *, metadata: di
     -------
     The JSON config written (with ``sizes`` including ``file_bytes``, the size of model.safetensors).
     """
-    from safetensors.torch import save_file
-
     rec = quant_record(model)
     if rec is None:
         raise ValueError("model is not quantized (run arvid.quant.quantize_ first)")
@@ -115,8 +124,8 @@ def save_quantized(model: CausalWanModel, directory: str | Path, *, metadata: di
         }
     sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     weights = directory / WEIGHTS_FILE
-    meta = {"format": FORMAT, "scheme": rec.config.scheme, **(metadata or {})}
-    atomic_write(weights, lambda tmp: save_file(sd, str(tmp), metadata=meta))
+    meta = run_metadata(**{"format": FORMAT, "scheme": rec.config.scheme, **(metadata or {})})
+    write_safetensors(weights, sd, meta)
     sizes = model_size_report(model) | {"file_bytes": weights.stat().st_size}
     cfg = dataclasses.asdict(model.cfg)
     doc = {
@@ -138,17 +147,53 @@ def read_quant_config(directory: str | Path) -> dict:
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise ValueError(f"{directory}: no {CONFIG_FILE} (not a saved quantized variant, or an incomplete one)")
-    doc = json.loads(path.read_text())
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a JSON object")
     if doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"{path}: format {doc.get('format')!r} version {doc.get('format_version')!r}, "
             f"expected {FORMAT!r} version {FORMAT_VERSION}"
         )
+    missing = [k for k in _REQUIRED_KEYS if k not in doc]
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {missing}")
+    for key, kind in _REQUIRED_KEYS.items():
+        if not isinstance(doc[key], kind):
+            raise ValueError(f"{path}: {key!r} is a {type(doc[key]).__name__}, expected a {kind.__name__}")
     return doc
+
+
+def _model_config(doc: dict, path: Path) -> ModelConfig:
+    """The ``model_config`` entry as a :class:`ModelConfig`, each field checked (names the file and key)."""
+    mc = dict(doc["model_config"])
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(mc) - fields)
+    if unknown:
+        raise ValueError(f"{path}: model_config has unknown key(s) {unknown}")
+    for key, value in mc.items():
+        if key == "patch_size":
+            ok, want = isinstance(value, list) and all(type(v) is int for v in value), "a list of integers"
+        elif key == "eps":
+            ok, want = type(value) in (int, float), "a number"
+        else:
+            ok, want = type(value) is int, "an integer"  # type(): a bool is not a size
+        if not ok:
+            raise ValueError(f"{path}: model_config {key!r} is {value!r}; expected {want}")
+    if "patch_size" in mc:
+        mc["patch_size"] = tuple(mc["patch_size"])
+    try:
+        return ModelConfig(**mc)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: model_config: {e}") from None
 
 
 def load_quantized(directory: str | Path, *, device: torch.device | str = "cpu") -> CausalWanModel:
     """Rebuild a variant written by :func:`save_quantized` (emulate modules, weights as stored)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     directory = Path(directory)
@@ -156,15 +201,17 @@ def load_quantized(directory: str | Path, *, device: torch.device | str = "cpu")
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise ValueError(f"{directory}: {WEIGHTS_FILE} is missing")
-    mc = dict(doc["model_config"])
-    mc["patch_size"] = tuple(mc["patch_size"])
-    cfg = ModelConfig(**mc)
+    cfg = _model_config(doc, directory / CONFIG_FILE)
     if doc["compute_dtype"] not in _DTYPES:
         raise ValueError(f"{directory}: unknown compute dtype {doc['compute_dtype']!r}")
     dtype = _DTYPES[doc["compute_dtype"]]
     with torch.device("meta"):
         model = CausalWanModel(cfg)
     for name, spec in doc["quantized_layers"].items():
+        if not isinstance(spec, dict) or not {"scheme", "in_features", "out_features", "bias"} <= set(spec):
+            raise ValueError(
+                f"{directory / CONFIG_FILE}: quantized layer {name!r} needs scheme, in_features, out_features, bias"
+            )
         if spec["scheme"] not in EMULATED_MODULES:
             raise ValueError(f"{directory}: layer {name} has unknown scheme {spec['scheme']!r}")
         cls = EMULATED_MODULES[spec["scheme"]]
@@ -175,7 +222,10 @@ def load_quantized(directory: str | Path, *, device: torch.device | str = "cpu")
             raise ValueError(f"{directory}: quantized layer {name!r} is not in the model") from None
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, mod)
-    sd = load_file(str(weights), device=str(device))
+    try:
+        sd = load_file(str(weights), device=str(device))
+    except (SafetensorError, OSError) as e:  # truncated or not safetensors at all
+        raise ValueError(f"{weights}: not a readable safetensors file ({e})") from None
     # Shapes everywhere; dtypes of the quantized tensors (the rest load in the dtype they were saved in).
     problems = state_dict_mismatch(model.state_dict(), sd, dtype_suffixes=(".qweight", ".weight_scale"))
     if problems:
@@ -184,6 +234,9 @@ def load_quantized(directory: str | Path, *, device: torch.device | str = "cpu")
     for m in model.modules():
         if isinstance(m, QuantizedLinear):
             m.compute_dtype = dtype
-    config = config_for_scheme(doc["scheme"], skip=tuple(doc["config"]["skip"]), backend="emulate")
+    skip = doc["config"].get("skip")
+    if not isinstance(skip, list) or not all(isinstance(x, str) for x in skip):
+        raise ValueError(f"{directory / CONFIG_FILE}: config 'skip' must be a list of patterns, got {skip!r}")
+    config = config_for_scheme(doc["scheme"], skip=tuple(skip), backend="emulate")
     model.arvid_quant = QuantRecord(config, tuple(doc["layers"]), tuple(doc["skipped"]))
     return model.eval().requires_grad_(False)

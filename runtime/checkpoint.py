@@ -4,6 +4,8 @@ from ``config.json``, diffusers -> Wan key names, LongLive's ``longlive_base.pt`
 from __future__ import annotations
 
 import json
+import math
+import os
 import pickle
 import re
 from dataclasses import dataclass
@@ -137,14 +139,49 @@ def torch_load(path: str | Path) -> Any:
                 raise
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        m = re.search(r"(Unsupported global: [^\n]+|WeightsUnpickler error: \s*([^\n]+))", str(e))
-        if m and "global" in m.group(1).lower():  # a pickled class: refused, never executed
-            raise ValueError(f"{path}: holds Python objects other than tensors, refused ({m.group(1)})") from None
+        refused = refused_global(str(e))
+        if refused is not None:  # a pickled callable or class: refused, never executed
+            raise ValueError(f"{path}: refused: the file needs the global {refused}; only tensors are loaded") from None
+        m = re.search(r"WeightsUnpickler error: \s*([^\n]+)", str(e))
         raise ValueError(
-            f"{path}: not a readable PyTorch checkpoint ({m.group(2) if m else 'unpickling failed'})"
+            f"{path}: not a readable PyTorch checkpoint ({m.group(1) if m else 'unpickling failed'})"
         ) from None
     except (RuntimeError, EOFError, OSError) as e:
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
+
+
+# torch's weights_only unpickler names the global it refused in one of two wordings: torch >= 2.6
+# "Trying to load unsupported GLOBAL posix.system whose module posix is blocked." (a blocked module),
+# and "Unsupported global: GLOBAL __main__.Foo was not an allowed global by default." (older torch,
+# and still for globals outside the blocked modules).
+_REFUSED_GLOBAL = re.compile(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) ([\w.]+)")
+
+
+def refused_global(message: str) -> str | None:
+    """The global (``module.name``) that torch's ``weights_only`` unpickler refused, from its
+    ``UnpicklingError`` message, in either wording; ``None`` if the message names none."""
+    m = _REFUSED_GLOBAL.search(message)
+    return m.group(1).rstrip(".") if m else None
+
+
+def check_float_weights(state_dict: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Raise unless every tensor of ``state_dict`` is floating point.
+
+    The DiT's weights are float; an integer or bool tensor would be cast silently (an int8 weight
+    without its scale is a wrong model, not a lossy one), so it is refused, naming the key.
+    """
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            hint = " (a LongLive file of 'generator' / 'generator_ema' / 'model' entries is a longlive_ckpt)"
+            raise ValueError(
+                f"{source}: {key!r} is a {type(value).__name__}, not a tensor"
+                + (hint if isinstance(value, dict) else "")
+            )
+        if not value.is_floating_point():
+            raise ValueError(
+                f"{source}: weight {key!r} has dtype {str(value.dtype).removeprefix('torch.')}; "
+                "expected floating point (a quantized variant loads with arvid.quant.load_quantized)"
+            )
 
 
 def load_sharded_safetensors(index_path: str | Path) -> dict[str, torch.Tensor]:
@@ -154,9 +191,18 @@ def load_sharded_safetensors(index_path: str | Path) -> dict[str, torch.Tensor]:
         weight_map = json.loads(index_path.read_text())["weight_map"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{index_path}: not a safetensors index (needs a 'weight_map'): {e}") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ValueError(f"{index_path}: 'weight_map' must map each key to a shard file name")
+    folder = Path(os.path.normpath(index_path.parent.absolute()))
     sd: dict[str, torch.Tensor] = {}
     for shard in sorted(set(weight_map.values())):
         shard_path = index_path.parent / shard
+        # A shard is named inside the model folder: an absolute name or a "../x" would read files
+        # the index has no business with. Checked on the names, not on resolved links: a Hugging
+        # Face cache snapshot links every shard to ../../blobs/, and those links are the folder's own.
+        lexical = Path(os.path.normpath(folder / shard))
+        if Path(shard).is_absolute() or lexical == folder or not lexical.is_relative_to(folder):
+            raise ValueError(f"{index_path}: shard {shard!r} is outside the model folder {index_path.parent}")
         if not shard_path.is_file():
             raise ValueError(f"{index_path}: shard {shard} does not exist")
         part = _read_safetensors(shard_path)
@@ -186,7 +232,7 @@ def model_config_from_json(path: str | Path) -> ModelConfig:
         raise ValueError(f"model config {path} does not exist")
     try:
         raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a JSON object")
@@ -195,6 +241,13 @@ def model_config_from_json(path: str | Path) -> ModelConfig:
         if key not in raw:
             raise ValueError(f"{path}: missing key {key!r}")
         return raw[key]
+
+    def integer(key: str, default: int | None = None) -> int:
+        # JSON integers only: int("big") would be a traceback without the file, int(1.5) a silent 1.
+        value = need(key) if default is None else raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{path}: {key!r} is {value!r}; expected an integer")
+        return value
 
     if raw.get("model_type", "t2v") != "t2v":
         raise ValueError(f"{path}: model_type {raw['model_type']!r} is not supported (text-to-video 't2v' only)")
@@ -207,26 +260,31 @@ def model_config_from_json(path: str | Path) -> ModelConfig:
             raise ValueError(f"{path}: qk_norm {raw['qk_norm']!r} is not supported (rms_norm_across_heads)")
         if raw.get("cross_attn_norm", True) is not True:
             raise ValueError(f"{path}: cross_attn_norm must be true")
-        heads, head_dim = int(need("num_attention_heads")), int(need("attention_head_dim"))
+        heads, head_dim = integer("num_attention_heads"), integer("attention_head_dim")
         kw = dict(
             dim=heads * head_dim,
-            ffn_dim=int(need("ffn_dim")),
+            ffn_dim=integer("ffn_dim"),
             num_heads=heads,
-            num_layers=int(need("num_layers")),
-            freq_dim=int(raw.get("freq_dim", _WAN_OPTIONAL["freq_dim"])),
-            text_dim=int(raw.get("text_dim", _WAN_OPTIONAL["text_dim"])),
-            in_dim=int(raw.get("in_channels", _WAN_OPTIONAL["in_dim"])),
-            out_dim=int(raw.get("out_channels", _WAN_OPTIONAL["out_dim"])),
+            num_layers=integer("num_layers"),
+            freq_dim=integer("freq_dim", _WAN_OPTIONAL["freq_dim"]),
+            text_dim=integer("text_dim", _WAN_OPTIONAL["text_dim"]),
+            in_dim=integer("in_channels", _WAN_OPTIONAL["in_dim"]),
+            out_dim=integer("out_channels", _WAN_OPTIONAL["out_dim"]),
         )
     else:
         for key, want in (("qk_norm", True), ("cross_attn_norm", True)):
             if raw.get(key, want) is not want:
                 raise ValueError(f"{path}: {key} must be {str(want).lower()}")
-        kw = {k: int(need(k)) for k in ("dim", "ffn_dim", "num_heads", "num_layers")}
-        kw.update({k: int(raw.get(k, v)) for k, v in _WAN_OPTIONAL.items()})
+        kw = {k: integer(k) for k in ("dim", "ffn_dim", "num_heads", "num_layers")}
+        kw.update({k: integer(k, v) for k, v in _WAN_OPTIONAL.items()})
     if "patch_size" in raw:
-        kw["patch_size"] = tuple(int(p) for p in raw["patch_size"])
+        patch = raw["patch_size"]
+        if not (isinstance(patch, list) and all(isinstance(q, int) and not isinstance(q, bool) for q in patch)):
+            raise ValueError(f"{path}: 'patch_size' is {patch!r}; expected a list of integers")
+        kw["patch_size"] = tuple(patch)
     if "eps" in raw:
+        if isinstance(raw["eps"], bool) or not isinstance(raw["eps"], int | float):
+            raise ValueError(f"{path}: 'eps' is {raw['eps']!r}; expected a number")
         kw["eps"] = float(raw["eps"])
     try:
         return ModelConfig(**kw)
@@ -239,11 +297,17 @@ LONGLIVE_WEIGHTS = ("auto", "generator", "generator_ema", "model")
 _PREFIXES = ("_fsdp_wrapped_module.", "_orig_mod.", "module.", "model.")
 
 
-def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def strip_prefixes(state_dict: dict[str, torch.Tensor], source: str | Path = "checkpoint") -> dict[str, torch.Tensor]:
     """Drop wrapper prefixes: FSDP's ``_fsdp_wrapped_module.`` anywhere in a key, and a leading
-    ``model.`` (LongLive's ``WanDiffusionWrapper.model``), ``module.`` (DDP) or ``_orig_mod.`` (compile)."""
-    out = {}
-    for key, value in state_dict.items():
+    ``model.`` (LongLive's ``WanDiffusionWrapper.model``), ``module.`` (DDP) or ``_orig_mod.`` (compile).
+
+    Two keys that become one (``model.x`` beside ``x``) are an error naming ``source``: the loader
+    stays strict after stripping, and which of the two was meant is not ours to guess.
+    """
+    out: dict[str, torch.Tensor] = {}
+    original: dict[str, str] = {}
+    for key0, value in state_dict.items():
+        key = key0
         key = key.replace("_fsdp_wrapped_module.", "")
         changed = True
         while changed:
@@ -251,8 +315,17 @@ def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
             for prefix in _PREFIXES[1:]:
                 if key.startswith(prefix):
                     key, changed = key[len(prefix) :], True
-        out[key] = value
+        if key in out:
+            raise ValueError(
+                f"{source}: keys {original[key]!r} and {key0!r} both name {key!r} once prefixes are stripped"
+            )
+        out[key], original[key] = value, key0
     return out
+
+
+def is_flat_state_dict(obj: Any) -> bool:
+    """Whether ``obj`` is a state dict itself (a non-empty dict of tensors), not a dict of entries."""
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
 def load_longlive_state_dict(path: str | Path, weights: str = "auto") -> dict[str, torch.Tensor]:
@@ -262,7 +335,9 @@ def load_longlive_state_dict(path: str | Path, weights: str = "auto") -> dict[st
     ----------
     weights : which entry to take. ``"auto"`` (default) takes ``generator`` when present -- what
         LongLive's shipped inference configs load (``use_ema: false``) -- else ``generator_ema``,
-        else ``model``. ``"generator_ema"`` is LongLive's ``use_ema: true``.
+        else ``model``. ``"generator_ema"`` is LongLive's ``use_ema: true``. With ``"auto"``, a file
+        that is a flat state dict itself (keys such as ``model.blocks.0...``, as saved from one
+        entry) is taken whole.
     """
     if weights not in LONGLIVE_WEIGHTS:
         raise ValueError(f"unknown LongLive weights {weights!r}; choose one of {list(LONGLIVE_WEIGHTS)}")
@@ -271,6 +346,8 @@ def load_longlive_state_dict(path: str | Path, weights: str = "auto") -> dict[st
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path}: expected a dict with 'generator' / 'generator_ema' / 'model'")
     entries = [k for k in LONGLIVE_WEIGHTS[1:] if isinstance(ckpt.get(k), dict)]
+    if weights == "auto" and not entries and is_flat_state_dict(ckpt):
+        return strip_prefixes(ckpt, path)
     if weights == "auto":
         if not entries:
             raise ValueError(
@@ -279,7 +356,7 @@ def load_longlive_state_dict(path: str | Path, weights: str = "auto") -> dict[st
         weights = entries[0]
     elif weights not in entries:
         raise ValueError(f"{path}: no {weights!r} entry (it has: {entries or sorted(ckpt)[:8]})")
-    return strip_prefixes(ckpt[weights])
+    return strip_prefixes(ckpt[weights], path)
 
 
 # -- LoRA ----------------------------------------------------------------------------------------
@@ -291,6 +368,18 @@ class LoRA:
     rank: int
     alpha: float | None
     path: Path
+
+
+def _lora_alpha(value: Any, where: str) -> float:
+    """A LoRA alpha as a finite positive float; a string, bool or tensor of several values is an error
+    (``"256"`` read as "no alpha" would silently change the merge scale)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_complex:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{where} is {value!r} ({type(value).__name__}); expected a number")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{where} is {value!r}; expected a finite number > 0")
+    return float(value)
 
 
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<adapter>[^.]+))?\.weight$")
@@ -306,20 +395,21 @@ def load_lora(path: str | Path) -> LoRA:
     raw = load_state_dict(path)
     alpha = None
     for key in ("lora_alpha", "alpha"):
-        if isinstance(raw.get(key), int | float):
-            alpha = float(raw[key])
+        if key in raw:
+            alpha = _lora_alpha(raw[key], f"{path}: {key!r}")
     if isinstance(raw.get("generator_lora"), dict):
         raw = raw["generator_lora"]
     cfg_file = path.with_name("adapter_config.json")
     if alpha is None and cfg_file.is_file():
         try:
-            alpha = float(json.loads(cfg_file.read_text())["lora_alpha"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            value = json.loads(cfg_file.read_text())["lora_alpha"]
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
             raise ValueError(f"{cfg_file}: cannot read 'lora_alpha' ({e})") from None
+        alpha = _lora_alpha(value, f"{cfg_file}: 'lora_alpha'")
 
     halves: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in raw.items():
-        if not isinstance(value, torch.Tensor):
+        if key in ("lora_alpha", "alpha") or not isinstance(value, torch.Tensor):
             continue
         name = key.replace("_fsdp_wrapped_module.", "")
         for prefix in ("base_model.model.", "model."):
@@ -340,6 +430,10 @@ def load_lora(path: str | Path) -> LoRA:
             missing = "lora_B" if "A" in ab else "lora_A"
             raise ValueError(f"{path}: {module}.{missing}.weight is missing")
         a, b = ab["A"], ab["B"]
+        if not (a.is_floating_point() and b.is_floating_point()):
+            raise ValueError(
+                f"{path}: {module}: LoRA factors have dtype {a.dtype} / {b.dtype}; expected floating point"
+            )
         if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
             raise ValueError(
                 f"{path}: {module}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} are not [r, in] and [out, r]"

@@ -17,11 +17,13 @@ from pathlib import Path
 import torch
 
 from .checkpoint import (
+    check_float_weights,
     load_longlive_state_dict,
     load_lora,
     load_state_dict,
     merge_lora_,
     model_config_from_json,
+    strip_prefixes,
     to_wan_names,
 )
 from .config import ModelConfig
@@ -114,8 +116,10 @@ def load_dit(
 
     The config comes from ``model_dir``'s config.json, else ``config``. The weights come from the
     last of ``model_dir`` < ``checkpoint`` (Wan- or diffusers-named file) < ``longlive_ckpt``
-    (``longlive_base.pt``) that is given; with none, random weights (``seed``). ``lora`` is merged
-    into the weights afterwards: ``W += (alpha / rank) * B @ A``.
+    (``longlive_base.pt``, or a flat state dict) that is given; with none, random weights
+    (``seed``). Wrapper prefixes (LongLive's ``model.``, FSDP's ``_fsdp_wrapped_module.``) are
+    stripped from ``checkpoint`` and ``longlive_ckpt`` keys; every weight must be floating point.
+    ``lora`` is merged into the weights afterwards: ``W += (alpha / rank) * B @ A``.
     """
     files = find_model_files(model_dir) if model_dir is not None else None
     if files is not None:
@@ -126,9 +130,12 @@ def load_dit(
     if longlive_ckpt is not None:
         source, sd = longlive_ckpt, load_longlive_state_dict(longlive_ckpt, longlive_weights)
     elif checkpoint is not None:
-        source, sd = checkpoint, to_wan_names(load_state_dict(checkpoint))
+        # LongLive's `model.` / FSDP's `_fsdp_wrapped_module.` wrappers are stripped; the load stays strict.
+        source, sd = checkpoint, to_wan_names(strip_prefixes(load_state_dict(checkpoint), checkpoint))
     elif files is not None:
         source, sd = files.dit_weights, read_dit_state_dict(files)
+    if sd is not None:
+        check_float_weights(sd, source)  # before build_model's cast would hide an int weight
     factors = load_lora(lora) if lora is not None else None  # read (and check) before the big build
     try:
         model = build_model(config, device=device, dtype=dtype, state_dict=sd, seed=seed)

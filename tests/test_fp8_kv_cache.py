@@ -69,7 +69,7 @@ def test_fp8_kv_stream_stays_close_and_does_not_drift():
 
 @pytest.mark.slow
 def test_triton_fp8_cache_matches_sdpa_fp8_cache():
-    """Both quantize to the same e4m3 grid; fp16 activations (the kernel takes 16-bit queries)."""
+    """Both quantize to the same e4m3 grid; fp16 activations (the precision the GPU runs)."""
     model = build_model(TINY.model, dtype=torch.float16)
     want, _ = _run(model, "sdpa", 24, (9,), FP8)
     out, _ = _run(model, "triton", 24, (9,), FP8)

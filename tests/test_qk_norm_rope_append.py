@@ -184,16 +184,39 @@ def test_fp8_cache(dtype):
 
 
 @needs_triton
-def test_out_of_range_slots_are_dropped():
-    """write_start is only known on the device: slots past S are skipped, never written out of bounds."""
+def test_out_of_range_slots_raise_where_host_known_else_are_dropped():
+    """A host-known plan (CPU scalars) past the cache raises before any write, as the reference does;
+    a device-only plan (CUDA scalars: no sync) keeps memory safe, slots past S are skipped."""
     inputs = _inputs(1, 2, 32, (1, 2, 3), 10, 7, 0, torch.float32)
-    big_k = torch.randn(1, 16, 2, 32)
-    big_v = torch.randn(1, 16, 2, 32)
+    big_k = torch.randn(1, 16, 2, 32, device=DEVICE)
+    big_v = torch.randn(1, 16, 2, 32, device=DEVICE)
     before_k, before_v = big_k.clone(), big_v.clone()
     # The cache is the first 10 slots of a larger buffer.
-    qk_norm_rope_append_kv_cache(**{**inputs, "cache": RingLayer(big_k[:, :10], big_v[:, :10])})
+    cache = RingLayer(big_k[:, :10], big_v[:, :10])
+    if DEVICE == "cpu":
+        with pytest.raises(ValueError, match=r"qk_norm_rope_append_kv_cache: write_start=7 \+ L=6 is outside"):
+            qk_norm_rope_append_kv_cache(**{**inputs, "cache": cache})
+        assert torch.equal(big_k, before_k) and torch.equal(big_v, before_v)
+        return
+    qk_norm_rope_append_kv_cache(**{**inputs, "cache": cache})
     assert torch.equal(big_k[:, 10:], before_k[:, 10:]) and torch.equal(big_v[:, 10:], before_v[:, 10:])
     assert torch.equal(big_k[:, :7], before_k[:, :7]) and not torch.equal(big_k[:, 7:10], before_k[:, 7:10])
+
+
+@needs_triton
+def test_frames_past_the_rope_table_raise_where_host_known():
+    inputs = _inputs(1, 2, 32, (2, 2, 3), 20, 0, 0, torch.float32)
+    inputs["plan"].frame_offset.fill_(3)  # the table has 4 positions (0-3): frame 4 is past it
+    before = inputs["cache"].k.clone()
+    if DEVICE != "cpu":
+        pytest.skip("a CUDA plan is device-only: the kernel reads cos = sin = 0 there (documented)")
+    for fn in (qk_norm_rope_append_kv_cache, qk_norm_rope_append_kv_cache_ref):
+        with pytest.raises(ValueError, match=rf"{fn.__name__}: RoPE position 4 .* past the table's 4 positions"):
+            fn(**inputs)
+    assert torch.equal(inputs["cache"].k, before)
+    inputs["plan"].frame_offset.fill_(-1)
+    with pytest.raises(ValueError, match="past the table"):
+        qk_norm_rope_append_kv_cache(**inputs)
 
 
 # ---------------------------------------------------------------------------------------------

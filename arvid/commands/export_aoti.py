@@ -59,10 +59,9 @@ def cmd_export_aoti(args) -> int:
 
 def write_example_inputs(args, model, p) -> None:
     import torch
-    from safetensors.torch import save_file
 
     from arvid.export.aoti import stream_inputs
-    from arvid.runtime.files import atomic_write
+    from arvid.runtime.files import write_safetensors
 
     stream = stream_config(args)
     frames = args.frames or p.default_frames
@@ -78,6 +77,6 @@ def write_example_inputs(args, model, p) -> None:
     ]
     tensors = stream_inputs(model, embeds, stream=cfg, noise=noise, renoise=renoise,
                             switch_frames=args.switch_frames)  # fmt: skip
-    atomic_write(args.example_inputs, lambda tmp: save_file(tensors, str(tmp)))
+    write_safetensors(args.example_inputs, {k: v.contiguous() for k, v in tensors.items()})
     switches = list(args.switch_frames)
     print(f"{args.example_inputs}: {frames} latent frames, {len(embeds)} prompt(s), switches {switches}")
