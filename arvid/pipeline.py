@@ -231,6 +231,97 @@ class Pipeline:
         embeddings without one, with a note on stderr); embeddings pass through."""
         from arvid.runtime.prompts import placeholder_prompt_embeds
 
+        items = [prompts] if isinstance(prompts, (str, torch.Tensor)) else list(prompts)
+        out = []
+        for item in items:
+            if isinstance(item, torch.Tensor):
+                out.append(item if item.dim() == 3 else item[None])
+            elif self.text_encoder is None:
+                out.append(placeholder_prompt_embeds(item, self.preset))
+            else:
+                out.append(self.text_encoder.encode(item))
+        return out
+
+    def chunk_video_frames(self, num_frames: int) -> int:
+        """Video frames that ``num_frames`` latent frames decode to (0 without a VAE)."""
+        from arvid.runtime.vae import video_frames
+
+        return video_frames(num_frames) if self.vae is not None else 0
+
+    # -- streaming -------------------------------------------------------------------------------
+    def stream(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        switch_frames: Sequence[int] = (),
+        *,
+        num_frames: int | None = None,
+        seed: int = 0,
+        noise: NoiseSource | None = None,
+        prompt_source: Callable[[int], torch.Tensor | None] | None = None,
+        decode: bool = True,
+    ) -> Iterator[PipelineChunk]:
+        """Generate chunk by chunk and yield each chunk, decoded, as soon as it is done.
+
+        Parameters
+        ----------
+        prompts : one prompt, or one per segment (text, or embeddings ``[1, text_len, text_dim]``).
+        switch_frames : latent frames where prompt i+1 takes over (chunk boundaries, increasing).
+        num_frames : latent frames to generate (a multiple of the chunk); ``None``: endless, the
+            caller stops iterating (memory stays flat).
+        seed : the initial noise is drawn chunk by chunk from ``torch.Generator().manual_seed(seed)``
+            (the same numbers as one ``torch.randn(1, F, C, h, w)`` draw), the re-noising between
+            denoising steps from a generator on the device seeded ``seed + 1``.
+        noise : instead of ``seed``'s: a tensor ``[1, F, C, h, w]``, a ``torch.Generator`` or a callable
+            ``(chunk_index, shape) -> noise`` (see :meth:`StreamingGenerator.stream`).
+        prompt_source : prompts decided while streaming (e.g. typed live), asked at every chunk boundary
+            after the first: embeddings switch the prompt there, ``None`` keeps it. ``prompts`` is then one prompt.
+        decode : decode each chunk with the VAE (``video`` is ``None`` when False or without a VAE).
+        """
+        from arvid.runtime.vae import StreamingVAEDecoder
+
+        embeds = self.encode(prompts)
+        gen = self.generator
+        if noise is None:
+            noise = torch.Generator().manual_seed(seed)
+        renoise = torch.Generator(device=self.device).manual_seed(seed + 1)
+        decoder = StreamingVAEDecoder(self.vae) if decode and self.vae is not None else None
+        for c in gen.stream(
+            noise, embeds, switch_frames, num_frames=num_frames, prompt_source=prompt_source, generator=renoise
+        ):
+            video = decoder.decode(c.latents)[0] if decoder is not None else None
+            yield PipelineChunk(c.index, c.frame_start, c.latents, video, c.recached)
+
+    def generate(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        switch_frames: Sequence[int] = (),
+        *,
+        num_frames: int | None = None,
+        seed: int = 0,
+        noise: NoiseSource | None = None,
+        decode: bool = True,
+        fps: int = 16,
+    ) -> GeneratedVideo:
+        """The whole video at once: :meth:`stream` run to the end. ``num_frames`` defaults to the
+        preset's (``noise``'s frame count for a noise tensor). Returns a :class:`GeneratedVideo`
+        (``.latents``, ``.video``, ``.frames``, ``.save(path)``)."""
+        if num_frames is None and not isinstance(noise, torch.Tensor):
+            num_frames = self.preset.default_frames
+        latents, videos = [], []
+        for c in self.stream(prompts, switch_frames, num_frames=num_frames, seed=seed, noise=noise, decode=decode):
+            latents.append(c.latents.cpu())
+            if c.video is not None:
+                videos.append(c.video.cpu())
+        lat = torch.cat(latents, dim=1)
+        meta = self.metadata(prompts, switch_frames, seed=seed, num_frames=lat.shape[1])
+        return GeneratedVideo(lat, torch.cat(videos) if videos else None, meta, fps=fps)
+
+    def metadata(
+        self, prompts: Prompt | Sequence[Prompt], switch_frames: Sequence[int] = (), *, seed: int, num_frames: int
+    ) -> dict[str, str]:
+        """String metadata of a run (what saved latents carry): preset, weights, backend, stream settings, ..."""
+        import json
+
         from arvid.runtime.files import run_metadata
 
         items = [prompts] if isinstance(prompts, (str, torch.Tensor)) else list(prompts)
