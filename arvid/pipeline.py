@@ -328,7 +328,7 @@ class Pipeline:
         texts = [p if isinstance(p, str) else "<embeddings>" for p in items]
         return run_metadata(
             preset=self.preset.name,
-            weights=self.weights,
+            checkpoint=self.weights,
             frames=num_frames,
             seed=seed,
             backend=self.backend_name,

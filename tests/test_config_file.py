@@ -156,4 +156,4 @@ def test_generate_with_longlive_yaml_end_to_end(tmp_path, monkeypatch):
         500,
         250,
     ]
-    assert meta["prompts"] == '["a red fox in the snow"]' and "longlive_base.pt + LoRA" in meta["weights"]
+    assert meta["prompts"] == '["a red fox in the snow"]' and "longlive_base.pt + LoRA" in meta["checkpoint"]

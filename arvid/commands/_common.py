@@ -140,12 +140,18 @@ def stream_config(args):
         raise ValueError(f"stream settings: {e}") from None
 
 
+#: Options that say where outputs go, not what they hold (left out of :func:`resolved_config`).
+OUTPUT_ONLY_OPTIONS = ("out", "out_dir", "latents", "png_dir", "json", "quiet")
+
+
 def resolved_config(args) -> dict:
     """Every option of the run after the config file and the command line, JSON-able, with the
-    resolved :class:`~arvid.runtime.StreamConfig`: what outputs record in their metadata."""
+    resolved :class:`~arvid.runtime.StreamConfig`: what outputs record in their metadata. Where the
+    outputs go (and ``--quiet``) is left out: it does not change them, and two identical runs written
+    to different paths give identical bytes."""
     out = {}
     for key, value in sorted(vars(args).items()):
-        if key in ("func",) or callable(value):
+        if key in ("func", *OUTPUT_ONLY_OPTIONS) or callable(value):
             continue
         out[key] = list(value) if isinstance(value, tuple) else value
     out["stream_config"] = dataclasses.asdict(stream_config(args))
