@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as e:  # bad input: a clear message, not a stack trace
+    except (ValueError, FileNotFoundError) as e:  # bad input: a clear message, not a stack trace
         print(f"arvid {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
