@@ -137,7 +137,12 @@ def compare_runs(a: dict, b: dict, *, alpha: float = ALPHA) -> dict:
     stream settings: differences are listed under ``mismatches``.
     """
     keys = ("preset", "dtype", "batch_size", "latent_frames", "warmup_chunks", "switch_frames", "stream")
-    mismatches = [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+    # compared as JSON: a report still in memory holds tuples where its file holds lists
+    mismatches = [
+        f"{k}: {a.get(k)!r} vs {b.get(k)!r}"
+        for k in keys
+        if json.dumps(a.get(k), sort_keys=True) != json.dumps(b.get(k), sort_keys=True)
+    ]
     va = {v["backend"]: v for v in a["variants"]}
     vb = {v["backend"]: v for v in b["variants"]}
     rows = []

@@ -240,14 +240,25 @@ def _quantized(model: CausalWanModel, scheme: str, device: torch.device) -> tupl
     return quantized, {"scheme": scheme, "backend": backend, "source": "quantized in-process"}
 
 
-def _busy_warning(load: list[float] | None, threads: int) -> str | None:
-    cores = psutil.cpu_count() or 1
-    if load is None or load[0] - threads <= LOAD_WARN * cores:
-        return None
-    return (
-        f"machine busy: load average {load[0]:.2f} on {cores} cores while this run used {threads} thread(s); "
-        "other processes compete for the CPU and the numbers may not be reproducible"
-    )
+def noise_warnings(variants: list[dict], loads: list[list[float] | None], threads: int,
+                   cores: int | None = None) -> list[str]:  # fmt: skip
+    """Warnings for a variant whose chunk latency has a coefficient of variation over :data:`CV_WARN`,
+    and for a busy machine: a 1-minute load average (of ``loads``, taken at the start and the end)
+    that exceeds this run's own ``threads`` by more than :data:`LOAD_WARN` of the ``cores``."""
+    out = [
+        f"{v['backend']}: chunk latency varies by {v['chunk_ms_cv']:.0%} (coefficient of variation, over "
+        f"{CV_WARN:.0%}): treat its numbers and ratios as noisy; use more --rounds / --frames or a quiet machine"
+        for v in variants
+        if v["chunk_ms_cv"] > CV_WARN
+    ]
+    cores = cores or psutil.cpu_count() or 1
+    busiest = max((load[0] for load in loads if load), default=None)
+    if busiest is not None and busiest - threads > LOAD_WARN * cores:
+        out.append(
+            f"machine busy: load average {busiest:.2f} on {cores} cores while this run used {threads} thread(s); "
+            "other processes compete for the CPU and the numbers may not be reproducible"
+        )
+    return out
 
 
 def run_stream_bench(
@@ -408,15 +419,7 @@ def _run(p, device, dtype, backends, frames, warmup, rounds, switch_frames, seed
         variants.append(row)
     for row in variants:
         row["speedup_vs_baseline"] = variants[0]["chunk_ms_p50"] / row["chunk_ms_p50"]
-    warnings = [
-        f"{v['backend']}: chunk latency varies by {v['chunk_ms_cv']:.0%} (coefficient of variation, over "
-        f"{CV_WARN:.0%}): treat its numbers and ratios as noisy; use more --rounds / --frames or a quiet machine"
-        for v in variants
-        if v["chunk_ms_cv"] > CV_WARN
-    ]
-    threads = torch.get_num_threads()
-    busy = _busy_warning(load_start, threads) or _busy_warning(env["load_average"], threads)
-    warnings += [busy] if busy else []
+    warnings = noise_warnings(variants, [load_start, env["load_average"]], torch.get_num_threads())
     n_params = sum(t.numel() for t in model.parameters())
     return {
         "schema": SCHEMA,

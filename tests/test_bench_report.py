@@ -194,8 +194,14 @@ def test_cli(run_json, tmp_path, capsys):
 @pytest.mark.slow
 def test_vae_decode_is_timed_apart_for_end_to_end_fps():
     report = run_stream_bench(
-        "tiny", device=torch.device("cpu"), dtype=torch.float32, backends=["sdpa"], frames=9, warmup=1, vae=True,
-        rounds=1
+        "tiny",
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        backends=["sdpa"],
+        frames=9,
+        warmup=1,
+        vae=True,
+        rounds=1,
     )
     v = report["variants"][0]
     assert report["vae_decode_timed"] is True

@@ -35,7 +35,9 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def add_common_args(p: argparse.ArgumentParser) -> None:
+def add_common_args(p: argparse.ArgumentParser, *, stream: bool = True) -> None:
+    """--preset, --device, --dtype, --seed and, with ``stream``, the video's --frames / --switch-frames /
+    --no-global-sink (left out where no video is generated, e.g. ``arvid quantize``)."""
     from arvid.runtime import PRESETS
 
     p.add_argument(
@@ -45,9 +47,11 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default: bf16 on CUDA, fp32 on the CPU")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise and of random weights (default: 0)")
+    if not stream:
+        return
     p.add_argument("--frames", type=positive_int, help="latent frames to generate (a multiple of the chunk)")
     p.add_argument("--switch-frames", type=int_list, default=(), help="prompt switch frames, e.g. 12,24")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-global-sink", action="store_true", help="re-cache with global_sink = false")
 
 
