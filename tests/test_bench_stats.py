@@ -118,10 +118,11 @@ def test_bench_times_quantized_variants_beside_the_baseline(tmp_path, capsys):
     out = tmp_path / "q8"
     assert main(["quantize", "--scheme", "int8", "--dtype", "fp32", "--out", str(out)]) == 0
     capsys.readouterr()
-    report = run_stream_bench(
-        "tiny", device=CPU, dtype=torch.float32, backends=["sdpa", "sdpa+fp8", f"sdpa@{out}"], frames=6, warmup=1,
-        rounds=1, progress=True,
-    )  # fmt: skip
+    js = tmp_path / "q.json"
+    argv = ["bench", "--frames", "6", "--warmup", "1", "--rounds", "1", "--backend", "sdpa,sdpa+fp8"]
+    assert main([*argv, "--variant", str(out), "--json", str(js)]) == 0  # --variant DIR: on the default backend
+    report = json.loads(js.read_text())
+    assert [v["backend"] for v in report["variants"]] == ["sdpa", "sdpa+fp8", f"sdpa@{out}"]
     base, fp8, saved = report["variants"]
     assert base["quant"] is None
     assert fp8["quant"] == {"scheme": "fp8", "backend": "emulate", "source": "quantized in-process"}
