@@ -261,3 +261,23 @@ def test_markdown_to_html_escapes():
 def test_load_report_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nope\.json: no such benchmark report"):
         load_report(tmp_path / "nope.json")
+
+
+def test_batch_size_counts_every_video():
+    report = run_stream_bench(
+        "tiny", device=CPU, dtype=torch.float32, backends=["sdpa"], frames=6, warmup=1, rounds=1, batch_size=2
+    )
+    (v,) = report["variants"]
+    assert report["batch_size"] == 2
+    assert v["video_fps_dit_only"] == pytest.approx(4 * 2 * 3 / (v["chunk_ms_p50"] / 1000))
+
+
+def test_plots_with_end_to_end_bars_and_switch_markers(run_a, tmp_path):
+    timed = json.loads(json.dumps(run_a))
+    timed["switch_frames"] = [6]
+    for v in timed["variants"]:
+        v["video_fps_end_to_end"] = v["video_fps_dit_only"] / 2
+    from arvid.bench.report import plot_report
+
+    names = [p.name for p in plot_report(timed, tmp_path)]
+    assert names[:2] == ["fps_by_variant.png", "latency_per_chunk.png"]
