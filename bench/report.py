@@ -20,7 +20,7 @@ from arvid.runtime.files import atomic_write
 
 from .roofline import measured_over_ceiling
 from .stats import bootstrap_ratio_ci, mann_whitney, summarize
-from .stream_bench import SCHEMA, format_table
+from .stream_bench import SCHEMA, format_table, switch_chunks
 
 SCHEMAS = ("arvid.stream_bench/1", SCHEMA)  # /1: before the spread statistics; upgraded on load
 README_START = "<!-- results:start -->"
@@ -43,6 +43,7 @@ def upgrade_report(report: dict) -> dict:
         v.update(
             chunk_ms_stats=st, chunk_ms_p50=st["p50"], chunk_ms_p90=st["p90"], chunk_ms_p99=st["p99"],
             chunk_ms_mean=st["mean"], chunk_ms_std=st["std"], chunk_ms_iqr=st["iqr"], chunk_ms_cv=st["cv"],
+            chunk_ms_cv_steady=st["cv"],  # /1 kept no per-chunk phase: the CV of every timed chunk
             latent_fps=frames / (st["p50"] / 1000), video_fps_dit_only=4 * frames / (st["p50"] / 1000),
         )  # fmt: skip
         v.setdefault("round_p50_ms", [])
@@ -320,10 +321,8 @@ def _fps_errors(v: dict, frames: int) -> tuple[float, float]:
 
 def _switch_chunks(report: dict) -> list[int]:
     """Timed-chunk indices (within a round) whose time includes a prompt switch's re-cache."""
-    chunk = report["stream"]["chunk_frames"]
-    return [
-        s // chunk - report["warmup_chunks"] for s in report["switch_frames"] if s // chunk >= report["warmup_chunks"]
-    ]
+    chunks = switch_chunks(report["switch_frames"], report["stream"]["chunk_frames"], report["latent_frames"])
+    return [c - report["warmup_chunks"] for c in chunks if c >= report["warmup_chunks"]]
 
 
 def carries_information(series: list[float], rel: float = 0.01) -> bool:
@@ -399,8 +398,8 @@ def plot_report(report: dict, out_dir: str | Path) -> list[Path]:
             series = v["memory_bytes_per_chunk"]
             frames_done = [4 * chunk * (i + 1) for i in range(len(series))]
             ax.plot(frames_done, [b / 2**20 for b in series], marker=".", label=v["backend"])
-        for s in report["switch_frames"]:
-            ax.axvline(4 * s, color="tab:red", ls="--", lw=0.8)
+        for c in switch_chunks(report["switch_frames"], chunk, report["latent_frames"]):
+            ax.axvline(4 * chunk * c, color="tab:red", ls="--", lw=0.8)
         ax.set_xlabel("video frames generated")
         ax.set_ylabel(f"memory MiB ({with_memory[0].get('memory_kind') or 'as recorded'})")
         ax.set_ylim(bottom=0)

@@ -35,6 +35,7 @@ VARIANT_FIELDS = {
     "chunk_ms_std",
     "chunk_ms_iqr",
     "chunk_ms_cv",
+    "chunk_ms_cv_steady",
     "chunk_ms_stats",
     "round_p50_ms",
     "latent_fps",

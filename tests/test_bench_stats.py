@@ -68,10 +68,10 @@ def test_bootstrap_ratio_ci():
 
 
 def test_noise_warnings():
-    quiet, noisy = {"backend": "eager", "chunk_ms_cv": 0.02}, {"backend": "sdpa", "chunk_ms_cv": 0.25}
+    quiet, noisy = {"backend": "eager", "chunk_ms_cv_steady": 0.02}, {"backend": "sdpa", "chunk_ms_cv_steady": 0.25}
     assert noise_warnings([quiet], [[0.5, 0.5, 0.5], None], threads=1, cores=2) == []
     (w,) = noise_warnings([quiet, noisy], [None], threads=1, cores=2)
-    assert w.startswith("sdpa: chunk latency varies by 25% (coefficient of variation, over 10%)")
+    assert w.startswith("sdpa: steady-state chunk latency varies by 25% (coefficient of variation, over 10%)")
     (w,) = noise_warnings([quiet], [[1.0, 1, 1], [3.2, 2, 1]], threads=1, cores=2)
     assert w.startswith("machine busy: load average 3.20 on 2 cores while this run used 1 thread(s)")
     assert noise_warnings([quiet], [[8.0, 1, 1]], threads=8, cores=16) == []  # our own 8 threads
@@ -281,3 +281,14 @@ def test_plots_with_end_to_end_bars_and_switch_markers(run_a, tmp_path):
 
     names = [p.name for p in plot_report(timed, tmp_path)]
     assert names[:2] == ["fps_by_variant.png", "latency_per_chunk.png"]
+
+
+def test_switch_and_fill_chunks_are_not_noise():
+    # 8 chunks, warm-up 1: chunks 1 and 2 fill the cache (slots = 4), chunk 5 re-caches for the switch at frame 15
+    report = run_stream_bench(
+        "tiny", device=CPU, dtype=torch.float32, backends=["sdpa"], frames=24, warmup=1, rounds=1,
+        switch_frames=(15,),
+    )  # fmt: skip
+    (v,) = report["variants"]
+    steady = [ms for i, ms in zip(range(1, 8), v["chunk_ms"], strict=True) if i >= 3 and i != 5]
+    assert v["chunk_ms_cv_steady"] == pytest.approx(statistics.stdev(steady) / statistics.fmean(steady))
