@@ -204,7 +204,7 @@ class Pipeline:
             longlive_ckpt=longlive_ckpt, longlive_weights=longlive_weights, lora=lora, lora_alpha=lora_alpha,
             lora_rank=lora_rank, device=dev, dtype=dt, seed=seed,
         )  # fmt: skip
-        text = _text_encoder(files, p, dev, dt, text_encoder_device, seed) if need_text else None
+        text = load_text_encoder_for(files, p, dev, dt, text_encoder_device, seed) if need_text else None
         vae = load_vae_for(files, p, dev, dt) if need_vae else None
         sources = [files.root if files else None, checkpoint, longlive_ckpt]
         label = next((str(x) for x in reversed(sources) if x), f"random weights, seed {seed}")
@@ -477,7 +477,9 @@ def _check_sources(files, preset: Preset, *, need_vae: bool, need_text: bool) ->
         raise ValueError(f"{files.root}: no VAE found (Wan2.1_VAE.pth or vae/)")
 
 
-def _text_encoder(files, preset: Preset, device, dtype, placement: str, seed: int) -> Any:
+def load_text_encoder_for(files, preset: Preset, device, dtype, placement: str, seed: int) -> Any:
+    """The umT5 text encoder of a model directory's files (the tiny random one for the tiny preset
+    without files; ``None``, with a note, for another preset without files)."""
     from arvid.runtime.text_encoder import TextEncoder
 
     kw = dict(text_len=preset.model.text_len, device=device, dtype=dtype, placement=placement)

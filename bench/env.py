@@ -1,8 +1,9 @@
-"""What a benchmark ran on: device, driver, library versions, commit and command."""
+"""What a benchmark ran on: device, driver, clocks, threads, load, library versions, commit and command."""
 
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import subprocess
 import sys
@@ -29,7 +30,42 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (None where the OS has none, e.g. Windows)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def git_state() -> dict:
+    """The commit arvid runs from and whether its work tree has uncommitted changes (None outside git)."""
+    here = Path(__file__).resolve().parent
+    commit = _run(["git", "rev-parse", "HEAD"], cwd=here)
+    status = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here) if commit else None
+    return {"git_commit": commit, "git_dirty": None if commit is None else bool(status)}
+
+
+def gpu_clocks(device: torch.device) -> dict | None:
+    """SM / memory clocks (current and max, MHz), temperature and power of a CUDA device, from nvidia-smi.
+
+    Clocks below their maximum during a run mean thermal or power throttling (or a locked clock):
+    numbers from such a run are not comparable with another machine's.
+    """
+    if device.type != "cuda":
+        return None
+    fields = ["clocks.sm", "clocks.max.sm", "clocks.mem", "clocks.max.mem", "temperature.gpu", "power.draw"]
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    out = _run(["nvidia-smi", f"--id={index}", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"])
+    if out is None:
+        return None
+    values = [v.strip() for v in out.splitlines()[0].split(",")]
+    return dict(zip(fields, values, strict=False))
+
+
 def environment(device: torch.device) -> dict:
+    import arvid
+
     try:
         import triton
 
@@ -39,17 +75,22 @@ def environment(device: torch.device) -> dict:
     info = {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
-        "cpu_count": __import__("os").cpu_count(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "load_average": load_average(),
+        "arvid": arvid.__version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "triton": triton_version,
         "cuda": torch.version.cuda,
         "driver": None,
-        "git_commit": _run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent),
+        **git_state(),
         "command": " ".join(sys.argv),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     if device.type == "cuda":
         info["driver"] = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
         info["capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
+        info["gpu_clocks"] = gpu_clocks(device)
     return info

@@ -484,7 +484,7 @@ def measured_over_ceiling(report: dict, gpu: str | None = None, precision: str |
 
     Parameters
     ----------
-    report : an ``arvid.stream_bench/1`` report (``arvid bench --json``).
+    report : an ``arvid.stream_bench/1`` or ``/2`` report (``arvid bench --json``).
     gpu : key of ``GPUS``; default: guessed from ``report["environment"]["device_name"]``.
     precision : default from the report's dtype (fp16 is counted at the bf16 peak, which is
         the same on these GPUs).
@@ -496,8 +496,8 @@ def measured_over_ceiling(report: dict, gpu: str | None = None, precision: str |
     mean time over exactly the timed chunks (fill-phase chunks are cheaper), without the
     prompt-switch re-cache forwards: with switches the fraction is slightly pessimistic.
     """
-    if report.get("schema") != "arvid.stream_bench/1":
-        raise ValueError(f"not an arvid.stream_bench/1 report (schema {report.get('schema')!r})")
+    if report.get("schema") not in ("arvid.stream_bench/1", "arvid.stream_bench/2"):
+        raise ValueError(f"not an arvid.stream_bench report (schema {report.get('schema')!r})")
     gpu = gpu or gpu_key_for_device(report.get("environment", {}).get("device_name"))
     precision = precision or _DTYPE_TO_PRECISION.get(report["dtype"])
     if gpu is None or precision is None:

@@ -47,15 +47,16 @@ if [ "$DEVICE" = cuda ]; then
 else  # no CUDA graphs, no fused kernels at speed on the CPU: the same stages with what runs there
   VARIANTS=eager,sdpa,sdpa+fp8kv ENGINES=eager,sdpa,aoti
 fi
-run stream_bench arvid bench --preset $PRESET --device $DEVICE --backends "$VARIANTS" --vae \
+# --yes: the estimate's refusal is for people at a terminal; --quiet: no progress bars in the logs.
+run stream_bench arvid bench --preset $PRESET --device $DEVICE --backend "$VARIANTS" --vae --yes --quiet \
   --frames 36 --warmup 2 --rounds 2 --switch-frames 18 --json "$OUT/stream_bench.json"
 # The engines that run there (no TensorRT on the lent machines): AOTInductor packages of the chunk
 # step, compiled once into a scratch cache; capped so a slow compile cannot eat the call.
 ARVID_AOTI_CACHE=/tmp/arvid_aoti run engines timeout 300 arvid bench --preset $PRESET --device $DEVICE \
-  --backends "$ENGINES" --frames 15 --warmup 1 --switch-frames 9 --json "$OUT/engines.json"
+  --backend "$ENGINES" --frames 15 --warmup 1 --rounds 1 --switch-frames 9 --yes --quiet --json "$OUT/engines.json"
 [ "$MODE" = quick ] || run long_run arvid bench --preset $PRESET --device $DEVICE \
-  --backends "$([ "$DEVICE" = cuda ] && echo triton+graphs || echo sdpa)" --frames $FRAMES_LONG --warmup 2 \
-  --json "$OUT/long_run_$FRAMES_LONG.json"
+  --backend "$([ "$DEVICE" = cuda ] && echo triton+graphs || echo sdpa)" --frames $FRAMES_LONG --warmup 2 \
+  --rounds 1 --yes --quiet --json "$OUT/long_run_$FRAMES_LONG.json"
 
 echo; tail -n 3 "$OUT/pytest_gpu.log"; grep -h "^|" "$OUT/stream_bench.log" 2>/dev/null
 echo "$FAILED stage(s) failed"

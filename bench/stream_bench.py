@@ -1,4 +1,4 @@
-"""End-to-end streaming benchmark: several backends on the same model and inputs, in one process.
+"""End-to-end streaming benchmark: several variants on the same model and inputs, in one process.
 
 What is timed: the DiT work of each chunk (4 denoising forwards + the clean-context update, and
 the KV re-cache where a prompt switch falls before the chunk), from the chunk's start to its
@@ -7,16 +7,21 @@ before the first chunk and is reported apart; host time is the launch/replay tim
 With --vae, each chunk's streaming VAE decode is timed apart (after the DiT's latents are
 ready) and gives the end-to-end FPS. Not timed: text encoding (embeddings are given). The
 first ``warmup`` chunks of every run are left out of the statistics; each variant runs
-``rounds`` times, the variants interleaved round by round.
+``rounds`` times, the variants interleaved round by round. FPS and the speed-up over the
+baseline both come from the median (p50) chunk latency over all timed chunks of all rounds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import statistics
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import psutil
 import torch
@@ -25,16 +30,23 @@ from arvid.runtime import GeneratorOptions, StreamConfig, StreamingGenerator, ge
 from arvid.runtime.config import Preset, check_frames
 from arvid.runtime.loaders import load_dit
 from arvid.runtime.model import CausalWanModel
-from arvid.runtime.prompts import placeholder_prompt_embeds
+from arvid.runtime.prompts import align_switch_frames, placeholder_prompt_embeds
 from arvid.runtime.vae import StreamingVAEDecoder
+from arvid.runtime.variants import QUANT_FLAGS
 
-from .env import environment
+from .env import environment, load_average
+from .stats import CV_WARN, summarize
+
+SCHEMA = "arvid.stream_bench/2"
+STATISTIC = "p50"  # the chunk-latency statistic FPS and speed-ups are computed from
+LOAD_WARN = 0.5  # others' load (load average - our threads) above this fraction of the cores: a busy machine
+ESTIMATE_LIMIT_S = 600.0  # runs estimated longer than this need --yes
 
 
 @dataclass
 class VariantResult:
-    backend: str  # the variant spec, e.g. "triton+graphs"
-    chunk_ms: list[float] = field(default_factory=list)  # timed chunks over all rounds
+    backend: str  # the variant spec, e.g. "triton+graphs" or "sdpa@quantized/int8"
+    chunk_ms: list[float] = field(default_factory=list)  # timed chunks over all rounds, round after round
     first_chunk_ms: float = 0.0  # first chunk of the first round (includes lazy set-up)
     peak_memory_bytes: int = 0
     peak_reserved_bytes: int | None = None
@@ -45,24 +57,43 @@ class VariantResult:
     memory_bytes_per_chunk: list[int] = field(default_factory=list)  # after each chunk, first round
     capture_seconds: float = 0.0  # CUDA-graph warm-up + capture, before the first chunk
     vae_ms: list[float] = field(default_factory=list)  # streaming VAE decode per timed chunk (with --vae)
+    quant: dict | None = None  # how the DiT was quantized (scheme, backend, source), None for the float model
 
-    def summary(self, chunk_frames: int) -> dict:
-        ms = sorted(self.chunk_ms)
-        p50 = statistics.median(ms)
-        total_s = sum(ms) / 1000
-        latent_fps = chunk_frames * len(ms) / total_s
+    def summary(self, chunk_frames: int, batch_size: int, rounds: int, steady: list[bool]) -> dict:
+        """Statistics of the timed chunks; FPS from the median latency (frames of every video in the batch).
+
+        ``steady`` marks, per timed chunk of a round, the chunks with a full cache and no re-cache:
+        their coefficient of variation (``chunk_ms_cv_steady``) measures noise, not the extra work
+        of fill-phase or prompt-switch chunks.
+        """
+        st = summarize(self.chunk_ms)
+        steady_ms = [ms for i, ms in enumerate(self.chunk_ms) if steady[i % len(steady)]]
+        noise = summarize(steady_ms) if len(steady_ms) >= 2 else st
+        latent_fps = batch_size * chunk_frames / (st["p50"] / 1000)
+        per_round = len(self.chunk_ms) // rounds
+        end_to_end = [c + v for c, v in zip(self.chunk_ms, self.vae_ms, strict=True)] if self.vae_ms else None
         return {
-            "chunk_ms_p50": p50,
-            "chunk_ms_p90": _percentile(ms, 0.9),
-            "chunk_ms_mean": statistics.fmean(ms),
+            "chunk_ms_stats": st,
+            "chunk_ms_p50": st["p50"],
+            "chunk_ms_p90": st["p90"],
+            "chunk_ms_p99": st["p99"],
+            "chunk_ms_mean": st["mean"],
+            "chunk_ms_std": st["std"],
+            "chunk_ms_iqr": st["iqr"],
+            "chunk_ms_cv": st["cv"],
+            "chunk_ms_cv_steady": noise["cv"],
+            "round_p50_ms": [
+                statistics.median(self.chunk_ms[i * per_round : (i + 1) * per_round]) for i in range(rounds)
+            ],
             "latent_fps": latent_fps,
             # Each latent frame decodes to 4 video frames (the video's very first to 1).
             "video_fps_dit_only": 4 * latent_fps,
             "host_ms_p50": statistics.median(self.host_ms) if self.host_ms else None,
             "vae_ms_p50": statistics.median(self.vae_ms) if self.vae_ms else None,
-            # DiT + VAE decode of the timed (steady-state) chunks: 4 video frames per latent frame.
+            "end_to_end_ms_stats": summarize(end_to_end) if end_to_end else None,
+            # DiT + VAE decode of the timed chunks, median of their per-chunk sums.
             "video_fps_end_to_end": (
-                4 * chunk_frames * len(ms) / ((sum(ms) + sum(self.vae_ms)) / 1000) if self.vae_ms else None
+                4 * batch_size * chunk_frames / (statistics.median(end_to_end) / 1000) if end_to_end else None
             ),
         }
 
@@ -82,23 +113,167 @@ def _random_vae(preset, device: torch.device, dtype: torch.dtype, seed: int):
     return torch.nn.Module.to(model, dtype=dtype).eval().requires_grad_(False)
 
 
+def split_variant(spec: str) -> tuple[str, str | None]:
+    """``"sdpa@out/int8"`` -> ``("sdpa", "out/int8")``: the generator variant and a saved quantized model."""
+    variant, sep, directory = spec.partition("@")
+    if sep and not directory:
+        raise ValueError(f"variant {spec!r}: no directory after '@' (BACKEND@DIR, a model written by arvid quantize)")
+    return variant, directory or None
+
+
 def check_variants(backends: list[str]) -> None:
-    """Each variant string parses and is named once (a repeat would merge two runs into one record)."""
+    """Each variant string parses and is named once (a repeat would merge two runs into one record);
+    a ``@DIR`` names a directory written by ``arvid quantize``."""
+    from arvid.quant.serialize import read_quant_config
+
     for spec in backends:
-        GeneratorOptions.from_variant(spec)
+        variant, directory = split_variant(spec)
+        opts = GeneratorOptions.from_variant(variant)
+        if directory is not None:
+            if opts.quant is not None:
+                raise ValueError(f"variant {spec!r}: a saved model is already quantized; drop +{opts.quant}")
+            if not Path(directory).is_dir():
+                raise FileNotFoundError(f"variant {spec!r}: {directory} is not a directory")
+            read_quant_config(directory)
     twice = sorted({b for b in backends if backends.count(b) > 1})
     if twice:
         raise ValueError(f"variant(s) {', '.join(twice)} named more than once: each variant runs once per round")
 
 
-def _percentile(sorted_ms: list[float], q: float) -> float:
-    idx = min(len(sorted_ms) - 1, max(0, round(q * (len(sorted_ms) - 1))))
-    return sorted_ms[idx]
+def switch_chunks(switch_frames, chunk_frames: int, frames: int) -> list[int]:
+    """Indices of the chunks whose time includes a prompt switch's KV re-cache (LongLive's alignment)."""
+    return [a // chunk_frames for a in align_switch_frames(switch_frames, chunk_frames, frames)]
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None, device: torch.device) -> Iterator[None]:
+    """Run with ``torch.set_num_threads(threads)`` for CPU work (restored after); None leaves it as is.
+
+    Single-threaded CPU timing (the CLI's default) is far less sensitive to other processes on a
+    shared machine than a run that competes for every core.
+    """
+    if threads is None or device.type != "cpu":
+        yield
+        return
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def measured_matmul_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.2) -> float:
+    """FLOP/s of a square matmul on ``device`` in ``dtype``: an upper bound for what the DiT reaches."""
+    n = 4096 if device.type == "cuda" else 512
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b  # warm-up (first call allocates, picks a kernel)
+    _sync(device)
+    iters, t0 = 0, time.perf_counter()
+    while True:
+        a @ b
+        iters += 1
+        _sync(device)
+        elapsed = time.perf_counter() - t0
+        if elapsed >= seconds:
+            return 2 * n**3 * iters / elapsed
+
+
+def estimate_seconds(
+    preset: str | Preset,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    variants: int,
+    frames: int | None = None,
+    warmup: int = 2,
+    rounds: int = 3,
+    stream: StreamConfig | None = None,
+    batch_size: int = 1,
+    vae: bool = False,
+    flops_per_s: float | None = None,
+) -> dict:
+    """A lower-bound estimate of a benchmark's timed work: roofline FLOPs over a measured matmul rate.
+
+    Every chunk is counted at the steady state (full attention span) and every FLOP at the rate of a
+    large square matmul (``flops_per_s``, measured when not given), so real runs take longer: eager
+    attention, re-caches and set-up are slower than that. Model loading is not counted.
+    """
+    from .roofline import chunk_work
+
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    stream = stream or StreamConfig()
+    frames = frames or default_frames(p, stream, warmup)
+    work = chunk_work(p, stream, batch_size)
+    per_chunk = work["flops_per_chunk_total"] + (work["vae"]["flops"] if vae else 0)
+    chunks = frames // stream.chunk_frames
+    flops = per_chunk * chunks * variants * rounds
+    rate = flops_per_s or measured_matmul_flops(device, dtype)
+    return {"seconds": flops / rate, "flops": flops, "flops_per_s": rate, "chunks": chunks * variants * rounds}
+
+
+def default_frames(p: Preset, stream: StreamConfig, warmup: int) -> int:
+    """The preset's video length, at least 8 timed chunks after the warm-up."""
+    return max(p.default_frames, stream.chunk_frames * (warmup + 8))
+
+
+def check_estimate(estimate: dict, yes: bool) -> None:
+    """Refuse (ValueError) a run estimated above :data:`ESTIMATE_LIMIT_S` unless ``yes``."""
+    s = estimate["seconds"]
+    if s > ESTIMATE_LIMIT_S and not yes:
+        raise ValueError(
+            f"this run would take at least {s / 60:,.0f} min ({estimate['chunks']} chunks at "
+            f"{estimate['flops'] / estimate['chunks'] / 1e12:.2f} TFLOP each, "
+            f"{estimate['flops_per_s'] / 1e9:,.0f} GFLOP/s measured): pass --yes to run it, "
+            "or use a smaller --preset / fewer --frames / --rounds"
+        )
+
+
+def _quantized(model: CausalWanModel, scheme: str, device: torch.device) -> tuple[CausalWanModel, dict]:
+    """A quantized copy of ``model``: torchao's kernels on CUDA where torchao is installed, else emulated."""
+    from arvid.quant import config_for_scheme, quantize_
+
+    backend = "emulate"
+    if device.type == "cuda":
+        try:
+            import torchao  # noqa: F401
+
+            backend = "torchao"
+        except ImportError:
+            pass
+    quantized = quantize_(copy.deepcopy(model), config_for_scheme(scheme, backend=backend))
+    return quantized, {"scheme": scheme, "backend": backend, "source": "quantized in-process"}
+
+
+def noise_warnings(variants: list[dict], loads: list[list[float] | None], threads: int,
+                   cores: int | None = None) -> list[str]:  # fmt: skip
+    """Warnings for a variant whose steady-state chunk latency (``chunk_ms_cv_steady``) has a
+    coefficient of variation over :data:`CV_WARN`, and for a busy machine: a 1-minute load average
+    (of ``loads``, taken at the start and the end) that exceeds this run's own ``threads`` by more
+    than :data:`LOAD_WARN` of the ``cores``."""
+    out = [
+        f"{v['backend']}: steady-state chunk latency varies by {v['chunk_ms_cv_steady']:.0%} (coefficient of "
+        f"variation, over {CV_WARN:.0%}): treat its numbers and ratios as noisy; use more --rounds / --frames or "
+        "a quiet machine"
+        for v in variants
+        if v["chunk_ms_cv_steady"] > CV_WARN
+    ]
+    cores = cores or psutil.cpu_count() or 1
+    busiest = max((load[0] for load in loads if load), default=None)
+    if busiest is not None and busiest - threads > LOAD_WARN * cores:
+        out.append(
+            f"machine busy: load average {busiest:.2f} on {cores} cores while this run used {threads} thread(s); "
+            "other processes compete for the CPU and the numbers may not be reproducible"
+        )
+    return out
 
 
 def run_stream_bench(
@@ -109,18 +284,28 @@ def run_stream_bench(
     backends: list[str],
     frames: int | None = None,
     warmup: int = 2,
-    rounds: int = 1,
+    rounds: int = 3,
     switch_frames: tuple[int, ...] = (),
     seed: int = 0,
     model: CausalWanModel | None = None,
     stream: StreamConfig | None = None,
     batch_size: int = 1,
     vae: bool = False,
+    threads: int | None = None,
+    progress: bool = False,
 ) -> dict:
-    """Run every backend on the same inputs; returns a JSON-ready dict (see ``format_table``).
+    """Run every variant on the same inputs; returns a JSON-ready dict (see ``format_table``).
 
-    With ``vae`` every chunk is also decoded by a streaming Wan VAE of the preset's size (random
-    weights: the speed does not depend on them), timed apart, for end-to-end FPS.
+    Parameters
+    ----------
+    backends : variant strings, baseline first (``BACKEND[+FLAG...]``, see
+        :mod:`arvid.runtime.variants`); ``+int8`` / ``+int8wo`` / ``+fp8`` time a copy of the model
+        quantized here, ``BACKEND@DIR`` a model saved by ``arvid quantize``.
+    vae : also decode every chunk with a streaming Wan VAE of the preset's size (random weights:
+        the speed does not depend on them), timed apart, for end-to-end FPS.
+    threads : CPU threads for the timed work (``torch.set_num_threads``, restored after); None
+        leaves the process's setting. The count used is recorded in the environment.
+    progress : a progress bar per variant and round (tqdm, on stderr).
     """
     p = get_preset(preset) if isinstance(preset, str) else preset
     stream = stream or StreamConfig()
@@ -128,32 +313,63 @@ def run_stream_bench(
     if rounds < 1 or warmup < 0:
         raise ValueError(f"rounds must be >= 1 and warmup >= 0, got rounds={rounds}, warmup={warmup}")
     if frames is None:
-        frames = max(p.default_frames, stream.chunk_frames * (warmup + 8))
+        frames = default_frames(p, stream, warmup)
     check_frames(frames, stream.chunk_frames)
     if frames // stream.chunk_frames <= warmup:
         raise ValueError(f"{frames} frames give no timed chunk after {warmup} warm-up chunks")
     if model is None:  # random weights: speed does not depend on them
         model = load_dit(config=p.model, device=device, dtype=dtype, seed=seed)
-    compiled = None
+    with torch_threads(threads, device):
+        return _run(p, device, dtype, backends, frames, warmup, rounds, switch_frames, seed, model, stream,
+                    batch_size, vae, progress)  # fmt: skip
+
+
+def _run(p, device, dtype, backends, frames, warmup, rounds, switch_frames, seed, model, stream, batch_size, vae,
+         progress) -> dict:  # fmt: skip
+    from tqdm import tqdm
+
+    from arvid.quant.serialize import load_quantized
+
+    # The model each variant runs: the float model, a quantized copy per scheme, or a saved model.
+    models: dict[str, CausalWanModel] = {}
+    quant_info: dict[str, dict | None] = {}
+    by_scheme: dict[str, tuple[CausalWanModel, dict]] = {}
+    for spec in backends:
+        variant, directory = split_variant(spec)
+        opts = GeneratorOptions.from_variant(variant)
+        if directory is not None:
+            saved = load_quantized(directory, device=device)
+            if saved.cfg != model.cfg:
+                raise ValueError(f"variant {spec!r}: {directory} was quantized from another model config")
+            models[spec] = saved
+            quant_info[spec] = {"scheme": saved.arvid_quant.config.scheme, "backend": "emulate", "source": directory}
+        elif opts.quant is not None:
+            scheme = QUANT_FLAGS[opts.quant]
+            if scheme not in by_scheme:
+                by_scheme[scheme] = _quantized(model, scheme, device)
+            models[spec], quant_info[spec] = by_scheme[scheme]
+        else:
+            models[spec], quant_info[spec] = model, None
+    compiled: dict[int, CausalWanModel] = {}
 
     def make_generator(spec: str) -> StreamingGenerator:
         # Built per run and freed after it, so a variant's peak memory holds its own cache and
-        # graphs only (a +compile variant keeps one compiled copy of the model for the process).
-        nonlocal compiled
-        opts = GeneratorOptions.from_variant(spec)
-        m = model
+        # graphs only (a +compile variant keeps one compiled copy of its model for the process).
+        opts = GeneratorOptions.from_variant(split_variant(spec)[0])
+        m = models[spec]
         if opts.compile:  # compiled copy, so the other variants keep running the eager model
-            compiled = compiled or copy.deepcopy(model)
-            m = compiled
+            m = compiled.setdefault(id(m), copy.deepcopy(m))
         return opts.build(m, stream, latent_size=(p.latent_height, p.latent_width), batch_size=batch_size)
 
     vae_model = _random_vae(p, device, dtype, seed) if vae else None
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(batch_size, frames, p.model.in_dim, p.latent_height, p.latent_width, generator=g)
     prompts = [placeholder_prompt_embeds(f"prompt {i}", p, batch_size) for i in range(len(switch_frames) + 1)]
-    results = {b: VariantResult(b) for b in backends}
+    results = {b: VariantResult(b, quant=quant_info[b]) for b in backends}
     outputs: dict[str, torch.Tensor] = {}
     proc = psutil.Process()
+    chunks_total = frames // stream.chunk_frames
+    load_start = load_average()
 
     for r in range(rounds):
         for b in backends:
@@ -167,6 +383,8 @@ def run_stream_bench(
             capture = gen.capture(prompts[0])
             res.capture_seconds = capture if r == 0 else res.capture_seconds
             chunks, peak_rss = [], proc.memory_info().rss
+            bar = tqdm(total=chunks_total, desc=f"round {r + 1}/{rounds} {b}", unit="chunk", file=sys.stderr,
+                       disable=not progress, leave=False, dynamic_ncols=True)  # fmt: skip
             t0 = time.perf_counter()
             renoise_gen = torch.Generator(device=device).manual_seed(seed + 1)
             decoder = StreamingVAEDecoder(vae_model) if vae_model is not None else None
@@ -191,7 +409,9 @@ def run_stream_bench(
                     res.memory_bytes_per_chunk.append(
                         torch.cuda.memory_allocated(device) if device.type == "cuda" else rss
                     )
+                bar.update()
                 t0 = time.perf_counter()  # host-side bookkeeping above is not charged to the next chunk
+            bar.close()
             if device.type == "cuda":
                 res.memory_kind = "cuda_max_allocated"
                 res.peak_memory_bytes = max(res.peak_memory_bytes, torch.cuda.max_memory_allocated(device))
@@ -203,24 +423,30 @@ def run_stream_bench(
             outputs[b] = torch.cat(chunks, dim=1)
             del gen
 
+    env = environment(device)
+    env["load_average_start"] = load_start
+    switches = set(switch_chunks(switch_frames, stream.chunk_frames, frames))
+    steady = [i >= stream.slot_chunks - 1 and i not in switches for i in range(warmup, chunks_total)]
     base = backends[0]
     variants = []
     for b in backends:
         res = results[b]
         res.max_abs_diff_vs_baseline = float((outputs[b] - outputs[base]).abs().max())
-        row = {**asdict(res), **res.summary(stream.chunk_frames)}
+        row = {**asdict(res), **res.summary(stream.chunk_frames, batch_size, rounds, steady)}
         variants.append(row)
     for row in variants:
         row["speedup_vs_baseline"] = variants[0]["chunk_ms_p50"] / row["chunk_ms_p50"]
+    warnings = noise_warnings(variants, [load_start, env["load_average"]], torch.get_num_threads())
     n_params = sum(t.numel() for t in model.parameters())
     return {
-        "schema": "arvid.stream_bench/1",
+        "schema": SCHEMA,
         "methodology": __doc__.strip(),
+        "statistic": STATISTIC,
         "preset": p.name,
         "dtype": str(dtype).removeprefix("torch."),
         "batch_size": batch_size,
         "latent_frames": frames,
-        "chunks": frames // stream.chunk_frames,
+        "chunks": chunks_total,
         "warmup_chunks": warmup,
         "rounds": rounds,
         "vae_decode_timed": vae,
@@ -229,13 +455,14 @@ def run_stream_bench(
         "model_parameters": n_params,
         "model_bytes": sum(t.nbytes for t in model.parameters()),
         "baseline": base,
-        "environment": environment(device),
+        "environment": env,
+        "warnings": warnings,
         "variants": variants,
     }
 
 
-def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f}"
+def _fmt(x: float | None, spec: str = ".2f") -> str:
+    return "-" if x is None else format(x, spec)
 
 
 def _mib(n: int | None) -> str:
@@ -243,31 +470,45 @@ def _mib(n: int | None) -> str:
 
 
 def format_table(report: dict) -> str:
+    """Two Markdown tables (latency statistics; FPS, memory and set-up), the warnings, and the method."""
     env = report["environment"]
+    git = (env.get("git_commit") or "unknown")[:12] + (" (dirty)" if env.get("git_dirty") else "")
     lines = [
         f"arvid bench: preset {report['preset']}, {report['dtype']}, batch {report['batch_size']}, "
         f"{report['latent_frames']} latent frames = {report['chunks']} chunks "
         f"({report['warmup_chunks']} warm-up chunks excluded), {report['rounds']} round(s), "
         f"switches at {report['switch_frames'] or 'none'}",
-        f"device: {env['device_name']} ({env['device']}); torch {env['torch']}, triton {env['triton']}, "
-        f"CUDA {env['cuda']}, driver {env['driver']}; commit {(env['git_commit'] or 'unknown')[:12]}",
+        f"device: {env['device_name']} ({env['device']}), {env.get('torch_threads', '?')} thread(s), "
+        f"load {env.get('load_average') or '?'}; torch {env['torch']}, triton {env['triton']}, "
+        f"CUDA {env['cuda']}, driver {env['driver']}; arvid {env.get('arvid', '?')}, commit {git}",
         "",
-        "| variant | chunk ms p50 | p90 | host ms p50 | latent frames/s | video FPS (DiT only) | vs baseline "
-        "| first chunk ms | capture s | VAE ms p50 | video FPS end to end | peak memory MiB | cache MiB "
-        "| max diff vs baseline |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| variant | p50 ms | mean ms | std | CV | CV steady | IQR | p90 | p99 | video FPS (DiT, p50) "
+        "| vs baseline (p50) | max diff |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for v in report["variants"]:
         lines.append(
-            f"| {v['backend']} | {v['chunk_ms_p50']:.2f} | {v['chunk_ms_p90']:.2f} | {v['host_ms_p50']:.2f} "
-            f"| {v['latent_fps']:.2f} | {v['video_fps_dit_only']:.2f} | {v['speedup_vs_baseline']:.2f}x "
-            f"| {v['first_chunk_ms']:.1f} | {v['capture_seconds']:.2f} | {_fmt(v['vae_ms_p50'])} "
-            f"| {_fmt(v['video_fps_end_to_end'])} "
-            f"| {_mib(v['peak_memory_bytes'])} ({v['memory_kind']}) | {_mib(v['cache_bytes'])} "
-            f"| {v['max_abs_diff_vs_baseline']:.2e} |"
+            f"| {v['backend']} | {v['chunk_ms_p50']:.2f} | {v['chunk_ms_mean']:.2f} | {v['chunk_ms_std']:.2f} "
+            f"| {v['chunk_ms_cv']:.1%} | {v['chunk_ms_cv_steady']:.1%} | {v['chunk_ms_iqr']:.2f} "
+            f"| {v['chunk_ms_p90']:.2f} | {v['chunk_ms_p99']:.2f} "
+            f"| {v['video_fps_dit_only']:.2f} | {v['speedup_vs_baseline']:.2f}x | {v['max_abs_diff_vs_baseline']:.1e} |"
         )
     lines += [
         "",
-        " ".join(report["methodology"].split("\n\n")[1].split()),
+        "| variant | first chunk ms | capture s | host ms p50 | VAE ms p50 | video FPS end to end | peak MiB "
+        "| cache MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    for v in report["variants"]:
+        lines.append(
+            f"| {v['backend']} | {v['first_chunk_ms']:.1f} | {v['capture_seconds']:.2f} | {_fmt(v['host_ms_p50'])} "
+            f"| {_fmt(v['vae_ms_p50'])} | {_fmt(v['video_fps_end_to_end'])} | {_mib(v['peak_memory_bytes'])} "
+            f"| {_mib(v['cache_bytes'])} |"
+        )
+    lines.append(
+        f"\npeak memory: {report['variants'][0]['memory_kind']}; CV steady: over the chunks with a full cache "
+        "and no prompt switch (the noise, not the extra work of fill-phase or re-cache chunks)"
+    )
+    lines += [f"WARNING: {w}" for w in report.get("warnings", [])]
+    lines += ["", " ".join(report["methodology"].split("\n\n")[1].split())]
     return "\n".join(lines)

@@ -5,7 +5,7 @@ switch frames and re-noising seeds, and measures per chunk: latent SQNR, relativ
 cosine; latent flicker; and, with VAE decoders, PSNR / SSIM per decoded frame, video flicker and
 optionally CLIP score. :func:`write_report` writes ``report.json``, ``report.md`` and PNG plots.
 
-What counts as a "marginal" loss (:class:`Thresholds`) is a convention, not a measured perceptual
+What counts as a PASS (:class:`Thresholds`) is a convention, not a measured perceptual
 threshold; see ``quant/README.md`` for the reasoning behind each number.
 """
 
@@ -40,7 +40,7 @@ from .metrics import (
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Limits under which a variant's loss counts as marginal (conventions; see quant/README.md).
+    """Limits within which a variant's loss is a PASS (conventions; see quant/README.md).
 
     latent_sqnr_db : pooled latent SQNR >= 20 dB: error power <= 1 % of the signal (relative error
         <= 0.1, cosine >= ~0.995). A round number from the definition, used as a rule of thumb; a
@@ -197,7 +197,7 @@ def compare_streams(
             "variant_mean": sum(clip_var) / len(clip_var),
             "delta_mean": (sum(clip_var) - sum(clip_ref)) / len(clip_ref),
         }
-    verdict["marginal"] = all(verdict.values())
+    verdict["pass"] = all(verdict.values())
     return {
         "per_chunk": rows,
         "per_frame": frame_rows,
@@ -220,6 +220,32 @@ def _fmt(x, digits: int = 2) -> str:
     return str(x)
 
 
+def verdict_line(report: dict) -> str:
+    """``PASS`` or ``FAIL``, and each check with its threshold, e.g. ``FAIL: latent SQNR 18.1 dB < 20 dB; ...``.
+
+    PASS: every check is within its threshold (a loss within the conventions of :class:`Thresholds`,
+    which are rules of thumb, not measured perceptual limits).
+    """
+    s, t, v = report["summary"], report["thresholds"], report["verdict"]
+    checks = [
+        ("latent_sqnr", f"latent SQNR {_fmt(s['latent_sqnr_db'])} dB", ">=", f"{t['latent_sqnr_db']} dB"),
+        ("drift", f"drift {_fmt(s['drift']['drop_db'])} dB", "<=", f"{t['drift_db']} dB"),
+        ("latent_flicker", f"latent flicker ratio {_fmt(s['latent_flicker']['flicker_ratio'], 3)}", "within",
+         f"1 +- {t['flicker_band']}"),
+    ]  # fmt: skip
+    if s["video"]:
+        vid = s["video"]
+        checks += [
+            ("video_psnr", f"video PSNR {_fmt(vid['psnr_db_mean'])} dB", ">=", f"{t['video_psnr_db']} dB"),
+            ("video_ssim", f"video SSIM {_fmt(vid['ssim_mean'], 4)}", ">=", f"{t['video_ssim']}"),
+            ("video_flicker", f"video flicker ratio {_fmt(vid['flicker']['flicker_ratio'], 3)}", "within",
+             f"1 +- {t['flicker_band']}"),
+        ]  # fmt: skip
+    negate = {">=": "<", "<=": ">", "within": "outside"}
+    parts = [f"{what} {op if v[key] else negate[op]} {limit}" for key, what, op, limit in checks]
+    return f"{'PASS' if v['pass'] else 'FAIL'}: " + "; ".join(parts)
+
+
 def format_markdown(report: dict) -> str:
     """The human-readable report."""
     s, t, v = report["summary"], report["thresholds"], report["verdict"]
@@ -229,8 +255,7 @@ def format_markdown(report: dict) -> str:
         lines += [f"- {k}: `{json.dumps(val) if not isinstance(val, str) else val}`" for k, val in meta.items()]
         lines.append("")
     lines += [
-        f"**Verdict: {'marginal loss' if v['marginal'] else 'NOT marginal'}** "
-        f"(every check below within its threshold: {_fmt(v['marginal'])})",
+        f"**Verdict: {verdict_line(report)}**",
         "",
         "| metric | value | threshold | within |",
         "| --- | --- | --- | --- |",

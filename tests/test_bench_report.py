@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import statistics
 
 import pytest
 import torch
@@ -30,6 +31,13 @@ VARIANT_FIELDS = {
     "chunk_ms_p50",
     "chunk_ms_p90",
     "chunk_ms_mean",
+    "chunk_ms_p99",
+    "chunk_ms_std",
+    "chunk_ms_iqr",
+    "chunk_ms_cv",
+    "chunk_ms_cv_steady",
+    "chunk_ms_stats",
+    "round_p50_ms",
     "latent_fps",
     "video_fps_dit_only",
     "speedup_vs_baseline",
@@ -39,8 +47,9 @@ VARIANT_FIELDS = {
 @pytest.fixture(scope="module")
 def report():
     return run_stream_bench(
-        "tiny", device=torch.device("cpu"), dtype=torch.float32, backends=["eager", "sdpa"], frames=12, warmup=1
-    )
+        "tiny", device=torch.device("cpu"), dtype=torch.float32, backends=["eager", "sdpa"], frames=12, warmup=1,
+        rounds=2, threads=1,
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -51,25 +60,32 @@ def run_json(report, tmp_path):
 
 
 def test_report_fields(report):
-    assert report["schema"] == "arvid.stream_bench/1"
+    assert report["schema"] == "arvid.stream_bench/2" and report["statistic"] == "p50"
     assert (report["preset"], report["dtype"], report["baseline"]) == ("tiny", "float32", "eager")
     assert (report["latent_frames"], report["chunks"], report["warmup_chunks"]) == (12, 4, 1)
     assert report["model_parameters"] > 0 and report["model_bytes"] == 4 * report["model_parameters"]
     assert report["stream"]["chunk_frames"] == 3
     env = report["environment"]
-    for key in ("device", "device_name", "torch", "python", "git_commit", "command"):
+    for key in ("device", "device_name", "torch", "python", "git_commit", "git_dirty", "command", "arvid"):
         assert key in env
-    assert env["device"] == "cpu"
+    assert env["device"] == "cpu" and env["torch_threads"] == 1  # threads=1 was used and recorded
+    assert env["load_average"] is None or len(env["load_average"]) == 3
+    assert isinstance(report["warnings"], list)
     json.dumps(report)  # JSON-ready
     assert [v["backend"] for v in report["variants"]] == ["eager", "sdpa"]
     for v in report["variants"]:
         assert set(v) >= VARIANT_FIELDS
-        assert len(v["chunk_ms"]) == report["chunks"] - report["warmup_chunks"]
+        assert len(v["chunk_ms"]) == 2 * (report["chunks"] - report["warmup_chunks"])  # 2 rounds
         assert all(ms > 0 for ms in v["chunk_ms"])
-        assert v["chunk_ms_p90"] >= v["chunk_ms_p50"] > 0
+        assert v["chunk_ms_p99"] >= v["chunk_ms_p90"] >= v["chunk_ms_p50"] > 0
         assert min(v["chunk_ms"]) <= v["chunk_ms_mean"] <= max(v["chunk_ms"])
+        assert v["chunk_ms_p50"] == pytest.approx(statistics.median(v["chunk_ms"]))
+        assert v["chunk_ms_std"] == pytest.approx(statistics.stdev(v["chunk_ms"]))
+        assert v["chunk_ms_cv"] == pytest.approx(v["chunk_ms_std"] / v["chunk_ms_mean"])
+        assert len(v["round_p50_ms"]) == 2
         assert v["video_fps_dit_only"] == pytest.approx(4 * v["latent_fps"])
-        assert v["latent_fps"] == pytest.approx(3 * len(v["chunk_ms"]) / (sum(v["chunk_ms"]) / 1000))
+        # FPS and the speed-up come from one statistic, the median
+        assert v["latent_fps"] == pytest.approx(3 / (v["chunk_ms_p50"] / 1000))
         assert v["first_chunk_ms"] > 0 and v["peak_memory_bytes"] > 0 and v["memory_kind"] == "process_rss"
         assert v["max_abs_diff_vs_baseline"] < 1e-4
     base, sdpa = report["variants"]
@@ -99,16 +115,21 @@ def test_markdown_shows_the_roofline_on_a_known_gpu(report, tmp_path):
 
 
 def test_plots(report, tmp_path):
-    paths = plot_report(report, tmp_path / "plots")
-    # the bench records memory after every chunk, so all three plots are drawn
+    varying = json.loads(json.dumps(report))
+    for v in varying["variants"]:
+        v["memory_bytes_per_chunk"] = [2**20 * (100 + 10 * i) for i in range(report["chunks"])]
+    paths = plot_report(varying, tmp_path / "plots")
     assert [p.name for p in paths] == ["fps_by_variant.png", "latency_per_chunk.png", "memory_over_video.png"]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
-    without_memory = json.loads(json.dumps(report))
-    for v in without_memory["variants"]:
+    # a flat memory line (or none recorded) carries no information: no memory plot
+    flat = json.loads(json.dumps(report))
+    for v in flat["variants"]:
+        v["memory_bytes_per_chunk"] = [2**30] * report["chunks"]
+    assert [p.name for p in plot_report(flat, tmp_path / "plots2")] == ["fps_by_variant.png", "latency_per_chunk.png"]
+    for v in flat["variants"]:
         del v["memory_bytes_per_chunk"]
-    paths = plot_report(without_memory, tmp_path / "plots2")
-    assert [p.name for p in paths] == ["fps_by_variant.png", "latency_per_chunk.png"]
+    assert [p.name for p in plot_report(flat, tmp_path / "plots3")] == ["fps_by_variant.png", "latency_per_chunk.png"]
 
 
 def test_results_table(run_json, tmp_path):
@@ -167,19 +188,26 @@ def test_cli(run_json, tmp_path, capsys):
     other = tmp_path / "other.json"
     shutil.copy(run_json, other)
     other.write_text(json.dumps({"schema": "x"}))
-    with pytest.raises(ValueError, match=r"not an arvid\.stream_bench/1 report"):
+    with pytest.raises(ValueError, match=r"other\.json: not an arvid\.stream_bench report \(schema 'x'"):
         load_report(other)
 
 
 @pytest.mark.slow
 def test_vae_decode_is_timed_apart_for_end_to_end_fps():
     report = run_stream_bench(
-        "tiny", device=torch.device("cpu"), dtype=torch.float32, backends=["sdpa"], frames=9, warmup=1, vae=True
+        "tiny",
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        backends=["sdpa"],
+        frames=9,
+        warmup=1,
+        vae=True,
+        rounds=1,
     )
     v = report["variants"][0]
     assert report["vae_decode_timed"] is True
     assert len(v["vae_ms"]) == 2 and v["vae_ms_p50"] > 0
-    # end to end = 12 video frames per chunk over DiT + VAE time: below the DiT-only rate
-    want = 12 * 2 / ((sum(v["chunk_ms"]) + sum(v["vae_ms"])) / 1000)
+    # end to end = 12 video frames per chunk over the median DiT + VAE time: below the DiT-only rate
+    want = 12 / (statistics.median(c + d for c, d in zip(v["chunk_ms"], v["vae_ms"], strict=True)) / 1000)
     assert v["video_fps_end_to_end"] == pytest.approx(want)
     assert v["video_fps_end_to_end"] < v["video_fps_dit_only"]

@@ -16,15 +16,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_bench_tiny_prints_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--preset", "tiny", "--frames", "12", "--warmup", "1", "--json", str(out)]) == 0
+    argv = ["bench", "--preset", "tiny", "--frames", "12", "--warmup", "1", "--rounds", "2", "--json", str(out)]
+    assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "| eager |" in text and "| sdpa |" in text and "latent frames/s" in text
+    assert "| eager |" in text and "| sdpa |" in text and "video FPS (DiT, p50)" in text
     assert "torch " + torch.__version__ in text
     report = json.loads(out.read_text())
     assert [v["backend"] for v in report["variants"]] == ["eager", "sdpa"]
     assert report["variants"][0]["speedup_vs_baseline"] == 1.0
     assert report["variants"][1]["max_abs_diff_vs_baseline"] < 1e-4
-    assert len(report["variants"][0]["chunk_ms"]) == 3  # 4 chunks, 1 warm-up
+    assert len(report["variants"][0]["chunk_ms"]) == 6  # 4 chunks, 1 warm-up, 2 rounds
 
 
 @pytest.mark.slow

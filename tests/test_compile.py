@@ -29,7 +29,13 @@ def test_compiled_regions_give_the_same_latents():
 @pytest.mark.slow
 def test_bench_runs_a_compiled_variant():
     report = run_stream_bench(
-        "tiny", device=torch.device("cpu"), dtype=torch.float32, backends=["sdpa", "sdpa+compile"], frames=9, warmup=1
+        "tiny",
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        backends=["sdpa", "sdpa+compile"],
+        frames=9,
+        warmup=1,
+        rounds=1,
     )
     compiled = report["variants"][1]
     assert compiled["backend"] == "sdpa+compile"

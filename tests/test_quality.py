@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from arvid.cli import main
+from arvid.cli import build_parser, main
 from arvid.quant import Fp8Config, quantize_
 from arvid.quant.metrics import (
     FlickerMeter,
@@ -154,14 +154,15 @@ def test_report_without_video(tmp_path):
     s = report["summary"]
     assert s["video"] is None and s["clip"] is None and set(s["drift"]) >= {"drop_db", "slope_db_per_chunk"}
     assert len(report["latent_flicker_per_pair"]["reference"]) == 11  # 12 frames, across chunk borders
-    assert report["verdict"]["marginal"] is True and "video_psnr" not in report["verdict"]
+    assert report["verdict"]["pass"] is True and "video_psnr" not in report["verdict"]
     report["meta"] = {"scheme": "fp8"}
     paths = write_report(report, tmp_path / "r")
     assert sorted(p.name for p in paths) == ["flicker.png", "latent_sqnr.png", "report.json", "report.md"]
     doc = json.loads((tmp_path / "r" / "report.json").read_text())
     assert doc["summary"]["latent_sqnr_db"] == pytest.approx(s["latent_sqnr_db"])
     md = (tmp_path / "r" / "report.md").read_text()
-    assert "Verdict: marginal loss" in md and "not measured (no VAE decoder)" in md
+    assert "**Verdict: PASS: latent SQNR" in md and "not measured (no VAE decoder)" in md
+    assert ">= 20.0 dB; drift" in md and "within 1 +- 0.1" in md  # each check beside its threshold
     assert not list(tmp_path.glob(".r.*"))  # the temporary folder is gone
 
 
@@ -252,8 +253,10 @@ def test_quality_command_with_scheme_and_errors(tmp_path, capsys):
     rep = tmp_path / "rep"
     args = ["quality", "--preset", "tiny", "--scheme", "int8-weight-only", "--frames", "6", "--quiet"]
     assert main([*args, "--out", str(rep)]) == 0
-    assert json.loads((rep / "report.json").read_text())["verdict"]["marginal"] is True
-    capsys.readouterr()
+    assert json.loads((rep / "report.json").read_text())["verdict"]["pass"] is True
+    out, err = capsys.readouterr()
+    assert "-> PASS: latent SQNR" in out and f"wrote {rep / 'report.md'}" in out and "//" not in out
+    assert "stand-in embeddings" in err  # no text encoder: the banner says so
     assert main(["quality", "--scheme", "fp8", "--frames", "5", "--out", str(tmp_path / "x")]) == 2
     assert "not a positive multiple of the chunk" in capsys.readouterr().err
     assert main(["quality", "--scheme", "fp8", "--clip-model", "c", "--out", str(tmp_path / "x")]) == 2
@@ -263,8 +266,43 @@ def test_quality_command_with_scheme_and_errors(tmp_path, capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU message")
 def test_quality_command_torchao_on_cpu_says_cuda(tmp_path, capsys):
-    args = ["quality", "--scheme", "fp8", "--backend", "torchao", "--device", "cpu", "--out", str(tmp_path / "r")]
+    args = ["quality", "--scheme", "fp8", "--quant-backend", "torchao", "--device", "cpu", "--out", str(tmp_path / "r")]
     assert main(args) == 2
-    err = capsys.readouterr().err
-    assert "CUDA" in err and "backend='emulate'" in err and len(err.strip().splitlines()) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("NOTE: no text encoder")]
+    assert len(err) == 1 and "CUDA" in err[0] and "backend='emulate'" in err[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_quality_encodes_the_prompts_with_the_models_text_encoder(tmp_path, capsys, monkeypatch):
+    from test_checkpoint_formats import _tiny_parts, _write_diffusers_model_dir
+
+    from arvid.commands.quality import vae_source
+    from arvid.runtime.loaders import find_model_files
+    from arvid.runtime.text_encoder import TextEncoder
+
+    root = tmp_path / "model"
+    _write_diffusers_model_dir(root, *_tiny_parts())
+    rep = tmp_path / "rep"
+    argv = ["quality", "--model", str(root), "--preset", "tiny", "--scheme", "int8", "--frames", "3",
+            "--prompt", "a red fox", "--quiet", "--out", str(rep)]  # fmt: skip
+    seen = {}
+    real_encode = TextEncoder.encode
+
+    def encode(self, prompts):
+        seen.setdefault("prompts", []).append(prompts)
+        return real_encode(self, prompts)
+
+    monkeypatch.setattr(TextEncoder, "encode", encode)
+    assert main(argv) == 0
+    assert seen["prompts"] == ["a red fox"]  # the real prompt went through the model's umT5
+    assert "stand-in" not in capsys.readouterr().err  # so no banner
+    meta = json.loads((rep / "report.json").read_text())["meta"]
+    assert meta["prompt_embeddings"] == f"umT5 text encoder of {root}"
+    # --vae is a flag (as in bench): decode with the VAE of --model, else --vae-weights, else tiny's random one
+    args = build_parser().parse_args(["quality", "--scheme", "int8", "--vae", "--out", "r"])
+    assert vae_source(args, find_model_files(root), get_preset("tiny")) == str(root / "vae")
+    assert vae_source(args, None, get_preset("tiny")) == "tiny"
+    with pytest.raises(ValueError, match="needs VAE weights: give --model DIR or --vae-weights"):
+        vae_source(args, None, get_preset("wan2.1-t2v-1.3b"))
+    assert main(["quality", "--scheme", "int8", "--vae-weights", "x", "--out", str(tmp_path / "x")]) == 2
+    assert "--vae-weights needs --vae" in capsys.readouterr().err

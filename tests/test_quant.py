@@ -19,7 +19,7 @@ for e4m3 W8A8, ~44.6 dB for int8 weight-only. End to end (latents after 4 denois
 cache), the errors of the quantized layers add up; the bounds below allow them 4x the power of
 one layer's error (-6 dB): int8 >= 35 dB, int8 weight-only >= 38 dB, fp8 >= 22 dB. Measured on this
 model (tiny, seed 0, 12 latent frames): 43.2 / 45.6 / 32.0 dB. These bounds catch gross failures
-and sit well above the 20 dB "marginal" convention; they do not pin the recipe (on this model int8
+and sit well above the 20 dB PASS convention; they do not pin the recipe (on this model int8
 with per-tensor scales measured 39.8 dB, truncation instead of rounding 35.1 dB): the recipe is
 pinned by the per-tensor theory tests and the exact per-layer tests below.
 """

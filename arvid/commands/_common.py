@@ -49,7 +49,9 @@ def seed_int(text: str) -> int:
     return value
 
 
-def add_common_args(p: argparse.ArgumentParser) -> None:
+def add_common_args(p: argparse.ArgumentParser, *, stream: bool = True) -> None:
+    """--config, --preset, --device, --dtype, --seed and, with ``stream``, the video's --frames,
+    --switch-frames and stream flags (left out where no video is generated, e.g. ``arvid quantize``)."""
     from arvid.runtime import PRESETS
 
     p.add_argument(
@@ -65,9 +67,14 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default: bf16 on CUDA, fp32 on the CPU")
+    p.add_argument(
+        "--seed", type=seed_int, default=0, help="seed of the noise and of random weights, 0 to 2**63 - 2 (default: 0)"
+    )
+    if not stream:
+        _read_config_before_parsing(p)
+        return
     p.add_argument("--frames", type=positive_int, help="latent frames to generate (a multiple of the chunk)")
     p.add_argument("--switch-frames", type=int_list, default=(), help="prompt switch frames, e.g. 12,24")
-    p.add_argument("--seed", type=seed_int, default=0, help="random seed, 0 to 2**63 - 2 (default: 0)")
     add_stream_args(p)
     _read_config_before_parsing(p)
 

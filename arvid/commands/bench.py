@@ -1,7 +1,8 @@
-"""``arvid bench``: the eager baseline and optimised backends on the same inputs, in one process."""
+"""``arvid bench``: the eager baseline and optimised or quantized variants on the same inputs, in one process."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -18,27 +19,59 @@ from ._common import (
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="eager baseline vs optimised backends, same inputs, one process")
+    p = sub.add_parser(
+        "bench",
+        help="time the eager baseline and other variants on the same inputs (FPS, latency spread, memory)",
+        description="Time the eager baseline and other variants on the same model and inputs, in one process. "
+        "Every variant runs --rounds times, interleaved; FPS and speed-ups come from the median chunk latency.",
+    )
     add_common_args(p)
     add_model_args(p)
     p.add_argument(
-        "--backends",
-        help="comma-separated variants, baseline first: BACKEND[+graphs|+stepgraphs][+compile][+fp8kv], "
-        "e.g. eager,triton,triton+graphs (default: eager + the device's default backend, + graphs on CUDA)",
+        "--backend",
+        dest="backends",
+        metavar="VARIANTS",
+        help="comma-separated variants, baseline first: BACKEND[+graphs|+stepgraphs][+compile][+fp8kv]"
+        "[+int8|+int8wo|+fp8] or BACKEND@DIR (a model saved by `arvid quantize`), e.g. eager,sdpa,sdpa+int8 "
+        "(default: eager + the device's default backend, + graphs on CUDA)",
     )
+    p.add_argument("--backends", dest="backends", help=argparse.SUPPRESS)  # deprecated spelling of --backend
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also time a quantized model saved by `arvid quantize` in DIR (on the default backend); repeatable",
+    )
+    p.add_argument("--batch-size", type=positive_int, default=1, help="videos generated together (default: 1)")
     p.add_argument("--warmup", type=non_negative_int, default=2, help="chunks left out of the statistics (default: 2)")
-    p.add_argument("--rounds", type=positive_int, default=1, help="times every backend runs, interleaved (default: 1)")
+    p.add_argument("--rounds", type=positive_int, default=3, help="times every variant runs, interleaved (default: 3)")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=1,
+        help="CPU threads for the timed work (default: 1, the least sensitive to other processes)",
+    )
     p.add_argument("--json", help="also write the full report as JSON here")
     p.add_argument(
         "--vae",
         action="store_true",
         help="also decode every chunk with a random-weight streaming Wan VAE (end-to-end FPS)",
     )
+    p.add_argument("--yes", action="store_true", help="run even when the estimate says it takes over 10 minutes")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args) -> int:
-    from arvid.bench.stream_bench import check_variants, format_table, run_stream_bench
+    from arvid.bench.stream_bench import (
+        check_estimate,
+        check_variants,
+        estimate_seconds,
+        format_table,
+        run_stream_bench,
+        torch_threads,
+    )
     from arvid.runtime import default_backend
     from arvid.runtime.devices import resolve_device, resolve_dtype
     from arvid.runtime.files import atomic_write
@@ -46,13 +79,25 @@ def cmd_bench(args) -> int:
     preset, _ = model_preset(args)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
+    stream = stream_config(args)
+    best = default_backend(device, dtype)
     if args.backends:
         backends = args.backends.split(",")
     else:
-        best = default_backend(device, dtype)
         backends = ["eager", best] + ([f"{best}+graphs"] if device.type == "cuda" else [])
+    backends += [f"{best}@{d}" for d in args.variant]
     check_variants(backends)  # a bad or repeated variant fails before any model is built
-    print(f"benchmarking {', '.join(backends)} on {device} ({preset.name}, {dtype}) ...", file=sys.stderr)
+    with torch_threads(args.threads, device):
+        estimate = estimate_seconds(
+            preset, device=device, dtype=dtype, variants=len(backends), frames=args.frames, warmup=args.warmup,
+            rounds=args.rounds, stream=stream, batch_size=args.batch_size, vae=args.vae,
+        )  # fmt: skip
+    check_estimate(estimate, args.yes)
+    print(
+        f"benchmarking {', '.join(backends)} on {device} ({preset.name}, {dtype}, {args.rounds} round(s)); "
+        f"at least {estimate['seconds']:,.1f} s of work by the roofline estimate ...",
+        file=sys.stderr,
+    )
     model = load_model_from_args(args, preset, device=device, dtype=dtype)
     report = run_stream_bench(
         preset,
@@ -65,10 +110,16 @@ def cmd_bench(args) -> int:
         switch_frames=args.switch_frames,
         seed=args.seed,
         model=model,
-        stream=stream_config(args),
+        stream=stream,
+        batch_size=args.batch_size,
         vae=args.vae,
+        threads=args.threads,
+        progress=not args.quiet,
     )
+    report["estimate"] = estimate
     print(format_table(report))
+    for w in report["warnings"]:
+        print(f"arvid bench: WARNING: {w}", file=sys.stderr)
     if args.json:
         atomic_write(Path(args.json), lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
         print(f"wrote {args.json}", file=sys.stderr)

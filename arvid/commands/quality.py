@@ -28,13 +28,23 @@ def register(sub) -> None:
         "--modelopt", choices=["int8-smoothquant", "fp8"], help="nvidia-modelopt fake quantization, calibrated here"
     )
     p.add_argument(
-        "--backend", choices=["emulate", "torchao"], default="emulate", help="for --scheme (default: emulate)"
+        "--quant-backend",
+        choices=["emulate", "torchao"],
+        default="emulate",
+        help="how --scheme runs: emulate (arvid's modules, any device) or torchao (its CUDA kernels) "
+        "(default: emulate)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the quantized linears (--scheme)")
     add_quant_args(p)
     p.add_argument("--calib-prompts", type=int, default=4, help="stand-in prompts calibrated on (--modelopt)")
     p.add_argument("--prompt", action="append", help="prompt text; repeat once per switch")
-    p.add_argument("--vae", help="decode and compare video: a Wan2.1 VAE (directory or .pth), or 'tiny' (random)")
+    p.add_argument(
+        "--vae",
+        action="store_true",
+        help="also decode both videos and compare them (PSNR / SSIM): the VAE of --model, or --vae-weights; "
+        "the tiny preset without either gets a random tiny VAE",
+    )
+    p.add_argument("--vae-weights", help="with --vae: a Wan2.1 VAE (directory or .pth) instead of --model's")
     p.add_argument("--clip-model", help="a local transformers CLIP model directory, for CLIP score (needs --vae)")
     p.add_argument("--drift-window", type=int, default=10, help="chunks averaged at each end for the drift check")
     p.add_argument("--out", required=True, help="report directory (report.json, report.md, *.png)")
@@ -42,8 +52,25 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_quality)
 
 
+def vae_source(args, files, preset) -> str | None:
+    """Which VAE ``--vae`` decodes with: ``--vae-weights``, the VAE of ``--model``, or ``"tiny"`` (random)."""
+    if args.vae_weights and not args.vae:
+        raise ValueError("--vae-weights needs --vae")
+    if not args.vae:
+        return None
+    if args.vae_weights:
+        return args.vae_weights
+    if files is not None:
+        if files.vae is None:
+            raise ValueError(f"{files.root}: no VAE found (Wan2.1_VAE.pth or vae/); give --vae-weights")
+        return str(files.vae)
+    if preset.name != "tiny":
+        raise ValueError(f"--vae on preset {preset.name} needs VAE weights: give --model DIR or --vae-weights")
+    return "tiny"
+
+
 def video_decoders(spec: str | None, device: torch.device) -> tuple | None:
-    """Two streaming VAE decoders (reference, variant), or None without ``--vae``.
+    """Two streaming VAE decoders (reference, variant) for :func:`vae_source`'s answer, or None.
 
     The VAE runs in float32 so the decode adds no rounding of its own to the comparison; each model
     gets its own copy because the streaming decoder keeps its causal-convolution cache in the VAE.
@@ -56,15 +83,41 @@ def video_decoders(spec: str | None, device: torch.device) -> tuple | None:
     return StreamingVAEDecoder(vae), StreamingVAEDecoder(copy.deepcopy(vae))
 
 
+STAND_IN_BANNER = (
+    "NOTE: no text encoder (no --model with one): the prompts get deterministic stand-in embeddings, "
+    "not the model's encoding of their text; the CLIP score then compares against text the model never saw"
+)
+
+
+def prompt_embeddings(args, files, preset, prompts: list[str], device, dtype) -> tuple[list[torch.Tensor], str]:
+    """The prompts encoded by ``--model``'s umT5 text encoder (freed after), or stand-ins with a banner.
+
+    Returns the embeddings and where they came from (for the report's metadata).
+    """
+    from arvid.runtime.prompts import placeholder_prompt_embeds
+
+    if files is None or files.text_encoder is None or files.tokenizer is None:
+        print(STAND_IN_BANNER, file=sys.stderr)
+        return [placeholder_prompt_embeds(p, preset) for p in prompts], "stand-in embeddings (no text encoder)"
+    from arvid.pipeline import load_text_encoder_for  # the one text-encoder loader
+
+    encoder = load_text_encoder_for(files, preset, device, dtype, placement="device", seed=args.seed)
+    embeds = [encoder.encode(p) for p in prompts]
+    del encoder  # umT5-XXL is larger than the DiT: not kept beside the two models compared
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return embeds, f"umT5 text encoder of {files.root}"
+
+
 def cmd_quality(args) -> int:
     from arvid.quant import config_for_scheme, load_quantized, model_size_report, quantize_
     from arvid.quant.metrics import ClipScorer
-    from arvid.quant.quality import compare_streams, write_report
+    from arvid.quant.quality import compare_streams, verdict_line, write_report
     from arvid.runtime.config import check_frames
     from arvid.runtime.devices import resolve_device, resolve_dtype
     from arvid.runtime.prompts import placeholder_prompt_embeds
 
-    preset, _ = model_preset(args)
+    preset, files = model_preset(args)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     stream = stream_config(args)
@@ -74,9 +127,10 @@ def cmd_quality(args) -> int:
         raise ValueError(f"{len(prompts)} --prompt given, {len(args.switch_frames) + 1} needed for the switch frames")
     if args.clip_model and not args.vae:
         raise ValueError("--clip-model scores decoded frames: give --vae too")
-    decoders = video_decoders(args.vae, device)
+    vae = vae_source(args, files, preset)
+    decoders = video_decoders(vae, device)
     clip = ClipScorer(args.clip_model, device) if args.clip_model else None
-    embeds = [placeholder_prompt_embeds(p, preset) for p in prompts]
+    embeds, text_source = prompt_embeddings(args, files, preset, prompts, device, dtype)
 
     reference = load_model_from_args(args, preset, device=device, dtype=dtype)
     skip = skip_patterns(args)
@@ -98,10 +152,10 @@ def cmd_quality(args) -> int:
         variant = calibrate_modelopt(copy.deepcopy(reference), args.modelopt, loop, **skip_kw)
         label = f"modelopt {args.modelopt}"
     else:
-        config = config_for_scheme(args.scheme, backend=args.backend, compile=args.compile, **skip_kw)
+        config = config_for_scheme(args.scheme, backend=args.quant_backend, compile=args.compile, **skip_kw)
         variant = quantize_(copy.deepcopy(reference), config)
-        label = args.scheme + (f" ({args.backend})" if args.backend != "emulate" else "")
-        if args.backend == "emulate":
+        label = args.scheme + (f" ({args.quant_backend})" if args.quant_backend != "emulate" else "")
+        if args.quant_backend == "emulate":
             sizes = model_size_report(variant)
 
     g = torch.Generator().manual_seed(args.seed)
@@ -126,16 +180,17 @@ def cmd_quality(args) -> int:
         "frames": frames,
         "switch_frames": list(args.switch_frames),
         "prompts": prompts,
+        "prompt_embeddings": text_source,
         "seed": args.seed,
-        "vae": args.vae or "none (video metrics not measured)",
+        "vae": vae or "none (video metrics not measured)",
         "torch": torch.__version__,
     }
     report["sizes"] = sizes
-    write_report(report, Path(args.out))
+    out = Path(args.out)
+    write_report(report, out)
     s = report["summary"]
-    verdict = "marginal" if report["verdict"]["marginal"] else "NOT marginal"
     print(
-        f"{label}: latent SQNR {s['latent_sqnr_db']:.2f} dB pooled (worst chunk {s['latent_sqnr_db_min']:.2f}), "
-        f"drift {s['drift']['drop_db']:+.2f} dB -> {verdict}; wrote {args.out}/report.md"
+        f"{label}: latent SQNR {s['latent_sqnr_db']:.2f} dB pooled (worst chunk {s['latent_sqnr_db_min']:.2f}) "
+        f"-> {verdict_line(report)}; wrote {out / 'report.md'}"
     )
     return 0

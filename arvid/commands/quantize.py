@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from ._common import add_common_args, add_model_args, load_model_from_args, model_preset, weights_label
 
@@ -22,12 +23,24 @@ def skip_patterns(args) -> tuple[str, ...] | None:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("quantize", help="write an INT8 / FP8 variant of the DiT (safetensors + quant_config.json)")
-    add_common_args(p)
+    p = sub.add_parser(
+        "quantize",
+        help="write an INT8 / FP8 variant of the DiT (safetensors + quant_config.json)",
+        description="Quantize the DiT's linear layers and save the result, for `arvid quality --variant DIR` and "
+        "`arvid bench --variant DIR`. The float layers kept are stored in --dtype (default: bf16, the model's "
+        "release precision); sizes are reported against the whole model in BF16.",
+    )
+    add_common_args(p, stream=False)
+    p.set_defaults(dtype="bf16")
     add_model_args(p)
-    p.add_argument("--scheme", required=True, choices=["int8", "int8-weight-only", "fp8"])
+    p.add_argument(
+        "--scheme",
+        required=True,
+        choices=["int8", "int8-weight-only", "fp8"],
+        help="int8: W8A8 dynamic; int8-weight-only: INT8 weights, float activations; fp8: e4m3 W8A8 row-wise",
+    )
     add_quant_args(p)
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, help="output directory (created; an existing file there is an error)")
     p.set_defaults(func=cmd_quantize)
 
 
@@ -35,6 +48,9 @@ def cmd_quantize(args) -> int:
     from arvid.quant import config_for_scheme, quantize_, save_quantized
     from arvid.runtime.devices import resolve_device, resolve_dtype
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file, not a directory")
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     skip = skip_patterns(args)
@@ -48,12 +64,12 @@ def cmd_quantize(args) -> int:
     print(
         f"wrote {args.out}: {args.scheme}, {len(doc['layers'])} layers quantized, {len(doc['skipped'])} kept in "
         f"{doc['compute_dtype']}; {s['stored_bytes']:,} bytes in memory, file {s['file_bytes']:,} bytes; "
-        f"the same parameters in BF16: {s['bf16_bytes']:,} bytes (ratio {s['ratio']:.3f})"
+        f"the whole model in BF16: {s['bf16_bytes']:,} bytes (ratio {s['ratio']:.3f})"
     )
     if doc["compute_dtype"] != "bfloat16":
         print(
             f"note: the layers kept in high precision are stored in {doc['compute_dtype']}; "
-            "quantize a --dtype bf16 model for a file comparable with BF16",
+            "leave --dtype at bf16 for a file comparable with BF16",
             file=sys.stderr,
         )
     return 0
