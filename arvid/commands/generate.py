@@ -17,7 +17,14 @@ from typing import Any
 
 import torch
 
-from ._common import add_common_args, add_model_args, model_preset, stream_config
+from ._common import (
+    add_common_args,
+    add_model_args,
+    add_parallel_args,
+    model_preset,
+    sequence_parallel_from_args,
+    stream_config,
+)
 
 
 def register(sub) -> None:
@@ -30,6 +37,7 @@ def register(sub) -> None:
     p.add_argument("--seconds", type=float, help="video length in seconds (instead of --frames)")
     p.add_argument("--out", required=True, help="output: .mp4 (video) or .safetensors (latents [1, F, C, H, W])")
     add_output_args(p)
+    add_parallel_args(p)
     p.set_defaults(func=cmd_generate)
 
 
@@ -64,10 +72,12 @@ def generator_options(args):
     )
 
 
-def make_generator(comp, stream, args):
+def make_generator(comp, stream, args, sequence_parallel=None):
     """The StreamingGenerator the run options ask for (see :func:`generator_options`)."""
     p = comp.preset
-    return generator_options(args).build(comp.model, stream, latent_size=(p.latent_height, p.latent_width))
+    return generator_options(args).build(
+        comp.model, stream, latent_size=(p.latent_height, p.latent_width), sequence_parallel=sequence_parallel
+    )
 
 
 def add_output_args(p) -> None:
@@ -276,22 +286,31 @@ def cmd_generate(args) -> int:
     prompts = args.prompt or ["a red fox running through fresh snow"]
     if not args.prompt_embeds and len(prompts) != len(args.switch_frames) + 1:
         raise ValueError(f"{len(prompts)} --prompt given, {len(args.switch_frames) + 1} needed for the switch frames")
-    comp = load_components(args, need_vae=kind == "video" or bool(args.png_dir), need_text=not args.prompt_embeds)
+    sp = sequence_parallel_from_args(args, model_preset(args)[0], stream)  # checks N before any model loads
+    writer = sp is None or sp.is_output_rank  # every rank holds the same latents; one writes them
+    args.quiet = args.quiet or not writer
+    need_vae = writer and (kind == "video" or bool(args.png_dir))
+    comp = load_components(args, need_vae=need_vae, need_text=not args.prompt_embeds)
     frames = check_frames(comp.preset.default_frames if frames is None else frames, stream.chunk_frames)
     embeds = read_prompt_embeds(Path(args.prompt_embeds)) if args.prompt_embeds else prompt_embeddings(comp, prompts)
 
     p = comp.preset
-    gen = make_generator(comp, stream, args)
+    gen = make_generator(comp, stream, args, sequence_parallel=sp)
     noise, renoise_gen = noise_and_generator(comp, frames, args.seed)
     kwargs = dict(noise=noise, prompts=embeds, switch_frames=args.switch_frames, generator=renoise_gen)
     latents, seconds = run_stream(
-        comp, gen, kwargs, frames=frames, out_video=out if kind == "video" else None, args=args
+        comp, gen, kwargs, frames=frames, out_video=out if kind == "video" and writer else None, args=args
     )
+    if sp is not None:
+        sp.close()
+        if not writer:
+            return 0
     meta = {
         "preset": p.name,
         "frames": str(frames),
         "seed": str(args.seed),
         "backend": gen.backend_name,
+        "sequence_parallel": str(args.sequence_parallel),
         "switch_frames": ",".join(map(str, args.switch_frames)),
         "prompts": json.dumps(prompts) if not args.prompt_embeds else f"embeddings from {args.prompt_embeds}",
         "layout": "[B, F, C, H, W]",
