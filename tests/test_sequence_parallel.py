@@ -45,10 +45,10 @@ def spawn_ranks(size: int, tmp: Path) -> list[dict]:
     return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(size)]
 
 
-def single_process(preset) -> dict:
+def single_process(preset, size: int) -> dict:
     model = build_model(preset.model, seed=0)
     out = {}
-    for backend, global_sink in worker.SCENARIOS:
+    for backend, global_sink in worker.scenarios_for(size):
         gen = StreamingGenerator(
             model, StreamConfig(global_sink=global_sink), latent_size=(preset.latent_height, preset.latent_width),
             backend=backend,
@@ -68,7 +68,7 @@ def assert_rel_close(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
 def sp_run(request, tmp_path_factory):
     size = request.param
     ranks = spawn_ranks(size, tmp_path_factory.mktemp(f"sp{size}"))
-    return size, ranks, single_process(worker.preset_for(size))
+    return size, ranks, single_process(worker.preset_for(size), size)
 
 
 def test_all_to_all_round_trip(sp_run):
@@ -80,6 +80,8 @@ def test_all_to_all_round_trip(sp_run):
 @pytest.mark.parametrize("scenario", worker.SCENARIOS, ids=lambda s: f"{s[0]}-global_sink={s[1]}")
 def test_matches_single_process(sp_run, scenario):
     size, ranks, ref = sp_run
+    if scenario not in ref:
+        pytest.skip(f"{scenario} is not run at {size} ranks (time)")
     want_latents, want_caches = ref[scenario]
     heads = want_caches[0][0].shape[3]
     hn = heads // size
@@ -96,7 +98,7 @@ def test_matches_single_process(sp_run, scenario):
 
 def test_collective_trace_identical_across_ranks(sp_run):
     _, ranks, _ = sp_run
-    for scenario in worker.SCENARIOS:
+    for scenario in worker.scenarios_for(len(ranks)):
         traces = [res[scenario]["trace"] for res in ranks]
         assert all(t == traces[0] for t in traces[1:]), scenario
         ops = [op for op, _, _ in traces[0]]
