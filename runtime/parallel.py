@@ -115,6 +115,23 @@ def setup_sequence_parallel(
     return init_sequence_parallel(size, device), device
 
 
+def init_parallel_groups(sp_size: int, *, trace: bool = False) -> SequenceParallel:
+    """Sequence parallel x data parallel in one launch: the world's ranks in groups of ``sp_size``.
+
+    Group ``g`` is ranks ``[g * sp_size, (g + 1) * sp_size)``; each runs its own streams (its share
+    of the prompts, :meth:`SequenceParallel.shard`) sequence parallel. Needs an initialised default
+    process group whose size is a multiple of ``sp_size``; every rank must call it (group creation
+    is collective).
+    """
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if sp_size < 1 or world % sp_size:
+        raise ValueError(f"{world} processes cannot form groups of {sp_size} sequence-parallel ranks")
+    groups = [dist.new_group(list(range(g * sp_size, (g + 1) * sp_size))) for g in range(world // sp_size)]
+    sp = SequenceParallel(groups[rank // sp_size], trace=trace)
+    sp.data_rank, sp.data_size = rank // sp_size, world // sp_size
+    return sp
+
+
 class SequenceParallel:
     """One sequence-parallel group: its collectives, the token split and the head split.
 
@@ -131,15 +148,21 @@ class SequenceParallel:
         self.src = dist.get_global_rank(group, 0) if group is not None else 0  # broadcasts send its inputs
         self.trace: list[tuple[str, tuple[int, ...], str]] | None = [] if trace else None
         self._buffers: dict[tuple, torch.Tensor] = {}
+        # Data parallel beside it (init_parallel_groups): this group's index among the groups.
+        self.data_rank, self.data_size = 0, 1
 
     @property
     def is_output_rank(self) -> bool:
-        """Rank 0 of the group writes the outputs (every rank holds the same latents)."""
+        """Rank 0 of the group writes the group's outputs (its ranks hold the same latents)."""
         return self.rank == 0
 
+    def shard(self, items: list) -> list:
+        """This group's share of independent work (prompts, seeds): every ``data_size``-th item."""
+        return items[self.data_rank :: self.data_size]
+
     def close(self) -> None:
-        """Leave the default process group (after the last collective)."""
-        if self.group is None and dist.is_initialized():
+        """Leave every process group (after the last collective of the launch)."""
+        if dist.is_initialized():
             dist.destroy_process_group()
 
     # -- collectives -------------------------------------------------------------------------

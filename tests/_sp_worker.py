@@ -22,6 +22,9 @@ SWITCHES = (6, 15)  # a re-cache from frame 0 (s <= 12) and one past the sink (s
 SCENARIOS = [(backend, gs) for backend in ("sdpa", "eager") for gs in (True, False)]
 
 
+DP_SEEDS = (7, 8)  # the streams of the two data-parallel groups at 4 ranks
+
+
 def scenarios_for(size: int) -> list[tuple[str, bool]]:
     """Every scenario at 2 ranks; at 4, sdpa only (eager costs time, not coverage of the split)."""
     return SCENARIOS if size <= 2 else [s for s in SCENARIOS if s[0] == "sdpa"]
@@ -94,6 +97,17 @@ def main(rank: int, size: int, store_path: str, out_dir: str) -> None:
             seed = 7 if rank == 0 else 1000 + rank  # other ranks' own inputs must be overridden by rank 0's
             latents, caches = run_stream(gen, gen.executor.cache.inner, preset, seed)
             results[(backend, global_sink)] = {"latents": latents, "caches": caches, "trace": sp.trace}
+        if size == 4:  # sequence parallel x data parallel: two groups of two, each its own stream
+            from arvid.runtime.parallel import init_parallel_groups
+
+            dp = init_parallel_groups(2, trace=True)
+            gen = StreamingGenerator(
+                model, StreamConfig(), latent_size=(preset.latent_height, preset.latent_width), backend="sdpa",
+                sequence_parallel=dp,
+            )  # fmt: skip
+            seed = DP_SEEDS[dp.data_rank] if dp.rank == 0 else 2000 + rank
+            latents, caches = run_stream(gen, gen.executor.cache.inner, preset, seed)
+            results["dp"] = {"latents": latents, "caches": caches, "trace": dp.trace, "shard": dp.shard(list(range(5)))}
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
         dist.destroy_process_group()
     except BaseException:

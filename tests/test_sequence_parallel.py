@@ -54,6 +54,11 @@ def single_process(preset, size: int) -> dict:
             backend=backend,
         )  # fmt: skip
         out[(backend, global_sink)] = worker.run_stream(gen, gen.executor.cache, preset, seed=7)
+    if size == 4:
+        for group, seed in enumerate(worker.DP_SEEDS):
+            size_hw = (preset.latent_height, preset.latent_width)
+            gen = StreamingGenerator(model, StreamConfig(), latent_size=size_hw, backend="sdpa")
+            out["dp", group] = worker.run_stream(gen, gen.executor.cache, preset, seed=seed)
     return out
 
 
@@ -157,8 +162,29 @@ def test_torchrun_generate_matches_single_process(tmp_path):
     args += ["--prompt", "a fox", "--prompt", "a cat", "--prompt", "a owl"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
-    subprocess.run([sys.executable, "-m", "arvid", *args, "--out", str(one)], check=True, env=env, cwd=tmp_path)
+    from arvid.cli import main
+
+    assert main([*args, "--out", str(one)]) == 0  # the one-process reference, in this process
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "arvid"]
     subprocess.run([*launch, *args, "--sequence-parallel", "2", "--out", str(two)], check=True, env=env, cwd=tmp_path)
     a, b = load_file(str(one))["latents"], load_file(str(two))["latents"]
     assert_rel_close(b, a, "torchrun latents")
+
+
+def test_sequence_x_data_parallel(sp_run):
+    """4 ranks as 2 data-parallel groups of 2: each group's stream is the one-process stream of its seed."""
+    size, ranks, ref = sp_run
+    if size != 4:
+        pytest.skip("data parallel runs at 4 ranks")
+    for r, res in enumerate(ranks):
+        group, got = r // 2, res["dp"]
+        assert got["shard"] == [[0, 2, 4], [1, 3]][group], f"rank {r}"
+        want_latents, want_caches = ref["dp", group]
+        assert_rel_close(got["latents"], want_latents, f"rank {r} (group {group}) latents")
+        hn = want_caches[0][0].shape[3] // 2
+        sl = slice((r % 2) * hn, (r % 2 + 1) * hn)
+        for ci, ((k, v), (wk, wv)) in enumerate(zip(got["caches"], want_caches, strict=True)):
+            assert_rel_close(k, wk[:, :, :, sl], f"rank {r} K cache after chunk {ci}")
+            assert_rel_close(v, wv[:, :, :, sl], f"rank {r} V cache after chunk {ci}")
+    assert ranks[0]["dp"]["trace"] == ranks[1]["dp"]["trace"]
+    assert ranks[2]["dp"]["trace"] == ranks[3]["dp"]["trace"]
