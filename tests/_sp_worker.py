@@ -18,10 +18,12 @@ from arvid.runtime import StreamConfig, StreamingGenerator, build_model, get_pre
 
 FRAMES = 18  # 6 chunks: the 4-slot ring fills, wraps and evicts
 SWITCHES = (6, 15)  # a re-cache from frame 0 (s <= 12) and one past the sink (s > 12)
-# triton is left out: under TRITON_INTERPRET=1 one stream of it takes ~36 s on this CPU.
+# triton runs apart, short (TRITON_FRAMES): under TRITON_INTERPRET=1 a full stream took ~36 s here.
 SCENARIOS = [(backend, gs) for backend in ("sdpa", "eager") for gs in (True, False)]
 
 
+# triton at 4 ranks (one head each), short: under TRITON_INTERPRET=1 a forward takes ~1 s here.
+TRITON_FRAMES, TRITON_SWITCHES = 6, (3,)
 DP_SEEDS = (7, 8)  # the streams of the two data-parallel groups at 4 ranks
 
 
@@ -38,12 +40,12 @@ def preset_for(size: int):
     return p
 
 
-def inputs(preset, seed: int):
-    """Noise, three prompts and a re-noise generator, all from ``seed``."""
+def inputs(preset, seed: int, frames: int = FRAMES, switches: tuple[int, ...] = SWITCHES):
+    """Noise, one prompt per segment and a re-noise generator, all from ``seed``."""
     g = torch.Generator().manual_seed(seed)
     m = preset.model
-    noise = torch.randn(1, FRAMES, m.in_dim, preset.latent_height, preset.latent_width, generator=g)
-    prompts = [torch.randn(1, m.text_len, m.text_dim, generator=g) for _ in range(len(SWITCHES) + 1)]
+    noise = torch.randn(1, frames, m.in_dim, preset.latent_height, preset.latent_width, generator=g)
+    prompts = [torch.randn(1, m.text_len, m.text_dim, generator=g) for _ in range(len(switches) + 1)]
     return noise, prompts, torch.Generator().manual_seed(seed + 1)
 
 
@@ -54,10 +56,10 @@ def cache_state(cache) -> tuple[torch.Tensor, torch.Tensor]:
     return cache.k.clone(), cache.v.clone()
 
 
-def run_stream(gen: StreamingGenerator, cache, preset, seed: int):
-    noise, prompts, renoise = inputs(preset, seed)
+def run_stream(gen: StreamingGenerator, cache, preset, seed: int, frames: int = FRAMES, switches=SWITCHES):
+    noise, prompts, renoise = inputs(preset, seed, frames, switches)
     latents, caches = [], []
-    for c in gen.stream(noise, prompts, SWITCHES, generator=renoise):
+    for c in gen.stream(noise, prompts, switches, generator=renoise):
         latents.append(c.latents.clone())
         caches.append(cache_state(cache))
     return torch.cat(latents, dim=1), caches
@@ -107,6 +109,14 @@ def main(rank: int, size: int, store_path: str, out_dir: str) -> None:
             )  # fmt: skip
             seed = DP_SEEDS[dp.data_rank] if dp.rank == 0 else 2000 + rank
             latents, caches = run_stream(gen, gen.executor.cache.inner, preset, seed)
+            sp = SequenceParallel(trace=True)
+            gen = StreamingGenerator(
+                model, StreamConfig(), latent_size=(preset.latent_height, preset.latent_width), backend="triton",
+                sequence_parallel=sp,
+            )  # fmt: skip
+            seed = 7 if rank == 0 else 3000 + rank
+            got = run_stream(gen, gen.executor.cache.inner, preset, seed, TRITON_FRAMES, TRITON_SWITCHES)
+            results["triton"] = {"latents": got[0], "caches": got[1], "trace": sp.trace}
             results["dp"] = {"latents": latents, "caches": caches, "trace": dp.trace, "shard": dp.shard(list(range(5)))}
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
         dist.destroy_process_group()
