@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -82,7 +83,9 @@ def launch_world() -> tuple[int | None, int, int]:
     return int(os.environ["WORLD_SIZE"]), int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
 
 
-def init_sequence_parallel(size: int, device: torch.device | str, *, trace: bool = False) -> SequenceParallel:
+def init_sequence_parallel(
+    size: int, device: torch.device | str, *, trace: bool = False, timing: bool = False
+) -> SequenceParallel:
     """Join (or create) the default process group launched by ``torchrun``: gloo on the CPU, NCCL on CUDA.
 
     Call :func:`check_sequence_parallel` first; on CUDA the caller places rank ``r`` on ``cuda:LOCAL_RANK``.
@@ -91,7 +94,7 @@ def init_sequence_parallel(size: int, device: torch.device | str, *, trace: bool
         dist.init_process_group("nccl" if torch.device(device).type == "cuda" else "gloo")
     if dist.get_world_size() != size:
         raise ValueError(f"--sequence-parallel {size}: the process group has {dist.get_world_size()} ranks")
-    return SequenceParallel(trace=trace)
+    return SequenceParallel(trace=trace, timing=timing)
 
 
 def setup_sequence_parallel(
@@ -112,7 +115,7 @@ def setup_sequence_parallel(
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    return init_sequence_parallel(size, device), device
+    return init_sequence_parallel(size, device, timing=True), device
 
 
 def init_parallel_groups(sp_size: int, *, trace: bool = False) -> SequenceParallel:
@@ -139,15 +142,20 @@ class SequenceParallel:
     ----------
     group : a process group (default: the world).
     trace : record ``(op, shape, dtype)`` of every collective in :attr:`trace`.
+    timing : time every collective (:meth:`comm_seconds`): host clock around the call on the CPU
+        (gloo blocks), CUDA events around it on CUDA (NCCL runs on the stream).
     """
 
-    def __init__(self, group: dist.ProcessGroup | None = None, *, trace: bool = False) -> None:
+    def __init__(self, group: dist.ProcessGroup | None = None, *, trace: bool = False, timing: bool = False) -> None:
         self.group = group
         self.size = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
         self.src = dist.get_global_rank(group, 0) if group is not None else 0  # broadcasts send its inputs
         self.trace: list[tuple[str, tuple[int, ...], str]] | None = [] if trace else None
         self._buffers: dict[tuple, torch.Tensor] = {}
+        self.timing = timing
+        self._comm_s = 0.0
+        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
         # Data parallel beside it (init_parallel_groups): this group's index among the groups.
         self.data_rank, self.data_size = 0, 1
 
@@ -170,6 +178,30 @@ class SequenceParallel:
         if self.trace is not None:
             self.trace.append((op, tuple(t.shape), str(t.dtype).removeprefix("torch.")))
 
+    def _run(self, op: str, t: torch.Tensor, fn: Callable[[], Any]) -> None:
+        """Issue one collective (recorded in the trace, timed if asked)."""
+        self._record(op, t)
+        if not self.timing:
+            fn()
+        elif t.is_cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            self._events.append((start, end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            self._comm_s += time.perf_counter() - t0
+
+    def comm_seconds(self) -> float:
+        """Seconds spent in collectives so far (with ``timing``; on CUDA this synchronises)."""
+        if self._events:
+            torch.cuda.synchronize()
+            self._comm_s += sum(a.elapsed_time(b) for a, b in self._events) / 1000
+            self._events.clear()
+        return self._comm_s
+
     def _buffer(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """A preallocated buffer per (name, shape, dtype, device): a stream has a handful of forward shapes."""
         key = (name, shape, like.dtype, like.device)
@@ -180,15 +212,13 @@ class SequenceParallel:
 
     def all_to_all(self, send: torch.Tensor, recv: torch.Tensor) -> torch.Tensor:
         """``recv[i] = send[rank]`` of rank ``i`` (dim 0 has one block per rank)."""
-        self._record("all_to_all", send)
-        dist.all_to_all_single(recv, send, group=self.group)
+        self._run("all_to_all", send, lambda: dist.all_to_all_single(recv, send, group=self.group))
         return recv
 
     def broadcast(self, x: torch.Tensor) -> torch.Tensor:
         """Rank 0's ``x`` on every rank (a contiguous copy; ``x`` must have the same shape everywhere)."""
         out = x.contiguous().clone()
-        self._record("broadcast", out)
-        dist.broadcast(out, src=self.src, group=self.group)
+        self._run("broadcast", out, lambda: dist.broadcast(out, src=self.src, group=self.group))
         return out
 
     def broadcast_source(self, source: Callable[[int, int], torch.Tensor]) -> Callable[[int, int], torch.Tensor]:
@@ -247,8 +277,7 @@ class SequenceParallel:
         b, n, c = x.shape
         src = x.transpose(0, 1).contiguous()  # [L/N, B, C]: rank blocks concatenate along dim 0
         out = torch.empty(self.size * n, b, c, dtype=x.dtype, device=x.device)
-        self._record("all_gather", src)
-        dist.all_gather_single(out, src, group=self.group)
+        self._run("all_gather", src, lambda: dist.all_gather_single(out, src, group=self.group))
         return out.transpose(0, 1).contiguous()
 
     # -- heads: the all-to-all of the attention ----------------------------------------------

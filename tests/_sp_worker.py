@@ -91,14 +91,19 @@ def main(rank: int, size: int, store_path: str, out_dir: str) -> None:
         preset = preset_for(size)
         model = build_model(preset.model, seed=0)
         for backend, global_sink in scenarios_for(size):
-            sp = SequenceParallel(trace=True)
+            sp = SequenceParallel(trace=True, timing=backend == "sdpa")
             gen = StreamingGenerator(
                 model, StreamConfig(global_sink=global_sink), latent_size=(preset.latent_height, preset.latent_width),
                 backend=backend, sequence_parallel=sp,
             )  # fmt: skip
             seed = 7 if rank == 0 else 1000 + rank  # other ranks' own inputs must be overridden by rank 0's
             latents, caches = run_stream(gen, gen.executor.cache.inner, preset, seed)
-            results[(backend, global_sink)] = {"latents": latents, "caches": caches, "trace": sp.trace}
+            results[(backend, global_sink)] = {
+                "latents": latents,
+                "caches": caches,
+                "trace": sp.trace,
+                "comm_s": sp.comm_seconds(),
+            }
         if size == 4:  # sequence parallel x data parallel: two groups of two, each its own stream
             from arvid.runtime.parallel import init_parallel_groups
 

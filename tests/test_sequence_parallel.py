@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -119,6 +120,8 @@ def test_collective_trace_identical_across_ranks(sp_run):
         assert ops.count("all_to_all") == 2 * layers * forwards
         assert ops.count("all_gather") == forwards
         assert ops.count("broadcast") > 0
+        timed = [res[scenario]["comm_s"] for res in ranks]
+        assert all(t > 0 for t in timed) if scenario[0] == "sdpa" else all(t == 0 for t in timed), timed
 
 
 @pytest.mark.parametrize(
@@ -172,7 +175,17 @@ def test_torchrun_generate_matches_single_process(tmp_path):
 
     assert main([*args, "--out", str(one)]) == 0  # the one-process reference, in this process
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "arvid"]
-    subprocess.run([*launch, *args, "--sequence-parallel", "2", "--out", str(two)], check=True, env=env, cwd=tmp_path)
+    run = subprocess.run(
+        [*launch, *args, "--sequence-parallel", "2", "--out", str(two)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    for r in range(2):  # each rank reports its time per chunk and its share in collectives
+        assert re.search(rf"rank {r}: [0-9.]+ ms per chunk, [0-9.]+ ms in collectives", run.stderr), run.stderr[-2000:]
+    assert run.stdout.count("wrote ") == 1  # rank 0 only
     a, b = load_file(str(one))["latents"], load_file(str(two))["latents"]
     assert_rel_close(b, a, "torchrun latents")
 

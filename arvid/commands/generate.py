@@ -301,7 +301,13 @@ def cmd_generate(args) -> int:
     latents, seconds = run_stream(
         comp, gen, kwargs, frames=frames, out_video=out if kind == "video" and writer else None, args=args
     )
-    if sp is not None:
+    if sp is not None:  # per rank: the stream's time per chunk and its share in collectives
+        n = frames // stream.chunk_frames
+        comm = sp.comm_seconds()
+        print(
+            f"rank {sp.rank}: {seconds / n * 1e3:.1f} ms per chunk, {comm / n * 1e3:.1f} ms in collectives",
+            file=sys.stderr,
+        )
         sp.close()
         if not writer:
             return 0
