@@ -9,6 +9,8 @@ the full sequence for ``H/N`` heads: RoPE, the ring-buffer write and the attenti
 cache that holds those heads only, through the same backends (``eager`` / ``sdpa`` / ``triton``).
 One ``all_to_all_single`` back (heads -> sequence) returns the attention output for the local
 tokens; output projection, cross-attention and FFN run on them; the head's output is all-gathered.
+With ``triton`` the attention is its kernel over ``H/N`` heads, but RoPE and the ring write run in
+PyTorch: the fused append kernel always norms, and here q/k arrive normalised.
 
 Every rank must see the same inputs: :meth:`SequenceParallel.broadcast` (noise, prompts, re-noise,
 prompt switches) sends rank 0's. Collectives are issued in the same order on every rank; with
