@@ -132,6 +132,7 @@ class Pipeline:
         stream_config: StreamConfig | None = None,
         options: GeneratorOptions | None = None,
         weights: str = "random weights",
+        sequence_parallel=None,
     ) -> None:
         param = model.patch_embedding.weight
         self.preset, self.model = preset, model
@@ -140,6 +141,7 @@ class Pipeline:
         self.stream_config = stream_config or StreamConfig()
         self.options = options or GeneratorOptions()
         self.weights = weights
+        self.sequence_parallel = sequence_parallel  # runtime.parallel.SequenceParallel or None
         self._generator: StreamingGenerator | None = None
 
     # -- loading ---------------------------------------------------------------------------------
@@ -163,6 +165,7 @@ class Pipeline:
         seed: int = 0,
         need_vae: bool = True,
         need_text: bool = True,
+        sequence_parallel=None,
     ) -> Pipeline:
         """Load a pipeline.
 
@@ -183,6 +186,8 @@ class Pipeline:
         stream_config : chunk / sink / attention frames, denoising steps, ... (default: LongLive's).
         seed : seed of random weights (no checkpoint) and of the tiny text encoder.
         need_vae, need_text : load the VAE (decoded video) and the text encoder (text prompts).
+        sequence_parallel : a :class:`arvid.runtime.parallel.SequenceParallel` group (every rank builds
+            the same pipeline; the generator splits each forward over the group), or None.
         """
         from arvid.runtime.checkpoint import model_config_from_json
         from arvid.runtime.devices import resolve_device, resolve_dtype
@@ -209,7 +214,10 @@ class Pipeline:
         sources = [files.root if files else None, checkpoint, longlive_ckpt]
         label = next((str(x) for x in reversed(sources) if x), f"random weights, seed {seed}")
         label += f" + LoRA {lora}" if lora else ""
-        return cls(p, dit, text_encoder=text, vae=vae, stream_config=stream_config, options=opts, weights=label)
+        return cls(
+            p, dit, text_encoder=text, vae=vae, stream_config=stream_config, options=opts, weights=label,
+            sequence_parallel=sequence_parallel,
+        )  # fmt: skip
 
     # -- pieces ----------------------------------------------------------------------------------
     @property
@@ -218,8 +226,9 @@ class Pipeline:
         if self._generator is None:
             p = self.preset
             self._generator = self.options.build(
-                self.model, self.stream_config, latent_size=(p.latent_height, p.latent_width)
-            )
+                self.model, self.stream_config, latent_size=(p.latent_height, p.latent_width),
+                sequence_parallel=self.sequence_parallel,
+            )  # fmt: skip
         return self._generator
 
     @property
@@ -336,6 +345,7 @@ class Pipeline:
             fp8_kv=self.options.fp8kv,
             compile=self.options.compile,
             graphs=self.options.graphs,
+            sequence_parallel=self.sequence_parallel.size if self.sequence_parallel is not None else None,
             switch_frames=",".join(map(str, switch_frames)),
             prompts=json.dumps(texts),
             stream_config=json.dumps(dataclasses.asdict(self.stream_config)),

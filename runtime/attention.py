@@ -49,11 +49,18 @@ class QKNorm:
     eps: float
 
 
-def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, norm: QKNorm, rope: RopeInput) -> tuple[torch.Tensor, torch.Tensor]:
-    """q/k RMSNorm then 3D RoPE in plain PyTorch: what the fused append kernel does in one pass."""
+def qk_norm_rope(
+    q: torch.Tensor, k: torch.Tensor, norm: QKNorm | None, rope: RopeInput
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q/k RMSNorm then 3D RoPE in plain PyTorch: what the fused append kernel does in one pass.
+
+    ``norm=None``: q/k come normalised already (sequence parallel norms its local tokens over all
+    heads before the all-to-all, ``parallel.py``); only RoPE runs.
+    """
     cos, sin = rope.per_token
-    q = rms_norm_across_heads_ref(q, norm.q_weight, norm.eps)
-    k = rms_norm_across_heads_ref(k, norm.k_weight, norm.eps)
+    if norm is not None:
+        q = rms_norm_across_heads_ref(q, norm.q_weight, norm.eps)
+        k = rms_norm_across_heads_ref(k, norm.k_weight, norm.eps)
     return apply_rope_3d_ref(q, cos, sin), apply_rope_3d_ref(k, cos, sin)
 
 
@@ -127,7 +134,7 @@ def sdpa_append(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    norm: QKNorm,
+    norm: QKNorm | None,
     rope: RopeInput,
     layer: RingLayer,
     plan: ForwardPlan,
@@ -187,13 +194,15 @@ def triton_append(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    norm: QKNorm,
+    norm: QKNorm | None,
     rope: RopeInput,
     layer: RingLayer,
     plan: ForwardPlan,
 ) -> torch.Tensor:
     from arvid.kernels.qk_norm_rope_append import qk_norm_rope_append_kv_cache
 
+    if norm is None:  # q/k normalised already (sequence parallel): the fused kernel always norms
+        return sdpa_append(q, k, v, None, rope, layer, plan)
     return qk_norm_rope_append_kv_cache(
         q, k, v, norm.q_weight, norm.k_weight,
         cache=layer, rope=rope.tables, plan=plan.tensors, grid_sizes=rope.grid, eps=norm.eps,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,6 +23,9 @@ from .config import StreamConfig
 from .model import CausalWanModel
 from .prompts import align_switch_frames
 from .scheduler import FlowMatchScheduler
+
+if TYPE_CHECKING:
+    from .parallel import SequenceParallel
 
 
 @dataclass
@@ -73,6 +77,9 @@ class StreamingGenerator:
     graph_granularity : ``"chunk"`` (one graph per chunk) or ``"step"`` (one per forward).
     kv_cache_dtype : ``torch.float8_e4m3fn`` for an FP8 KV cache (ring backends), else the model's.
     engine_flags, engine_options : passed to an engine's factory (e.g. ``{"int8"}`` for ``ort+int8``).
+    sequence_parallel : run every forward Ulysses sequence parallel over this group (``parallel.py``):
+        each rank's cache holds its heads only; the inputs of :meth:`stream` are rank 0's on every
+        rank (broadcast). Attention backends only, no CUDA graphs.
     """
 
     def __init__(
@@ -88,8 +95,10 @@ class StreamingGenerator:
         kv_cache_dtype: torch.dtype | None = None,
         engine_flags: frozenset[str] | set[str] = frozenset(),
         engine_options: dict | None = None,
+        sequence_parallel: SequenceParallel | None = None,
     ) -> None:
         self.model = model
+        self.sequence_parallel = sequence_parallel
         self.stream_cfg = stream or StreamConfig()
         self.scheduler = FlowMatchScheduler(self.stream_cfg)
         param = model.patch_embedding.weight
@@ -102,6 +111,8 @@ class StreamingGenerator:
         self.batch_size = batch_size
         name = backend or default_backend(self.device, self.dtype)
         engine = get_executor(name)
+        if sequence_parallel is not None and (engine is not None or cuda_graphs):
+            raise ValueError("sequence parallel runs the attention backends eagerly: no engines, no CUDA graphs yet")
         if engine is not None:
             if cuda_graphs or kv_cache_dtype is not None:
                 raise ValueError(f"engine {name!r}: CUDA graphs and the KV-cache dtype are the engine's own options")
@@ -119,7 +130,12 @@ class StreamingGenerator:
             raise ValueError(f"attention backend {name!r} takes no engine options")
         attn = get_backend(name, self.device, self.dtype)
         self.backend_name = attn.name
-        cache = attn.make_cache(
+        make_cache = (
+            attn.make_cache
+            if sequence_parallel is None
+            else lambda *a, **kw: sequence_parallel.make_cache(attn, *a, **kw)
+        )
+        cache = make_cache(
             model.cfg, self.stream_cfg, batch_size=batch_size, patch_grid=(h // ph, w // pw),
             device=self.device, dtype=self.dtype, kv_dtype=kv_cache_dtype,
         )  # fmt: skip
@@ -223,6 +239,15 @@ class StreamingGenerator:
             switches = validate_schedule(num_frames, len(prompts), switch_frames, chunk)
             prompt_source = dict(zip(switches, prompts[1:], strict=True)).get
         renoise_fn = self._renoise_source(renoise, num_chunks, generator)
+        sp = self.sequence_parallel
+        if sp is not None:  # every rank runs rank 0's inputs, whatever its own RNG or terminal gave
+            if num_chunks is None:  # where to stop would be each rank's own decision
+                raise ValueError("sequence parallel streams need num_frames (an endless stream is one process only)")
+            local_noise, local_renoise, device = noise_fn, renoise_fn, self.device
+            noise_fn = lambda ci: sp.broadcast(local_noise(ci).to(device))
+            prompts = [sp.broadcast(p.to(device)) for p in prompts]
+            renoise_fn = sp.broadcast_source(lambda ci, si: local_renoise(ci, si).to(device))
+            prompt_source = sp.broadcast_prompt_source(prompt_source, prompts[0])
 
         runner = self.executor
         runner.prepare(num_frames if num_frames is not None else chunk)

@@ -275,11 +275,20 @@ class CausalWanModel(nn.Module):
         temb = self.time_embedding(t_freq.reshape(b * f, cfg.freq_dim).to(wdtype)).float()  # [B*F, dim]
         e = self.time_projection(temb.to(wdtype)).float().view(b, f, 6, cfg.dim)
         rope = RopeInput(self.rope.cos_sin, grid, frame_offset)
+        temb, frames = temb.view(b, f, cfg.dim), f
+        # Sequence parallel (runtime/parallel.py): the cache says so; the blocks run on this rank's
+        # tokens with the modulation per token (one "frame" per token), the head's output is gathered.
+        sp = getattr(cache, "sequence_parallel", None)
+        if sp is not None:
+            tokens, e, temb = sp.split_tokens(tokens, e, temb, grid[1] * grid[2])
+            frames = tokens.shape[1]
 
         for block, kv in zip(self.blocks, text_kv, strict=True):
-            tokens = block(tokens, e, f, rope, kv, cache, plan)
+            tokens = block(tokens, e, frames, rope, kv, cache, plan)
 
-        out = self.head(tokens, temb.view(b, f, cfg.dim), f).float()  # [B, L, C_out * prod(patch)]
+        out = self.head(tokens, temb, frames).float()  # [B, L, C_out * prod(patch)]
+        if sp is not None:
+            out = sp.gather_tokens(out)
         return self.unpatchify(out, grid)
 
     def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:

@@ -81,6 +81,7 @@ class GeneratorOptions:
         *,
         latent_size: tuple[int, int],
         batch_size: int = 1,
+        sequence_parallel=None,
         **engine_options,
     ) -> StreamingGenerator:
         """The generator for ``model``. ``compile`` compiles the model's regions in place (once):
@@ -106,4 +107,5 @@ class GeneratorOptions:
             cuda_graphs=self.graphs or self.stepgraphs, graph_granularity="step" if self.stepgraphs else "chunk",
             kv_cache_dtype=torch.float8_e4m3fn if self.fp8kv else None,
             engine_flags=self.engine_flags, engine_options=engine_options or None,
+            sequence_parallel=sequence_parallel,
         )  # fmt: skip

@@ -360,3 +360,33 @@ def weights_label(args) -> str:
     parts = [args.model, args.checkpoint, args.longlive_ckpt]
     label = next((str(x) for x in reversed(parts) if x), f"random weights, seed {args.seed}")
     return label + (f" + LoRA {args.lora}" if args.lora else "")
+
+
+def add_parallel_args(p: argparse.ArgumentParser) -> None:
+    """``--sequence-parallel N`` (see :func:`sequence_parallel_from_args`)."""
+    p.add_argument(
+        "--sequence-parallel",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="split every forward's tokens over N ranks (Ulysses; the heads divide by N): "
+        "launch with torchrun --nproc_per_node N (default: 1, no split)",
+    )
+
+
+def sequence_parallel_from_args(args, preset, stream):
+    """The sequence-parallel group for ``--sequence-parallel`` (None for 1), checked before any model loads.
+    On CUDA it points ``args.device`` at this rank's GPU."""
+    from arvid.runtime.devices import resolve_device
+    from arvid.runtime.parallel import setup_sequence_parallel
+
+    sp, device = setup_sequence_parallel(
+        args.sequence_parallel,
+        model_cfg=preset.model,
+        stream=stream,
+        tokens_per_frame=preset.tokens_per_frame,
+        device=resolve_device(args.device),
+    )
+    if sp is not None:
+        args.device = str(device)
+    return sp

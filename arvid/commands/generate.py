@@ -15,7 +15,15 @@ from pathlib import Path
 import torch
 
 from ._checks import check_codec, check_output_dir, check_output_file, check_seconds, report_moved_switches
-from ._common import add_common_args, add_model_args, positive_int, stream_config
+from ._common import (
+    add_common_args,
+    add_model_args,
+    add_parallel_args,
+    model_preset,
+    positive_int,
+    sequence_parallel_from_args,
+    stream_config,
+)
 
 
 def register(sub) -> None:
@@ -33,6 +41,7 @@ def register(sub) -> None:
     p.add_argument("--seconds", type=float, help="video length in seconds (instead of --frames)")
     p.add_argument("--out", required=True, help="output: .mp4 (video) or .safetensors (latents [1, F, C, H, W])")
     add_output_args(p)
+    add_parallel_args(p)
     p.set_defaults(func=cmd_generate)
 
 
@@ -89,7 +98,7 @@ def add_output_args(p) -> None:
 
 
 # -- loading: the Pipeline (arvid/pipeline.py) does it; the command line only maps its flags ---------
-def pipeline_from_args(args, *, need_vae: bool, need_text: bool = True):
+def pipeline_from_args(args, *, need_vae: bool, need_text: bool = True, sequence_parallel=None):
     """The :class:`~arvid.pipeline.Pipeline` for the command-line arguments (``_common.add_model_args``,
     :func:`add_run_args`, the stream flags)."""
     from arvid.pipeline import Pipeline
@@ -111,6 +120,7 @@ def pipeline_from_args(args, *, need_vae: bool, need_text: bool = True):
         seed=args.seed,
         need_vae=need_vae,
         need_text=need_text,
+        sequence_parallel=sequence_parallel,
     )
 
 
@@ -212,7 +222,7 @@ def cmd_generate(args) -> int:
     from arvid.runtime import validate_schedule
     from arvid.runtime.config import check_frames
 
-    from ._common import model_preset, resolved_config
+    from ._common import resolved_config
 
     # Everything that can be checked is checked here, before any weights load.
     out = Path(args.out)
@@ -237,14 +247,19 @@ def cmd_generate(args) -> int:
     num_prompts = len(embeds) if embeds is not None else len(prompts)
     switches = validate_schedule(frames, num_prompts, args.switch_frames, stream.chunk_frames)
     report_moved_switches(args.switch_frames, switches)
+    sp = sequence_parallel_from_args(args, preset, stream)  # checks N before any model loads
+    writer = sp is None or sp.is_output_rank  # every rank holds the same latents; one writes them
+    args.quiet = args.quiet or not writer
 
-    pipe = pipeline_from_args(args, need_vae=kind == "video" or bool(args.png_dir), need_text=embeds is None)
+    need_vae = writer and (kind == "video" or bool(args.png_dir))
+    pipe = pipeline_from_args(args, need_vae=need_vae, need_text=embeds is None, sequence_parallel=sp)
     meta = pipe.metadata(prompts, switches, seed=args.seed, num_frames=frames)
     shown = prompts if embeds is None else f"embeddings from {args.prompt_embeds}"
     if embeds is not None:
         meta["prompts"] = shown
     meta["config"] = json.dumps(resolved_config(args))
     latents_paths = [out] * (kind == "latents") + ([Path(args.latents)] if args.latents else [])
+    latents_paths = latents_paths if writer else []
 
     def keep_latents_prefix(prefix):
         save_latents_prefix(latents_paths, prefix, meta, frames)
@@ -256,10 +271,21 @@ def cmd_generate(args) -> int:
         embeds if embeds is not None else prompts,
         switches,
         frames=frames,
-        out_video=out if kind == "video" else None,
+        out_video=out if kind == "video" and writer else None,
         metadata=video_tags if kind == "video" else None,
         on_interrupt=keep_latents_prefix if latents_paths else None,
+        png_dir=args.png_dir if writer else None,
     )
+    if sp is not None:  # per rank: the stream's time per chunk and its share in collectives
+        n = frames // stream.chunk_frames
+        comm = sp.comm_seconds()
+        print(
+            f"rank {sp.rank}: {res.seconds / n * 1e3:.1f} ms per chunk, {comm / n * 1e3:.1f} ms in collectives",
+            file=sys.stderr,
+        )
+        sp.close()
+        if not writer:
+            return 0
     for path in latents_paths:
         save_latents(path, res.latents, meta)
     p = pipe.preset
