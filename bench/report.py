@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from arvid.runtime.files import atomic_write
+from arvid.runtime.optional import require
 
 from .roofline import measured_over_ceiling
 from .stream_bench import format_table
@@ -74,10 +75,7 @@ def plot_report(report: dict, out_dir: str | Path) -> list[Path]:
     the video); it is skipped when no variant has one. Uses matplotlib's object API (no pyplot,
     no global backend switch), so it works headless.
     """
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ValueError("plots need matplotlib: pip install matplotlib") from None
+    Figure = require("matplotlib.figure", "Figure", purpose="plots")
     out_dir = Path(out_dir)
     variants = report["variants"]
     names = [v["backend"] for v in variants]

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .files import atomic_write
+from .optional import require
 
 PREFERRED_CODECS = ("libx264", "libopenh264", "h264", "mpeg4")
 
@@ -25,7 +26,7 @@ PREFERRED_CODECS = ("libx264", "libopenh264", "h264", "mpeg4")
 def pick_codec(requested: str | None = None) -> str:
     """``requested`` if PyAV can encode it, else the first of H.264 (libx264) / OpenH264 / MPEG-4 Part 2
     this PyAV build has (with a note on stderr when it is not libx264)."""
-    import av
+    av = require("av", purpose="writing .mp4")
 
     available = av.codecs_available
     if requested is not None:
@@ -66,7 +67,7 @@ class VideoWriter:
     def __init__(
         self, path: str | Path, *, width: int, height: int, fps: int = 16, codec: str | None = None, crf: int = 18
     ) -> None:
-        import av
+        av = require("av", purpose="writing .mp4")
 
         self.path = Path(path)
         if self.path.suffix.lower() != ".mp4":
@@ -148,7 +149,7 @@ class VideoWriter:
 
 def read_video_info(path: str | Path) -> tuple[int, int, int, float]:
     """(frames, width, height, fps) of a video file, by decoding it (used by tests and checks)."""
-    import av
+    av = require("av", purpose="reading video")
 
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -159,7 +160,7 @@ def read_video_info(path: str | Path) -> tuple[int, int, int, float]:
 def write_png_frames(frames: torch.Tensor, folder: str | Path, start: int) -> None:
     """Write ``[T, 3, H, W]`` float frames as ``folder/frame_{start + i:06d}.png`` (each written to a
     temporary name and renamed)."""
-    from PIL import Image
+    Image = require("PIL.Image", purpose="writing PNG frames")
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from ._names import PRESET_NAMES
+
 
 def int_list(text: str) -> tuple[int, ...]:
     try:
@@ -36,12 +38,10 @@ def non_negative_int(text: str) -> int:
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
-    from arvid.runtime import PRESETS
-
     p.add_argument(
         "--preset",
         default="tiny",
-        help=f"model preset: {', '.join(PRESETS)} (default: tiny; with --model: wan2.1-t2v-1.3b)",
+        help=f"model preset: {', '.join(PRESET_NAMES)} (default: tiny; with --model: wan2.1-t2v-1.3b)",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default: bf16 on CUDA, fp32 on the CPU")

@@ -13,9 +13,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a command runs: `arvid --help` must not pay for it
+    import torch
 
 from ._common import add_common_args, add_model_args, model_preset, stream_config
 
@@ -179,6 +180,7 @@ def run_stream(
 ) -> tuple[torch.Tensor | None, float]:
     """Drive ``gen.stream(**stream_kwargs)``; decode and append each chunk to ``out_video`` (and PNGs)
     as it finishes. Returns (latents [1, F, C, H, W] on the CPU if they are to be saved, seconds)."""
+    import torch
     from tqdm import tqdm
 
     from arvid.runtime.vae import StreamingVAEDecoder, video_frames
@@ -250,6 +252,8 @@ def save_latents(path: Path, latents: torch.Tensor, meta: dict[str, str]) -> Non
 
 
 def noise_and_generator(comp: Components, frames: int, seed: int) -> tuple[torch.Tensor, torch.Generator]:
+    import torch
+
     p = comp.preset
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(1, frames, p.model.in_dim, p.latent_height, p.latent_width, generator=g)
