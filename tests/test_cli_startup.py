@@ -156,3 +156,18 @@ def test_core_install_pulls_no_optional_or_cuda_package(tmp_path):
     assert {"arvid", "torch", "numpy", "safetensors", "psutil", "tqdm", "pyyaml"} <= names
     assert not names & OPTIONAL_DISTS
     assert not [n for n in names if n.startswith(("nvidia-", "cuda-"))]
+
+
+def test_readme_quick_start_is_what_ci_runs():
+    """README's quick start: two commands; CI runs the first verbatim and names the extra it installs."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    quick = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    commands = [block.strip() for block in quick.split("```bash\n")[1:]]
+    commands = [c.split("\n```", 1)[0] for c in commands]
+    assert len(commands) == 2 and all("\n" not in c for c in commands), commands
+    setup, tests = commands
+    assert 'pip install torch==2.13.0 -e ".[dev]"' in setup and "`dev` extra" in quick
+    assert "arvid bench --preset tiny" in setup and "arvid generate --preset tiny --out video.mp4" in setup
+    assert tests == '.venv/bin/pytest -m "not gpu" -q'
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert setup in ci and tests in ci
