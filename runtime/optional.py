@@ -39,6 +39,9 @@ PACKAGES: dict[str, tuple[str, str]] = {
 # (it probes torchao at import), torch's pytree "Enum subclass ... register_constant() is deprecated"
 # (torchao registers its enums). Raised to ERROR only while one import runs, then restored.
 NOISY_LOGGERS = ("torchao", "diffusers.quantizers.torchao.torchao_quantizer", "torch.utils._pytree")
+# Import-time UserWarnings of the same kind: modelopt's "transformers X is not tested with current
+# version of modelopt" concerns modelopt on Hugging Face models, which arvid does not quantize.
+NOISY_WARNINGS = (r"transformers \S+ is not tested with current version of modelopt",)
 
 
 class MissingDependencyError(ImportError, ValueError):
@@ -90,7 +93,7 @@ def require(module: str, *names: str, purpose: str) -> Any:
 
 @contextlib.contextmanager
 def quiet_imports() -> Iterator[None]:
-    """Silence :data:`NOISY_LOGGERS` and import-time ``DeprecationWarning`` / ``FutureWarning`` while
+    """Silence :data:`NOISY_LOGGERS`, :data:`NOISY_WARNINGS` and ``DeprecationWarning`` / ``FutureWarning`` while
     the block runs (an import of diffusers, transformers or torchao); levels and filters are restored
     after it, so nothing is hidden from the user's own code."""
     loggers = [logging.getLogger(name) for name in NOISY_LOGGERS]
@@ -101,6 +104,8 @@ def quiet_imports() -> Iterator[None]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
+            for message in NOISY_WARNINGS:
+                warnings.filterwarnings("ignore", message=message, category=UserWarning)
             yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
