@@ -11,7 +11,7 @@ VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "arvid" / "__init__.py"
 
 LAYERS = ["kernels", "runtime", "quant", "export", "bench"]
 
-# The core runs `bench`, `roofline`, `report` (tables, JSON) and the Python API; everything else is an
+# The core runs `bench`, `roofline`, `report` (tables, JSON) and StreamingGenerator; everything else is an
 # extra, imported only where it is used (arvid.runtime.optional.require names the extra to install).
 CORE = [
     "torch>=2.6",

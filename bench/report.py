@@ -75,7 +75,7 @@ def plot_report(report: dict, out_dir: str | Path) -> list[Path]:
     the video); it is skipped when no variant has one. Uses matplotlib's object API (no pyplot,
     no global backend switch), so it works headless.
     """
-    Figure = require("matplotlib.figure", "Figure", purpose="plots")
+    Figure = require("matplotlib.figure", "Figure", purpose="plotting")
     out_dir = Path(out_dir)
     variants = report["variants"]
     names = [v["backend"] for v in variants]
