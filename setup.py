@@ -1,55 +1,70 @@
 """Packaging: the top-level folders install as ``arvid.<folder>`` through ``package_dir``."""
 
+import re
 from pathlib import Path
 
 from setuptools import setup
 
+HERE = Path(__file__).parent
+# one home for the version: arvid/__init__.py (read as text: importing arvid here would need its dependencies)
+VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "arvid" / "__init__.py").read_text(encoding="utf-8"), re.M)[1]
+
 LAYERS = ["kernels", "runtime", "quant", "export", "bench"]
+
+# The core runs `bench`, `roofline`, `report` (tables, JSON) and StreamingGenerator; everything else is an
+# extra, imported only where it is used (arvid.runtime.optional.require names the extra to install).
+CORE = [
+    "torch>=2.6",
+    "numpy",
+    "safetensors",
+    "psutil",
+    "tqdm",
+    "pyyaml>=6",  # config files (arvid/pipeline.py)
+]
+
+EXTRAS = {
+    # the umT5 text encoder (transformers; `dtype=` in from_pretrained is new in 4.56), the streaming
+    # Wan VAE (diffusers' AutoencoderKLWan), mp4 output (PyAV) and PNG frames (Pillow)
+    "video": ["transformers>=4.56", "diffusers>=0.35", "av>=14", "Pillow"],
+    "plots": ["matplotlib"],  # `arvid report --plots`, the quality report's plots
+    "hub": ["huggingface_hub>=0.23"],  # `arvid download` (snapshot_download(local_dir=...))
+    # torchao 0.18's compiled kernels are built for torch >= 2.11 (older torch: "Failed to load" and
+    # no kernels), so the extra raises the floor; it never admits a newer torch than the core does
+    "quant": ["torchao>=0.18", "torch>=2.11"],
+    "modelopt": ["nvidia-modelopt>=0.47"],  # Q/DQ calibration (modelopt 0.47 itself needs torch >= 2.8)
+    # ONNX export, the TensorRT-readiness check and the ONNX Runtime engine (CPU packages; on a GPU
+    # machine install onnxruntime-gpu instead of onnxruntime for the CUDA provider)
+    "export": ["onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.3"],
+    # the Triton kernels (Linux GPU machines; CUDA builds of torch already bring triton)
+    "triton": ["triton>=3.2; platform_system == 'Linux'"],
+}
+EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+# the test suite runs every path on the CPU (Triton under TRITON_INTERPRET=1, ONNX Runtime, modelopt),
+# so it needs every extra and the test tools
+EXTRAS["dev"] = EXTRAS["all"] + [
+    "pytest>=8",
+    "pytest-benchmark",
+    "ruff",
+    "peft>=0.13",  # tests: LoRA merge vs the unmerged adapter
+    "setuptools>=70.1",  # builds wheels without the separate `wheel` package (tests/test_cli.py)
+]
 
 setup(
     name="arvid",
-    version="0.1.0",
+    version=VERSION,
     description="Inference toolkit for streaming autoregressive video diffusion (LongLive, Self-Forcing, CausVid)",
-    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["arvid", "arvid.commands"] + [f"arvid.{layer}" for layer in LAYERS],
     package_dir={"arvid": "arvid", **{f"arvid.{layer}": layer for layer in LAYERS}},
-    # No upper bound and no CUDA index: a CUDA torch already installed is left alone, and
-    # on a CPU machine the README installs torch==2.13.0 (the local CPU wheel) first.
-    install_requires=[
-        "torch>=2.4",
-        "numpy",
-        "safetensors",
-        "psutil",
-        "tqdm",
-        "pyyaml>=6",  # --config run.yaml (LongLive's inference YAML)
-        "transformers>=4.56",  # umT5 text encoder
-        "diffusers>=0.35",  # Wan VAE (streaming decode)
-        "av>=14",  # PyAV: mp4 output
-        "Pillow",
-        "matplotlib",  # bench / quality plots
-    ],
-    extras_require={
-        "triton": ["triton>=3.2"],
-        "quant": ["torchao>=0.18"],
-        "modelopt": ["nvidia-modelopt>=0.47"],
-        # ONNX export, the TensorRT-readiness check and the ONNX Runtime engine (CPU packages;
-        # on a GPU machine install onnxruntime-gpu instead of onnxruntime for the CUDA provider)
-        "export": ["onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.3"],
-        "dev": [
-            "pytest>=8",
-            "pytest-benchmark",
-            "ruff",
-            "peft>=0.13",  # tests: LoRA merge vs the unmerged adapter
-            "torchao>=0.18",
-            "nvidia-modelopt>=0.47",
-            "onnx>=1.17",
-            "onnxruntime>=1.20",
-            "onnxscript>=0.3",
-            "setuptools>=70.1",  # builds wheels without the separate `wheel` package (tests/test_cli.py)
-            "triton>=3.2; platform_system == 'Linux'",
-        ],
-    },
+    # No upper bound and no CUDA index: a CUDA torch already installed is left alone, and on a CPU
+    # machine the README installs torch==2.13.0 (the CPU wheel) in the same pip command.
+    # torch>=2.6: the oldest release with every torch API arvid calls (float8 dtypes, torch.export,
+    # rms_norm, torch.onnx.export(dynamo=True), and AOTInductor's aoti_compile_and_package /
+    # aoti_load_package in the form export/aoti.py uses, new in 2.6); transformers 5 disables torch < 2.6
+    # too. Only torch 2.13.0 is tested.
+    install_requires=CORE,
+    extras_require=EXTRAS,
     entry_points={"console_scripts": ["arvid = arvid.cli:main"]},
 )

@@ -1,6 +1,8 @@
 """The ``arvid`` command line. It drives every layer, so it sits above them all (never inside runtime/).
 
 Each subcommand lives in its own module under ``arvid/commands/`` with a ``register(subparsers)``.
+Building the parser imports no torch and no ``arvid`` layer (``arvid --help`` / ``--version`` stay
+fast); a command imports what it needs when it runs.
 """
 
 from __future__ import annotations
@@ -9,14 +11,39 @@ import argparse
 import importlib
 import sys
 
+from arvid import __version__
+
 COMMANDS = ["bench", "generate", "roofline", "report", "interactive", "download", "quantize", "quality", "export"]
+# commands that build generators: `import arvid.export` registers its engines (ort, aoti, trt) as
+# chunk executors, so it runs before them (and only them: it imports torch)
+ENGINE_COMMANDS = {"bench", "generate", "interactive", "quality", "export"}
+
+DESCRIPTION = """\
+arvid: streaming autoregressive video diffusion (LongLive, Self-Forcing) on a causal Wan2.1 DiT.
+Benchmark the eager baseline against faster backends, generate videos with prompt switches,
+quantize to INT8 / FP8 and measure the quality loss, and export ONNX / TensorRT / AOTInductor.
+The `tiny` preset runs on a CPU with random weights, no downloads needed."""
+
+EPILOG = """\
+examples:
+  arvid bench --preset tiny                      eager baseline vs the default backend
+  arvid generate --preset tiny --out video.mp4   a (tiny, random-weight) video
+  arvid download                                 Wan2.1-T2V-1.3B + LongLive-1.3B weights into checkpoints/
+  arvid COMMAND --help                           the options of one command
+
+Optional parts install as extras: pip install 'arvid[video]' (text encoder, VAE, mp4), 'arvid[plots]',
+'arvid[hub]' (download), 'arvid[quant]', 'arvid[modelopt]', 'arvid[export]', 'arvid[triton]', 'arvid[all]'."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import arvid.export  # noqa: F401  engines (ort, aoti) register as chunk executors on import
-
-    parser = argparse.ArgumentParser(prog="arvid", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="arvid",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"arvid {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"arvid.commands.{name}").register(sub)
     return parser
@@ -35,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     ``interactive`` keeps the playable prefix of its video and says what it holds.
     """
     args = build_parser().parse_args(argv)
+    if args.command in ENGINE_COMMANDS:
+        import arvid.export  # noqa: F401  (registration)
     from arvid.runtime.files import Terminated, sigterm_as_interrupt  # after parsing: --help stays light
 
     try:

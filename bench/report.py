@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 from arvid.runtime.files import atomic_write
+from arvid.runtime.optional import require
 
 from .roofline import measured_over_ceiling
 from .stats import bootstrap_ratio_ci, mann_whitney, summarize
@@ -291,10 +292,7 @@ def write_html(markdown: str, path: str | Path, base: Path | None = None) -> Pat
 
 # -- plots -------------------------------------------------------------------------------------
 def _figure():
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ValueError("plots need matplotlib: pip install matplotlib") from None
+    Figure = require("matplotlib.figure", "Figure", purpose="plotting")
     return Figure(figsize=(6.4, 4.0))
 
 

@@ -100,9 +100,10 @@ class VariantResult:
 
 def _random_vae(preset, device: torch.device, dtype: torch.dtype, seed: int):
     """A random-weight streaming Wan VAE: the tiny preset's small one, else Wan2.1's structure."""
-    from diffusers import AutoencoderKLWan
-
+    from arvid.runtime.optional import require
     from arvid.runtime.vae import WAN21_VAE_CONFIG, tiny_vae
+
+    AutoencoderKLWan = require("diffusers", "AutoencoderKLWan", purpose="--vae")
 
     if preset.name == "tiny":
         return tiny_vae(seed=seed, device=device, dtype=dtype)

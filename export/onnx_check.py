@@ -20,23 +20,16 @@ import dataclasses
 from collections import Counter
 from pathlib import Path
 
+from arvid.runtime.optional import MissingDependencyError, require  # noqa: F401  (export's modules import it here)
+
 from .trt_onnx_ops import TABLES
 
 TWO_GB = 2**31
 STANDARD_DOMAINS = ("", "ai.onnx")
 
 
-class MissingDependencyError(ImportError, ValueError):
-    """An optional package (onnx, onnxruntime, tensorrt) is missing: one line with the install hint.
-    A ``ValueError`` too, so the ``arvid`` command prints it as a one-line error."""
-
-
 def _onnx():
-    try:
-        import onnx
-    except ImportError as e:
-        raise MissingDependencyError(f"ONNX export needs onnx (pip install 'arvid[export]'; {e})") from None
-    return onnx
+    return require("onnx", purpose="ONNX export")
 
 
 @dataclasses.dataclass

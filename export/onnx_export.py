@@ -27,19 +27,15 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .onnx_check import TWO_GB, MissingDependencyError, _onnx
+from arvid.runtime.optional import require
+
+from .onnx_check import TWO_GB, _onnx
 
 DEFAULT_OPSET = 18  # dynamo's native opset; TensorRT 10's parser reads 9..20
 
 
 def _ort():
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
-        raise MissingDependencyError(
-            f"the ONNX Runtime engine needs onnxruntime (pip install 'arvid[export]'; {e})"
-        ) from None
-    return ort
+    return require("onnxruntime", purpose="the ONNX Runtime engine")
 
 
 # -- the in-place probe -----------------------------------------------------------------------

@@ -82,6 +82,8 @@ def _triton_import_error() -> str | None:
         import triton
         import triton.language  # noqa: F401
     except Exception as exc:  # ImportError, or a broken install raising something else
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "triton":
+            return "triton is not installed (pip install 'arvid[triton]', Linux)"
         return f"triton cannot be imported ({type(exc).__name__}: {exc})"
     return None
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from arvid.runtime.devices import require_sm89
-from arvid.runtime.optional_deps import quiet_torchao_import
+from arvid.runtime.optional import MissingDependencyError, require
 
 from ._linear import QuantizedLinear
 from .fp8 import Fp8EmulatedLinear
@@ -48,12 +48,6 @@ EMULATED_MODULES: dict[str, type[QuantizedLinear]] = {
     "int8-weight-only": Int8WeightOnlyLinear,
     "fp8": Fp8EmulatedLinear,
 }
-
-
-class MissingDependencyError(ImportError, ValueError):
-    """An optional package (torchao, nvidia-modelopt, transformers) is needed and not installed.
-
-    A ``ValueError`` too, so the ``arvid`` command prints it as a one-line error."""
 
 
 def _check_common(cfg) -> None:
@@ -184,21 +178,19 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def _torchao_config(config: QuantConfig):
     try:
-        with quiet_torchao_import():  # torchao is imported here only: where quantization with it is asked for
-            from torchao.quantization import (
-                Float8DynamicActivationFloat8WeightConfig,
-                Int8DynamicActivationInt8WeightConfig,
-                Int8WeightOnlyConfig,
-                PerRow,
-            )
-    except ImportError as e:
-        raise MissingDependencyError(
-            f"backend='torchao' needs torchao (pip install 'torchao==0.18.0'; {e}); "
-            "backend='emulate' computes the same numerics without it"
-        ) from None
+        fp8_config, int8_config, int8wo_config, per_row = require(
+            "torchao.quantization",
+            "Float8DynamicActivationFloat8WeightConfig",
+            "Int8DynamicActivationInt8WeightConfig",
+            "Int8WeightOnlyConfig",
+            "PerRow",
+            purpose="backend='torchao'",
+        )
+    except MissingDependencyError as e:
+        raise MissingDependencyError(f"{e}; backend='emulate' computes the same numerics without it") from None
     if isinstance(config, Fp8Config):
-        return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
-    return Int8WeightOnlyConfig() if config.weight_only else Int8DynamicActivationInt8WeightConfig()
+        return fp8_config(granularity=per_row())
+    return int8wo_config() if config.weight_only else int8_config()
 
 
 def _check_torchao_device(config: QuantConfig, device: torch.device) -> None:
@@ -256,7 +248,7 @@ def quantize_(model: nn.Module, config: QuantConfig) -> nn.Module:
     else:
         _check_torchao_device(config, targets[0][1].weight.device)
         ao_config = _torchao_config(config)
-        from torchao.quantization import quantize_ as ao_quantize_
+        ao_quantize_ = require("torchao.quantization", "quantize_", purpose="backend='torchao'")
 
         names = {n for n, _ in targets}
         ao_quantize_(model, ao_config, filter_fn=lambda mod, fqn: fqn in names)

@@ -25,21 +25,16 @@ import torch
 from torch import nn
 
 from arvid.runtime.config import StreamConfig
+from arvid.runtime.optional import require
 from arvid.runtime.variants import GeneratorOptions
 
-from .api import DEFAULT_SKIP, MissingDependencyError
+from .api import DEFAULT_SKIP
 
 MODELOPT_SCHEMES = ("int8-smoothquant", "fp8")
 
 
 def _mtq():
-    try:
-        import modelopt.torch.quantization as mtq
-    except ImportError as e:
-        raise MissingDependencyError(
-            f"the modelopt path needs nvidia-modelopt (pip install 'nvidia-modelopt==0.47.0'; {e})"
-        ) from None
-    return mtq
+    return require("modelopt.torch.quantization", purpose="the modelopt path")
 
 
 def modelopt_config(scheme: str, skip: Sequence[str] = DEFAULT_SKIP) -> dict:

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from arvid.runtime.optional import require
+
 
 def _pair(ref, test) -> tuple[torch.Tensor, torch.Tensor]:
     ref, test = torch.as_tensor(ref), torch.as_tensor(test)
@@ -197,12 +199,7 @@ class ClipScorer:
     ``CLIPModel`` directory; nothing is downloaded."""
 
     def __init__(self, model_dir: str, device: torch.device | str = "cpu") -> None:
-        try:
-            from transformers import CLIPModel, CLIPProcessor
-        except ImportError as e:
-            from .api import MissingDependencyError
-
-            raise MissingDependencyError(f"CLIP score needs transformers (pip install transformers; {e})") from None
+        CLIPModel, CLIPProcessor = require("transformers", "CLIPModel", "CLIPProcessor", purpose="CLIP score")
         try:
             self.model = CLIPModel.from_pretrained(model_dir, local_files_only=True).to(device).eval()
             self.processor = CLIPProcessor.from_pretrained(model_dir, local_files_only=True)

@@ -23,6 +23,7 @@ import torch
 
 from arvid.runtime.config import StreamConfig
 from arvid.runtime.model import CausalWanModel
+from arvid.runtime.optional import require
 from arvid.runtime.variants import GeneratorOptions
 
 from .metrics import (
@@ -310,7 +311,7 @@ def format_markdown(report: dict) -> str:
 
 
 def _plots(report: dict, tmpdir: Path) -> list[str]:
-    import matplotlib
+    matplotlib = require("matplotlib", purpose="the quality report's plots")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

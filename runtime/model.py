@@ -114,7 +114,8 @@ class WanAttentionBlock(nn.Module):
         self.ffn = nn.Sequential(
             nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, cfg.dim)
         )
-        self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
+        # in place: an out-of-place op on the meta device (build_model) imports torch._dynamo, seconds of start-up
+        self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim).div_(cfg.dim**0.5))
 
     def forward(
         self,
@@ -149,7 +150,7 @@ class WanHead(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
         self.head = nn.Linear(cfg.dim, cfg.out_dim * math.prod(cfg.patch_size))
-        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
+        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim).div_(cfg.dim**0.5))  # in place: see above
 
     def forward(self, x: torch.Tensor, e: torch.Tensor, frames: int) -> torch.Tensor:
         """``x`` ``[B, L, dim]``, ``e`` ``[B, F, dim]`` (the time embedding before projection)."""

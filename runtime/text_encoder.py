@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import state_dict_mismatch, torch_load
-from .optional_deps import quiet_torchao_import
+from .optional import require
 
 PLACEMENTS = ("device", "cpu", "offload")
 
@@ -70,8 +70,7 @@ def umt5_config_from_wan_state_dict(state_dict: dict[str, torch.Tensor], source:
     The fixed parts are Wan's ``T5Encoder`` constants: gated tanh-GELU FFN (``gelu_new``), RMSNorm
     eps 1e-6, bidirectional relative positions with max distance 128.
     """
-    with quiet_torchao_import():  # transformers imports torchao when installed
-        from transformers import UMT5Config
+    UMT5Config = require("transformers", "UMT5Config", purpose="the umT5 text encoder")
 
     try:
         vocab, dim = state_dict["token_embedding.weight"].shape
@@ -106,10 +105,10 @@ def clean_prompt(text: str) -> str:
 def tiny_tokenizer():
     """A byte-level tokenizer built in memory (no files, no training): ids 0-2 are ``<pad>``, ``</s>``,
     ``<unk>`` as in T5, then one token per byte; ``</s>`` is appended like T5's tokenizer does."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-
-    with quiet_torchao_import():  # transformers imports torchao when installed
-        from transformers import PreTrainedTokenizerFast
+    Tokenizer, decoders, models, pre_tokenizers, processors = require(
+        "tokenizers", "Tokenizer", "decoders", "models", "pre_tokenizers", "processors", purpose="the umT5 tokenizer"
+    )
+    PreTrainedTokenizerFast = require("transformers", "PreTrainedTokenizerFast", purpose="the umT5 tokenizer")
 
     specials = ["<pad>", "</s>", "<unk>"]
     vocab = {tok: i for i, tok in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
@@ -162,8 +161,7 @@ class TextEncoder:
     @classmethod
     def from_pretrained(cls, text_encoder_dir: str | Path, tokenizer_dir: str | Path, **kwargs) -> TextEncoder:
         """A diffusers-layout ``text_encoder/`` (transformers ``UMT5EncoderModel``) + ``tokenizer/``."""
-        with quiet_torchao_import():  # transformers imports torchao when installed
-            from transformers import UMT5EncoderModel
+        UMT5EncoderModel = require("transformers", "UMT5EncoderModel", purpose="the umT5 text encoder")
 
         path = Path(text_encoder_dir)
         if not (path / "config.json").is_file():
@@ -179,8 +177,7 @@ class TextEncoder:
     def from_wan_checkpoint(cls, path: str | Path, tokenizer_dir: str | Path, **kwargs) -> TextEncoder:
         """Wan's original ``models_t5_umt5-xxl-enc-bf16.pth``, renamed to transformers' names at load
         (built on the meta device, weights assigned from the memory-mapped file)."""
-        with quiet_torchao_import():  # transformers imports torchao when installed
-            from transformers import UMT5EncoderModel
+        UMT5EncoderModel = require("transformers", "UMT5EncoderModel", purpose="the umT5 text encoder")
 
         path = Path(path)
         tokenizer = load_tokenizer(tokenizer_dir)  # fail fast, before reading gigabytes
@@ -202,8 +199,9 @@ class TextEncoder:
     def tiny_random(cls, text_dim: int, *, seed: int = 0, **kwargs) -> TextEncoder:
         """A small random umT5 encoder (2 layers, ``d_model = text_dim``) and the byte-level tokenizer:
         real code path, no files."""
-        with quiet_torchao_import():  # transformers imports torchao when installed
-            from transformers import UMT5Config, UMT5EncoderModel
+        UMT5Config, UMT5EncoderModel = require(
+            "transformers", "UMT5Config", "UMT5EncoderModel", purpose="the umT5 text encoder"
+        )
 
         tokenizer = tiny_tokenizer()
         heads = 4 if text_dim % 4 == 0 else 1
@@ -266,8 +264,7 @@ class TextEncoder:
 
 def load_tokenizer(path: str | Path):
     """``AutoTokenizer`` from a local directory (google/umt5-xxl's files), never the network."""
-    with quiet_torchao_import():  # transformers imports torchao when installed
-        from transformers import AutoTokenizer
+    AutoTokenizer = require("transformers", "AutoTokenizer", purpose="the umT5 tokenizer")
 
     path = Path(path)
     if not path.is_dir():

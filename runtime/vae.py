@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_state_dict, state_dict_mismatch
+from .optional import require
 
 # Wan2.1's VAE (wan/modules/vae.py: _video_vae with dim 96, z_dim 16); latents_mean / latents_std
 # are left to AutoencoderKLWan's defaults, which are Wan2.1's per-channel statistics.
@@ -58,7 +59,7 @@ def load_vae(
     (converted with diffusers' ``convert_wan_vae_to_diffusers``). The original file has no config:
     unless ``config`` is given it is Wan2.1's structure with ``base_dim`` / ``z_dim`` read off the
     weights, passed explicitly so nothing is fetched."""
-    from diffusers import AutoencoderKLWan
+    AutoencoderKLWan = require("diffusers", "AutoencoderKLWan", purpose="the Wan VAE")
 
     path = Path(path)
     if path.is_dir():
@@ -69,7 +70,9 @@ def load_vae(
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise ValueError(f"{path}: cannot load the Wan VAE ({e})") from None
         return nn.Module.to(vae, device).eval().requires_grad_(False)
-    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+    convert_wan_vae_to_diffusers = require(
+        "diffusers.loaders.single_file_utils", "convert_wan_vae_to_diffusers", purpose="the Wan VAE"
+    )
 
     sd = convert_wan_vae_to_diffusers(load_state_dict(path))
     if config is None:  # Wan2.1's structure; the widths read off the weights
@@ -92,7 +95,7 @@ def load_vae(
 
 def tiny_vae(*, seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
     """A small random ``AutoencoderKLWan`` (:data:`TINY_VAE_CONFIG`) for the tiny preset: no files."""
-    from diffusers import AutoencoderKLWan
+    AutoencoderKLWan = require("diffusers", "AutoencoderKLWan", purpose="the Wan VAE (decoding video)")
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

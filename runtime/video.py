@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .files import atomic_write, current_umask, signals_deferred
+from .optional import require
 
 PREFERRED_CODECS = ("libx264", "libopenh264", "h264", "mpeg4")
 
@@ -48,7 +49,7 @@ def pick_codec(requested: str | None = None) -> str:
 def _encoder_type(name: str) -> str | None:
     """``"video"`` / ``"audio"`` / ... for an encoder PyAV has, ``None`` for no encoder of that name
     (unknown, or listed as a decoder only, as a decoder-only ``h264`` is)."""
-    import av
+    av = require("av", purpose="writing .mp4")
 
     if name not in av.codecs_available:
         return None
@@ -90,7 +91,7 @@ class VideoWriter:
         crf: int = 18,
         metadata: dict[str, str] | None = None,
     ) -> None:
-        import av
+        av = require("av", purpose="writing .mp4")
 
         self.path = Path(path)
         if self.path.suffix.lower() != ".mp4":
@@ -180,7 +181,7 @@ class VideoWriter:
 
 def read_video_info(path: str | Path) -> tuple[int, int, int, float]:
     """(frames, width, height, fps) of a video file, by decoding it (used by tests and checks)."""
-    import av
+    av = require("av", purpose="reading video")
 
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -191,7 +192,7 @@ def read_video_info(path: str | Path) -> tuple[int, int, int, float]:
 def write_png_frames(frames: torch.Tensor, folder: str | Path, start: int) -> None:
     """Write ``[T, 3, H, W]`` float frames as ``folder/frame_{start + i:06d}.png`` (each written to a
     temporary name and renamed)."""
-    from PIL import Image
+    Image = require("PIL.Image", purpose="writing PNG frames")
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

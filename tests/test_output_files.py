@@ -85,9 +85,8 @@ def test_torchao_is_imported_only_for_quantization_and_quietly():
         "from arvid.runtime.loaders import load_dit\n"
         "load_dit(config=get_preset('tiny').model)\n"
         "print('torchao loaded:', 'torchao' in sys.modules)\n"
-        "from arvid.runtime.optional_deps import quiet_torchao_import\n"
-        "with quiet_torchao_import():\n"
-        "    import torchao.quantization\n"
+        "from arvid.runtime.optional import require\n"
+        "require('torchao.quantization', purpose='quantizing')\n"
         "print('torchao loaded:', 'torchao' in sys.modules)\n"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from ._names import PRESET_NAMES, STREAM_DEFAULTS
+
 
 def int_list(text: str) -> tuple[int, ...]:
     try:
@@ -52,8 +54,6 @@ def seed_int(text: str) -> int:
 def add_common_args(p: argparse.ArgumentParser, *, stream: bool = True) -> None:
     """--config, --preset, --device, --dtype, --seed and, with ``stream``, the video's --frames,
     --switch-frames and stream flags (left out where no video is generated, e.g. ``arvid quantize``)."""
-    from arvid.runtime import PRESETS
-
     p.add_argument(
         "--config",
         metavar="FILE",
@@ -63,7 +63,7 @@ def add_common_args(p: argparse.ArgumentParser, *, stream: bool = True) -> None:
     p.add_argument(
         "--preset",
         default="tiny",
-        help=f"model preset: {', '.join(PRESETS)} (default: tiny; with --model: wan2.1-t2v-1.3b)",
+        help=f"model preset: {', '.join(PRESET_NAMES)} (default: tiny; with --model: wan2.1-t2v-1.3b)",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default: bf16 on CUDA, fp32 on the CPU")
@@ -81,9 +81,7 @@ def add_common_args(p: argparse.ArgumentParser, *, stream: bool = True) -> None:
 
 def add_stream_args(p: argparse.ArgumentParser) -> None:
     """One flag per :class:`~arvid.runtime.StreamConfig` field (default: LongLive's shipped settings)."""
-    from arvid.runtime import StreamConfig
-
-    d = StreamConfig()
+    d = argparse.Namespace(**STREAM_DEFAULTS)  # StreamConfig()'s, without importing torch (see _names)
     g = p.add_argument_group("streaming (LongLive's settings by default)")
     g.add_argument("--chunk-frames", type=positive_int, help=f"latent frames per chunk (default: {d.chunk_frames})")
     g.add_argument(

@@ -21,10 +21,9 @@ def register(sub) -> None:
 
 
 def cmd_download(args) -> int:
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise ValueError("arvid download needs huggingface_hub: pip install huggingface_hub") from None
+    from arvid.runtime.optional import require
+
+    snapshot_download = require("huggingface_hub", "snapshot_download", purpose="downloading weights")
     root = Path(args.dir)
     paths = {}
     for key in args.only or list(REPOS):

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ._common import add_common_args, add_model_args, load_model_from_args, model_preset, stream_config
+from ._names import GRAPH_KINDS, QDQ_SCHEMES
 
 
 def _log(msg: str) -> None:
@@ -23,12 +24,10 @@ def _log(msg: str) -> None:
 
 
 def _add_graph_args(p) -> None:
-    from arvid.export.pipeline import GRAPH_KINDS, QUANT_SCHEMES
-
     add_common_args(p)
     add_model_args(p)
     p.add_argument("--graph", required=True, choices=GRAPH_KINDS, help="which graph(s) to export")
-    p.add_argument("--quant", choices=QUANT_SCHEMES, help="Q/DQ graph calibrated with nvidia-modelopt")
+    p.add_argument("--quant", choices=QDQ_SCHEMES, help="Q/DQ graph calibrated with nvidia-modelopt")
     p.add_argument("--out", required=True, help="output directory (gets the graphs and export.json)")
     p.add_argument("--opset", type=int, help="ONNX opset (default: 18; 19 for Q/DQ)")
     p.add_argument("--torchscript", action="store_true", help="use the TorchScript exporter instead of dynamo")
@@ -69,7 +68,9 @@ SUBCOMMANDS: dict[str, Callable] = {"onnx": _register_onnx, "trt": _register_trt
 def register(sub) -> None:
     from .export_aoti import register_aoti
 
-    p = sub.add_parser("export", help="export ONNX / Q/DQ ONNX / TensorRT / AOTInductor artifacts (`arvid export -h`)")
+    p = sub.add_parser(
+        "export", help="export ONNX / Q/DQ ONNX / TensorRT / AOTInductor artifacts (see: arvid export -h)"
+    )
     inner = p.add_subparsers(dest="export_command", required=True)
     for registrar in SUBCOMMANDS.values():
         registrar(inner)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a command runs: `arvid --help` must not pay for it
+    import torch
 
 from ._checks import check_codec, check_output_dir, check_output_file, check_seconds, report_moved_switches
 from ._common import (
@@ -168,6 +170,8 @@ def save_latents_prefix(paths: list[Path], latents: torch.Tensor | None, meta: d
 
 def video_metadata(prompts: list[str] | str, args, backend: str) -> dict[str, str]:
     """mp4 container tags: prompt(s), seed, backend, arvid version and, when known, the git commit."""
+    import torch
+
     import arvid
     from arvid.bench.env import environment
 

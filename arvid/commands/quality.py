@@ -10,8 +10,10 @@ from __future__ import annotations
 import copy
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a command runs: `arvid --help` must not pay for it
+    import torch
 
 from ._common import add_common_args, add_model_args, load_model_from_args, model_preset, stream_config, weights_label
 from .quantize import add_quant_args, skip_patterns
@@ -77,6 +79,8 @@ def video_decoders(spec: str | None, device: torch.device) -> tuple | None:
     """
     if spec is None:
         return None
+    import torch
+
     from arvid.runtime.vae import StreamingVAEDecoder, load_vae, tiny_vae
 
     vae = tiny_vae(device=device) if spec == "tiny" else load_vae(spec, device=device, dtype=torch.float32)
@@ -110,6 +114,8 @@ def prompt_embeddings(args, files, preset, prompts: list[str], device, dtype) ->
 
 
 def cmd_quality(args) -> int:
+    import torch
+
     from arvid.quant import config_for_scheme, load_quantized, model_size_report, quantize_
     from arvid.quant.metrics import ClipScorer
     from arvid.quant.quality import compare_streams, verdict_line, write_report

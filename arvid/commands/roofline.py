@@ -7,15 +7,14 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from ._names import GPU_NAMES, PRECISION_NAMES, PRESET_NAMES
+
 
 def register(sub) -> None:
-    from arvid.bench.roofline import GPUS, PRECISIONS
-    from arvid.runtime import PRESETS
-
     p = sub.add_parser("roofline", help="FLOPs / bytes per chunk and the FPS ceiling on a named GPU")
-    p.add_argument("--preset", default="wan2.1-t2v-1.3b", help=f"one of {', '.join(PRESETS)}")
-    p.add_argument("--gpu", required=True, help=f"one of {', '.join(GPUS)}")
-    p.add_argument("--precision", default="all", help=f"{', '.join(PRECISIONS)} or all (default: all)")
+    p.add_argument("--preset", default="wan2.1-t2v-1.3b", help=f"one of {', '.join(PRESET_NAMES)}")
+    p.add_argument("--gpu", required=True, help=f"one of {', '.join(GPU_NAMES)}")
+    p.add_argument("--precision", default="all", help=f"{', '.join(PRECISION_NAMES)} or all (default: all)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--attention-frames", type=int, help="attention size in latent frames (default: 12)")
     p.add_argument("--chunk-index", type=int, help="a fill-phase chunk (0-based) instead of the steady state")
