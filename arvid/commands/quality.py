@@ -133,6 +133,8 @@ def cmd_quality(args) -> int:
         raise ValueError(f"{len(prompts)} --prompt given, {len(args.switch_frames) + 1} needed for the switch frames")
     if args.clip_model and not args.vae:
         raise ValueError("--clip-model scores decoded frames: give --vae too")
+    # A saved variant is read first: a bad file fails before anything else loads or prints.
+    saved = load_quantized(args.variant, device=device) if args.variant else None
     vae = vae_source(args, files, preset)
     decoders = video_decoders(vae, device)
     clip = ClipScorer(args.clip_model, device) if args.clip_model else None
@@ -143,7 +145,7 @@ def cmd_quality(args) -> int:
     skip_kw = {"skip": skip} if skip is not None else {}
     sizes = None
     if args.variant:
-        variant = load_quantized(args.variant, device=device)
+        variant = saved
         if variant.cfg != reference.cfg:
             raise ValueError(f"--variant {args.variant} was made for another model config than preset {preset.name}")
         label = f"{variant.arvid_quant.config.scheme} (from {args.variant})"
