@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from arvid.runtime import PRESETS, GeneratorOptions, Preset, StreamConfig, StreamingGenerator, get_preset
-from arvid.runtime.generator import NoiseSource
+from arvid.runtime.generator import NoiseSource, validate_schedule
 
 Prompt = str | torch.Tensor  # text, or embeddings [1, text_len, text_dim]
 
@@ -148,7 +148,7 @@ class Pipeline:
     @classmethod
     def from_pretrained(
         cls,
-        model: str | Path = "tiny",
+        model: str | Path | None = "tiny",
         *,
         preset: str | None = None,
         checkpoint: str | Path | None = None,
@@ -171,7 +171,8 @@ class Pipeline:
 
         Parameters
         ----------
-        model : a Wan2.1-T2V model directory (original or diffusers layout: DiT, umT5, VAE), or a
+        model : ``None`` for the ``preset`` alone (a folder named like the preset is not read), a
+            Wan2.1-T2V model directory (original or diffusers layout: DiT, umT5, VAE), or a
             preset name (``"tiny"``: random DiT, tiny random umT5 with a byte tokenizer and a tiny
             random VAE, no files; ``"wan2.1-t2v-1.3b"``: random DiT at the real sizes with stand-in
             prompt embeddings, latents only: it needs ``need_vae=False``, as there is no VAE to load).
@@ -195,7 +196,10 @@ class Pipeline:
 
         dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device
         dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)
-        is_preset = isinstance(model, str) and model in PRESETS and not Path(model).is_dir()
+        if model is None:  # the preset alone (the CLI without --model): a folder named like it is not read
+            model, is_preset = preset or "tiny", True
+        else:
+            is_preset = isinstance(model, str) and model in PRESETS and not Path(model).is_dir()
         p = get_preset(preset or (str(model) if is_preset else "wan2.1-t2v-1.3b"))  # a bad name fails first
         if not is_preset and isinstance(model, str) and "/" not in model and not Path(model).exists():
             raise ValueError(f"{model!r} is neither a model directory nor a preset ({', '.join(PRESETS)})")
@@ -322,7 +326,10 @@ class Pipeline:
             if c.video is not None:
                 videos.append(c.video.cpu())
         lat = torch.cat(latents, dim=1)
-        meta = self.metadata(prompts, switch_frames, seed=seed, num_frames=lat.shape[1])
+        chunk = self.stream_config.chunk_frames
+        n_prompts = 1 if isinstance(prompts, (str, torch.Tensor)) else len(prompts)
+        landed = validate_schedule(lat.shape[1], n_prompts, switch_frames, chunk)  # where the switches took effect
+        meta = self.metadata(prompts, landed, seed=seed, num_frames=lat.shape[1])
         return GeneratedVideo(lat, torch.cat(videos) if videos else None, meta, fps=fps)
 
     def metadata(

@@ -300,3 +300,29 @@ def test_interactive_png_subfolders_manifest_and_metadata(tmp_path, capsys):
     assert json.loads(meta["prompt"]) == ["a fox", "a dog"]
     assert meta["seed"] == "7" and meta["backend"] and meta["arvid_version"]
     assert _stray(tmp_path) == []
+
+
+# -- found in review after the merge ------------------------------------------------------------------
+def test_a_folder_named_like_the_preset_is_not_read_as_a_model(tmp_path, monkeypatch):
+    """Without --model the preset is a preset, even where a folder of that name sits in the working directory."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").mkdir()
+    assert main(["generate", "--frames", "3", "--quiet", "--out", str(tmp_path / "x.safetensors")]) == 0
+    assert (tmp_path / "x.safetensors").is_file()
+
+
+def test_an_abbreviated_config_flag_is_refused_not_ignored(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("frames: 6\nseed: 5\n")
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--conf", str(cfg), "--out", str(tmp_path / "x.safetensors")])
+    assert e.value.code == 2 and "--conf" in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.parametrize("backend", ["ort", "sdpa+graphs"])
+def test_sequence_parallel_with_engines_or_graphs_fails_before_load(tmp_path, capsys, no_load, backend):
+    argv = ["generate", "--sequence-parallel", "2", "--backend", backend, "--out", str(tmp_path / "x.safetensors")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no engines, no CUDA graphs" in err or "CUDA graphs need a CUDA device" in err, err

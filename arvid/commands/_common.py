@@ -172,6 +172,8 @@ def _read_config_before_parsing(p: argparse.ArgumentParser) -> None:
     file's values with the flags' own types, and hand them in as the starting namespace (argparse
     leaves attributes already there alone, so a flag given on the command line wins).
     """
+    # argparse would take --conf for --config, which the scan below would miss: no abbreviations here.
+    p.allow_abbrev = False
     original = p.parse_known_args
 
     def parse_known_args(args=None, namespace=None):

@@ -106,7 +106,7 @@ def pipeline_from_args(args, *, need_vae: bool, need_text: bool = True, sequence
     from arvid.pipeline import Pipeline
 
     return Pipeline.from_pretrained(
-        args.model or (args.preset or "tiny"),
+        args.model,  # None: the --preset alone
         preset=args.preset,
         checkpoint=args.checkpoint,
         longlive_ckpt=args.longlive_ckpt,
@@ -251,6 +251,12 @@ def cmd_generate(args) -> int:
     num_prompts = len(embeds) if embeds is not None else len(prompts)
     switches = validate_schedule(frames, num_prompts, args.switch_frames, stream.chunk_frames)
     report_moved_switches(args.switch_frames, switches)
+    if getattr(args, "sequence_parallel", 1) > 1:
+        from arvid.runtime.chunk_runner import get_executor
+
+        opts = generator_options(args)
+        if opts.graphs or opts.stepgraphs or (opts.backend and get_executor(opts.backend) is not None):
+            raise ValueError("--sequence-parallel runs the attention backends eagerly: no engines, no CUDA graphs yet")
     sp = sequence_parallel_from_args(args, preset, stream)  # checks N before any model loads
     writer = sp is None or sp.is_output_rank  # every rank holds the same latents; one writes them
     args.quiet = args.quiet or not writer

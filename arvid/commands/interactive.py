@@ -64,6 +64,8 @@ def cmd_interactive(args) -> int:
     from arvid.runtime.config import check_frames
     from arvid.runtime.prompts import align_switch_frames, read_prompt_jsonl
 
+    from ._common import resolved_config
+
     # Everything that can be checked is checked here, before any weights load.
     check_seconds(args.seconds)
     check_run_args(args)
@@ -88,6 +90,7 @@ def cmd_interactive(args) -> int:
     report_moved_switches(args.switch_frames, switches)
 
     pipe = pipeline_from_args(args, need_vae=True)
+    config = json.dumps(resolved_config(args))
     manifest: dict[str, dict] = {}
     for i, prompts in enumerate(videos):
         name = f"{i:04d}.mp4"
@@ -105,7 +108,7 @@ def cmd_interactive(args) -> int:
             res = run_stream(
                 pipe, args, prompts, switches, frames=frames, out_video=out, desc=f"video {i}",
                 png_dir=Path(args.png_dir) / f"{i:04d}" if args.png_dir else None,  # one folder per video
-                metadata=video_metadata(prompts, args, pipe.backend_name),
+                metadata={**video_metadata(prompts, args, pipe.backend_name), "config": config},
             )  # fmt: skip
         except KeyboardInterrupt:
             if out.exists():  # the playable prefix Pipeline.write kept
@@ -183,12 +186,8 @@ def _live(args, stream, frames) -> int:
     def stop() -> bool:  # EOF, and every prompt typed before it has taken effect
         return reader.closed.is_set() and reader.queue.empty()
 
-    meta = {
-        "preset": pipe.preset.name,
-        "seed": str(args.seed),
-        "config": json.dumps(resolved_config(args)),
-        "layout": "[B, F, C, H, W]",
-    }
+    # the run's settings as generate records them; frames / switches are filled in at the end
+    meta = {**pipe.metadata([first], (), seed=args.seed, num_frames=0), "config": json.dumps(resolved_config(args))}
     latents_paths = [Path(args.latents)] if args.latents else []
 
     def on_interrupt(prefix):
@@ -200,7 +199,8 @@ def _live(args, stream, frames) -> int:
     res = run_stream(
         pipe, args, [encode(first)], frames=frames, out_video=out, prompt_source=reader,
         stop=stop if frames is None else None,  # a given length runs to its end, input or not
-        metadata=video_metadata(first, args, pipe.backend_name), on_interrupt=on_interrupt,
+        metadata={**video_metadata(first, args, pipe.backend_name), "config": meta["config"]},
+        on_interrupt=on_interrupt,
     )  # fmt: skip
     _echo_switches(reader)
     if args.latents:

@@ -98,6 +98,8 @@ def prompt_embeddings(args, files, preset, prompts: list[str], device, dtype) ->
 
     Returns the embeddings and where they came from (for the report's metadata).
     """
+    import torch
+
     from arvid.runtime.prompts import placeholder_prompt_embeds
 
     if files is None or files.text_encoder is None or files.tokenizer is None:
