@@ -374,6 +374,17 @@ def add_parallel_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def check_sequence_parallel_options(opts, what: str = "") -> None:
+    """Refuse (one line, before any load) options that sequence parallel cannot run: it runs the
+    attention backends eagerly, so no engine and no CUDA graphs. ``what`` prefixes the message."""
+    from arvid.runtime.chunk_runner import get_executor
+
+    if opts.graphs or opts.stepgraphs or (opts.backend and get_executor(opts.backend) is not None):
+        raise ValueError(
+            f"{what}--sequence-parallel runs the attention backends eagerly: no engines, no CUDA graphs yet"
+        )
+
+
 def sequence_parallel_from_args(args, preset, stream):
     """The sequence-parallel group for ``--sequence-parallel`` (None for 1), checked before any model loads.
     On CUDA it points ``args.device`` at this rank's GPU."""

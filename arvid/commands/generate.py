@@ -21,6 +21,7 @@ from ._common import (
     add_common_args,
     add_model_args,
     add_parallel_args,
+    check_sequence_parallel_options,
     model_preset,
     positive_int,
     sequence_parallel_from_args,
@@ -252,11 +253,7 @@ def cmd_generate(args) -> int:
     switches = validate_schedule(frames, num_prompts, args.switch_frames, stream.chunk_frames)
     report_moved_switches(args.switch_frames, switches)
     if getattr(args, "sequence_parallel", 1) > 1:
-        from arvid.runtime.chunk_runner import get_executor
-
-        opts = generator_options(args)
-        if opts.graphs or opts.stepgraphs or (opts.backend and get_executor(opts.backend) is not None):
-            raise ValueError("--sequence-parallel runs the attention backends eagerly: no engines, no CUDA graphs yet")
+        check_sequence_parallel_options(generator_options(args))
     sp = sequence_parallel_from_args(args, preset, stream)  # checks N before any model loads
     writer = sp is None or sp.is_output_rank  # every rank holds the same latents; one writes them
     args.quiet = args.quiet or not writer
