@@ -9,6 +9,12 @@ ready) and gives the end-to-end FPS. Not timed: text encoding (embeddings are gi
 first ``warmup`` chunks of every run are left out of the statistics; each variant runs
 ``rounds`` times, the variants interleaved round by round. FPS and the speed-up over the
 baseline both come from the median (p50) chunk latency over all timed chunks of all rounds.
+
+With sequence parallel (``--sequence-parallel N`` under torchrun), every rank runs the same variants
+in the same order; a chunk's latency is the whole job's, the maximum over the ranks of each rank's
+time for it (gathered after each run, outside the timed region). Each rank's own p50 and its time in
+the group's collectives per chunk (host clock around gloo calls, CUDA events around NCCL's) are
+reported per variant under ``sequence_parallel``. No speed-up over one rank is measured in the job.
 """
 
 from __future__ import annotations
@@ -25,11 +31,13 @@ from pathlib import Path
 
 import psutil
 import torch
+import torch.distributed as dist
 
 from arvid.runtime import GeneratorOptions, StreamConfig, StreamingGenerator, get_preset
 from arvid.runtime.config import Preset, check_frames
 from arvid.runtime.loaders import load_dit
 from arvid.runtime.model import CausalWanModel
+from arvid.runtime.parallel import SequenceParallel
 from arvid.runtime.prompts import align_switch_frames, placeholder_prompt_embeds
 from arvid.runtime.vae import StreamingVAEDecoder
 from arvid.runtime.variants import QUANT_FLAGS
@@ -58,6 +66,9 @@ class VariantResult:
     capture_seconds: float = 0.0  # CUDA-graph warm-up + capture, before the first chunk
     vae_ms: list[float] = field(default_factory=list)  # streaming VAE decode per timed chunk (with --vae)
     quant: dict | None = None  # how the DiT was quantized (scheme, backend, source), None for the float model
+    # Sequence parallel: per rank, its own timed chunk latencies and collective ms per timed chunk.
+    rank_chunk_ms: list[list[float]] = field(default_factory=list)
+    rank_comm_ms: list[list[float]] = field(default_factory=list)
 
     def summary(self, chunk_frames: int, batch_size: int, rounds: int, steady: list[bool]) -> dict:
         """Statistics of the timed chunks; FPS from the median latency (frames of every video in the batch).
@@ -294,6 +305,7 @@ def run_stream_bench(
     vae: bool = False,
     threads: int | None = None,
     progress: bool = False,
+    sequence_parallel: SequenceParallel | None = None,
 ) -> dict:
     """Run every variant on the same inputs; returns a JSON-ready dict (see ``format_table``).
 
@@ -307,6 +319,8 @@ def run_stream_bench(
     threads : CPU threads for the timed work (``torch.set_num_threads``, restored after); None
         leaves the process's setting. The count used is recorded in the environment.
     progress : a progress bar per variant and round (tqdm, on stderr).
+    sequence_parallel : run every variant sequence parallel over this group (every rank calls this
+        with the same arguments); chunk latencies become the whole job's (max over ranks).
     """
     p = get_preset(preset) if isinstance(preset, str) else preset
     stream = stream or StreamConfig()
@@ -322,11 +336,11 @@ def run_stream_bench(
         model = load_dit(config=p.model, device=device, dtype=dtype, seed=seed)
     with torch_threads(threads, device):
         return _run(p, device, dtype, backends, frames, warmup, rounds, switch_frames, seed, model, stream,
-                    batch_size, vae, progress)  # fmt: skip
+                    batch_size, vae, progress, sequence_parallel)  # fmt: skip
 
 
 def _run(p, device, dtype, backends, frames, warmup, rounds, switch_frames, seed, model, stream, batch_size, vae,
-         progress) -> dict:  # fmt: skip
+         progress, sp) -> dict:  # fmt: skip
     from tqdm import tqdm
 
     from arvid.quant.serialize import load_quantized
@@ -360,7 +374,9 @@ def _run(p, device, dtype, backends, frames, warmup, rounds, switch_frames, seed
         m = models[spec]
         if opts.compile:  # compiled copy, so the other variants keep running the eager model
             m = compiled.setdefault(id(m), copy.deepcopy(m))
-        return opts.build(m, stream, latent_size=(p.latent_height, p.latent_width), batch_size=batch_size)
+        return opts.build(
+            m, stream, latent_size=(p.latent_height, p.latent_width), batch_size=batch_size, sequence_parallel=sp
+        )
 
     vae_model = _random_vae(p, device, dtype, seed) if vae else None
     g = torch.Generator().manual_seed(seed)
@@ -384,6 +400,8 @@ def _run(p, device, dtype, backends, frames, warmup, rounds, switch_frames, seed
             capture = gen.capture(prompts[0])
             res.capture_seconds = capture if r == 0 else res.capture_seconds
             chunks, peak_rss = [], proc.memory_info().rss
+            run_ms, run_comm_ms = [], []  # this run's timed chunks (sequence parallel)
+            comm0 = sp.comm_seconds() if sp is not None else 0.0
             bar = tqdm(total=chunks_total, desc=f"round {r + 1}/{rounds} {b}", unit="chunk", file=sys.stderr,
                        disable=not progress, leave=False, dynamic_ncols=True)  # fmt: skip
             t0 = time.perf_counter()
@@ -396,8 +414,13 @@ def _run(p, device, dtype, backends, frames, warmup, rounds, switch_frames, seed
                 if r == 0 and i == 0:
                     res.first_chunk_ms = ms
                 if i >= warmup:
-                    res.chunk_ms.append(ms)
+                    run_ms.append(ms)
                     res.host_ms.append(gen.last_host_ms)
+                if sp is not None:  # after the clock stopped: on CUDA this reads (and syncs) the events
+                    comm1 = sp.comm_seconds()
+                    if i >= warmup:
+                        run_comm_ms.append((comm1 - comm0) * 1000)
+                    comm0 = comm1
                 if decoder is not None:
                     decoder.decode(c.latents)
                     _sync(device)
@@ -413,6 +436,7 @@ def _run(p, device, dtype, backends, frames, warmup, rounds, switch_frames, seed
                 bar.update()
                 t0 = time.perf_counter()  # host-side bookkeeping above is not charged to the next chunk
             bar.close()
+            res.chunk_ms += run_ms if sp is None else _whole_job(res, run_ms, run_comm_ms, sp, device)
             if device.type == "cuda":
                 res.memory_kind = "cuda_max_allocated"
                 res.peak_memory_bytes = max(res.peak_memory_bytes, torch.cuda.max_memory_allocated(device))
@@ -437,6 +461,17 @@ def _run(p, device, dtype, backends, frames, warmup, rounds, switch_frames, seed
         variants.append(row)
     for row in variants:
         row["speedup_vs_baseline"] = variants[0]["chunk_ms_p50"] / row["chunk_ms_p50"]
+        rank_ms, rank_comm = row.pop("rank_chunk_ms"), row.pop("rank_comm_ms")
+        if sp is not None:
+            row["sequence_parallel"] = {
+                "size": sp.size,
+                "job_chunk_ms_p50": row["chunk_ms_p50"],
+                "rank_chunk_ms_p50": [statistics.median(ms) for ms in rank_ms],
+                "rank_comm_ms_per_chunk": [statistics.mean(ms) for ms in rank_comm],
+                "comm_ms_per_chunk": statistics.mean(x for ms in rank_comm for x in ms),
+                "rank_chunk_ms": rank_ms,
+                "rank_comm_ms": rank_comm,
+            }
     warnings = noise_warnings(variants, [load_start, env["load_average"]], torch.get_num_threads())
     n_params = sum(t.numel() for t in model.parameters())
     return {
@@ -456,10 +491,27 @@ def _run(p, device, dtype, backends, frames, warmup, rounds, switch_frames, seed
         "model_parameters": n_params,
         "model_bytes": sum(t.nbytes for t in model.parameters()),
         "baseline": base,
+        "sequence_parallel": sp.size if sp is not None else 1,
         "environment": env,
         "warnings": warnings,
         "variants": variants,
     }
+
+
+def _whole_job(res: VariantResult, run_ms: list[float], run_comm_ms: list[float], sp: SequenceParallel,
+               device: torch.device) -> list[float]:  # fmt: skip
+    """Gather every rank's chunk latencies and collective ms of one run (into ``res``); returns the
+    whole job's latency per chunk, the maximum over the ranks."""
+    mine = torch.tensor([run_ms, run_comm_ms], dtype=torch.float64, device=device)
+    every = [torch.empty_like(mine) for _ in range(sp.size)]
+    dist.all_gather(every, mine, group=sp.group)  # not through sp: not charged to the collectives' time
+    every_cpu = [t.cpu() for t in every]
+    if not res.rank_chunk_ms:
+        res.rank_chunk_ms, res.rank_comm_ms = [[] for _ in every_cpu], [[] for _ in every_cpu]
+    for r, t in enumerate(every_cpu):
+        res.rank_chunk_ms[r] += t[0].tolist()
+        res.rank_comm_ms[r] += t[1].tolist()
+    return torch.stack(every_cpu)[:, 0].amax(dim=0).tolist()
 
 
 def _fmt(x: float | None, spec: str = ".2f") -> str:
@@ -506,6 +558,21 @@ def format_table(report: dict) -> str:
             f"| {_fmt(v['vae_ms_p50'])} | {_fmt(v['video_fps_end_to_end'])} | {_mib(v['peak_memory_bytes'])} "
             f"| {_mib(v['cache_bytes'])} |"
         )
+    if report.get("sequence_parallel", 1) > 1:
+        lines += [
+            "",
+            f"sequence parallel over {report['sequence_parallel']} ranks (chunk latency: the whole job's, max over "
+            "ranks)",
+            "",
+            "| variant | whole-job p50 ms | per-rank p50 ms | comm ms/chunk (mean over ranks) |",
+            "|---|---:|---|---:|",
+        ]
+        for v in report["variants"]:
+            spv = v["sequence_parallel"]
+            ranks = ", ".join(f"{ms:.2f}" for ms in spv["rank_chunk_ms_p50"])
+            lines.append(
+                f"| {v['backend']} | {spv['job_chunk_ms_p50']:.2f} | {ranks} | {spv['comm_ms_per_chunk']:.2f} |"
+            )
     lines.append(
         f"\npeak memory: {report['variants'][0]['memory_kind']}; CV steady: over the chunks with a full cache "
         "and no prompt switch (the noise, not the extra work of fill-phase or re-cache chunks)"

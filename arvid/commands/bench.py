@@ -10,10 +10,13 @@ from pathlib import Path
 from ._common import (
     add_common_args,
     add_model_args,
+    add_parallel_args,
+    check_sequence_parallel_options,
     load_model_from_args,
     model_preset,
     non_negative_int,
     positive_int,
+    sequence_parallel_from_args,
     stream_config,
 )
 
@@ -23,10 +26,12 @@ def register(sub) -> None:
         "bench",
         help="time the eager baseline and other variants on the same inputs (FPS, latency spread, memory)",
         description="Time the eager baseline and other variants on the same model and inputs, in one process. "
-        "Every variant runs --rounds times, interleaved; FPS and speed-ups come from the median chunk latency.",
+        "Every variant runs --rounds times, interleaved; FPS and speed-ups come from the median chunk latency. "
+        "With --sequence-parallel N (under torchrun) every rank runs them and a chunk's latency is the whole job's.",
     )
     add_common_args(p)
     add_model_args(p)
+    add_parallel_args(p)
     p.add_argument(
         "--backend",
         dest="backends",
@@ -64,15 +69,19 @@ def register(sub) -> None:
 
 
 def cmd_bench(args) -> int:
+    import torch
+
     from arvid.bench.stream_bench import (
         check_estimate,
         check_variants,
         estimate_seconds,
         format_table,
+        measured_matmul_flops,
         run_stream_bench,
+        split_variant,
         torch_threads,
     )
-    from arvid.runtime import default_backend
+    from arvid.runtime import GeneratorOptions, default_backend
     from arvid.runtime.devices import resolve_device, resolve_dtype
     from arvid.runtime.files import atomic_write
 
@@ -84,20 +93,35 @@ def cmd_bench(args) -> int:
     if args.backends:
         backends = args.backends.split(",")
     else:
-        backends = ["eager", best] + ([f"{best}+graphs"] if device.type == "cuda" else [])
+        graphs = device.type == "cuda" and args.sequence_parallel == 1
+        backends = ["eager", best] + ([f"{best}+graphs"] if graphs else [])
     backends += [f"{best}@{d}" for d in args.variant]
     check_variants(backends)  # a bad or repeated variant fails before any model is built
+    if args.sequence_parallel > 1:
+        for spec in backends:
+            opts = GeneratorOptions.from_variant(split_variant(spec)[0])
+            check_sequence_parallel_options(opts, f"variant {spec!r}: ")
+        if args.vae:
+            raise ValueError("--vae with --sequence-parallel: the VAE decode is not split over ranks yet")
+    sp = sequence_parallel_from_args(args, preset, stream)  # checks N before any model loads
+    device = resolve_device(args.device)  # under sequence parallel on CUDA: this rank's GPU
+    rank0 = sp is None or sp.is_output_rank
     with torch_threads(args.threads, device):
-        estimate = estimate_seconds(
-            preset, device=device, dtype=dtype, variants=len(backends), frames=args.frames, warmup=args.warmup,
-            rounds=args.rounds, stream=stream, batch_size=args.batch_size, vae=args.vae,
-        )  # fmt: skip
+        rate = measured_matmul_flops(device, dtype)
+    if sp is not None:  # rank 0's rate everywhere, so every rank takes the same --yes decision
+        rate = float(sp.broadcast(torch.tensor([rate], dtype=torch.float64, device=device)))
+    estimate = estimate_seconds(
+        preset, device=device, dtype=dtype, variants=len(backends), frames=args.frames, warmup=args.warmup,
+        rounds=args.rounds, stream=stream, batch_size=args.batch_size, vae=args.vae, flops_per_s=rate,
+    )  # fmt: skip
     check_estimate(estimate, args.yes)
-    print(
-        f"benchmarking {', '.join(backends)} on {device} ({preset.name}, {dtype}, {args.rounds} round(s)); "
-        f"at least {estimate['seconds']:,.1f} s of work by the roofline estimate ...",
-        file=sys.stderr,
-    )
+    if rank0:
+        ranks = f" x {sp.size} ranks (sequence parallel)" if sp is not None else ""
+        print(
+            f"benchmarking {', '.join(backends)} on {device}{ranks} ({preset.name}, {dtype}, {args.rounds} round(s)); "
+            f"at least {estimate['seconds']:,.1f} s of work by the roofline estimate ...",
+            file=sys.stderr,
+        )
     model = load_model_from_args(args, preset, device=device, dtype=dtype)
     report = run_stream_bench(
         preset,
@@ -114,8 +138,17 @@ def cmd_bench(args) -> int:
         batch_size=args.batch_size,
         vae=args.vae,
         threads=args.threads,
-        progress=not args.quiet,
+        progress=not args.quiet and rank0,
+        sequence_parallel=sp,
     )
+    if sp is not None:
+        sp.close()
+        if not rank0:  # every rank's p50 is in rank 0's report; the others print only their own
+            mine = ", ".join(
+                f"{v['backend']} {v['sequence_parallel']['rank_chunk_ms_p50'][sp.rank]:.2f}" for v in report["variants"]
+            )
+            print(f"arvid bench: rank {sp.rank}: own chunk p50 ms: {mine}", file=sys.stderr)
+            return 0
     report["estimate"] = estimate
     print(format_table(report))
     for w in report["warnings"]:
