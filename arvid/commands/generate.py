@@ -171,10 +171,8 @@ def save_latents_prefix(paths: list[Path], latents: torch.Tensor | None, meta: d
 
 def video_metadata(prompts: list[str] | str, args, backend: str) -> dict[str, str]:
     """mp4 container tags: prompt(s), seed, backend, arvid version and, when known, the git commit."""
-    import torch
-
     import arvid
-    from arvid.bench.env import environment
+    from arvid.bench.env import git_state
 
     tags = {
         "prompt": prompts if isinstance(prompts, str) else json.dumps(prompts, ensure_ascii=False),
@@ -182,7 +180,7 @@ def video_metadata(prompts: list[str] | str, args, backend: str) -> dict[str, st
         "backend": backend,
         "arvid_version": arvid.__version__,
     }
-    commit = environment(torch.device("cpu")).get("git_commit")
+    commit = git_state()["git_commit"]  # not environment(): that also probes triton, threads, load, ...
     if commit:
         tags["git_commit"] = commit
     return tags
