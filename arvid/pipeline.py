@@ -192,7 +192,7 @@ class Pipeline:
         """
         from arvid.runtime.checkpoint import model_config_from_json
         from arvid.runtime.devices import resolve_device, resolve_dtype
-        from arvid.runtime.loaders import find_model_files, load_dit
+        from arvid.runtime.loaders import find_model_files, load_dit, weights_label
 
         dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device
         dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)
@@ -215,9 +215,13 @@ class Pipeline:
         )  # fmt: skip
         text = load_text_encoder_for(files, p, dev, dt, text_encoder_device, seed) if need_text else None
         vae = load_vae_for(files, p, dev, dt) if need_vae else None
-        sources = [files.root if files else None, checkpoint, longlive_ckpt]
-        label = next((str(x) for x in reversed(sources) if x), f"random weights, seed {seed}")
-        label += f" + LoRA {lora}" if lora else ""
+        label = weights_label(
+            model_dir=files.root if files else None,
+            checkpoint=checkpoint,
+            longlive_ckpt=longlive_ckpt,
+            lora=lora,
+            seed=seed,
+        )
         return cls(
             p, dit, text_encoder=text, vae=vae, stream_config=stream_config, options=opts, weights=label,
             sequence_parallel=sequence_parallel,

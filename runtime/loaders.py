@@ -98,6 +98,21 @@ def read_dit_state_dict(files: ModelFiles) -> dict[str, torch.Tensor]:
     return to_wan_names(load_state_dict(files.dit_weights))
 
 
+def weights_label(
+    *,
+    model_dir: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    longlive_ckpt: str | Path | None = None,
+    lora: str | Path | None = None,
+    seed: int = 0,
+) -> str:
+    """Where :func:`load_dit`'s weights came from, for reports and metadata: the last of ``model_dir``,
+    ``checkpoint``, ``longlive_ckpt`` given (each replaces the one before), else random weights."""
+    sources = [model_dir, checkpoint, longlive_ckpt]
+    label = next((str(x) for x in reversed(sources) if x), f"random weights, seed {seed}")
+    return label + (f" + LoRA {lora}" if lora else "")
+
+
 def load_dit(
     *,
     model_dir: str | Path | None = None,

@@ -356,10 +356,16 @@ def load_model_from_args(args, preset, *, device, dtype):
 
 
 def weights_label(args) -> str:
-    """Where the DiT weights came from, for reports and metadata."""
-    parts = [args.model, args.checkpoint, args.longlive_ckpt]
-    label = next((str(x) for x in reversed(parts) if x), f"random weights, seed {args.seed}")
-    return label + (f" + LoRA {args.lora}" if args.lora else "")
+    """Where the DiT weights came from, for reports and metadata (:func:`arvid.runtime.loaders.weights_label`)."""
+    from arvid.runtime.loaders import weights_label as label
+
+    return label(
+        model_dir=args.model,
+        checkpoint=args.checkpoint,
+        longlive_ckpt=args.longlive_ckpt,
+        lora=args.lora,
+        seed=args.seed,
+    )
 
 
 def add_parallel_args(p: argparse.ArgumentParser) -> None:
