@@ -25,13 +25,17 @@ CORE = [
 EXTRAS = {
     # the umT5 text encoder (transformers; `dtype=` in from_pretrained is new in 4.56), the streaming
     # Wan VAE (diffusers' AutoencoderKLWan), mp4 output (PyAV) and PNG frames (Pillow)
-    "video": ["transformers>=4.56", "diffusers>=0.35", "av>=14", "Pillow"],
+    # diffusers < 0.43: runtime/vae.py and export/vae_graph.py drive AutoencoderKLWan's private streaming
+    # internals (`_feat_map`, `decoder(x, feat_cache=..., feat_idx=...)`), tested with 0.42.1 only
+    "video": ["transformers>=4.56", "diffusers>=0.35,<0.43", "av>=14", "Pillow"],
     "plots": ["matplotlib"],  # `arvid report --plots`, the quality report's plots
     "hub": ["huggingface_hub>=0.23"],  # `arvid download` (snapshot_download(local_dir=...))
     # torchao 0.18's compiled kernels are built for torch >= 2.11 (older torch: "Failed to load" and
     # no kernels), so the extra raises the floor; it never admits a newer torch than the core does
     "quant": ["torchao>=0.18", "torch>=2.11"],
-    "modelopt": ["nvidia-modelopt>=0.47"],  # Q/DQ calibration (modelopt 0.47 itself needs torch >= 2.8)
+    # Q/DQ calibration (modelopt 0.47 itself needs torch >= 2.8). < 0.48: export/qdq.py rewrites the
+    # `trt::TRT_FP8{Quantize,Dequantize}Linear` nodes its TorchScript export emits, a form of 0.47's own
+    "modelopt": ["nvidia-modelopt>=0.47,<0.48"],
     # ONNX export, the TensorRT-readiness check and the ONNX Runtime engine (CPU packages; on a GPU
     # machine install onnxruntime-gpu instead of onnxruntime for the CUDA provider)
     "export": ["onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.3"],

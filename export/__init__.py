@@ -7,4 +7,9 @@ this package registers the engines as chunk executors of the runtime (``arvid.ru
 dependencies (onnx, onnxruntime, tensorrt) are imported only when an artifact is built or run.
 """
 
-from . import aoti, executors  # noqa: F401  (registration)
+if __name__ != "arvid.export":  # imported bare with the checkout root on sys.path: see arvid/_checkout.py
+    from arvid._checkout import import_installed
+
+    import_installed(__name__)
+else:
+    from . import aoti, executors  # noqa: F401  (registration)

@@ -98,7 +98,9 @@ def export_qdq(
 ) -> dict:
     """Export a graph over a modelopt-calibrated model as Q/DQ ONNX (TorchScript exporter).
 
-    Parity is measured in ONNX Runtime (CPU) against the fake-quant eager forward; with
+    Parity is measured in ONNX Runtime (CPU) against the fake-quant eager forward, as max abs
+    difference (``parity``) and SQNR (``sqnr_db_vs_fake_quant``; rounding flips at quantization
+    boundaries make the max abs jump by one step's effect, see tests/test_export_qdq.py); with
     ``float_reference`` (the float graph's outputs on the same inputs) the latent SQNR of the
     Q/DQ graph against the float model is reported too (``sqnr_db`` per output)."""
     onnx = _onnx()
@@ -125,11 +127,18 @@ def export_qdq(
     names = [o["name"] if isinstance(o, dict) else o.name for o in (getattr(spec, "outputs", None) or [])] or None
     res["parity"] = measure_parity(path, example_inputs, fake_quant, names)
     res["parity_vs"] = "modelopt fake-quant eager"
-    if float_reference is not None:
-        from .ort_engine import OrtGraph
+    from .ort_engine import OrtGraph
 
-        outs = OrtGraph(path)(*example_inputs)
-        keys = names or [f"output_{i}" for i in range(len(outs))]
+    outs = OrtGraph(path)(*example_inputs)
+    keys = names or [f"output_{i}" for i in range(len(outs))]
+    # A rounding flip (an activation within float error of a quantization boundary) makes the max
+    # difference from fake-quant jump to one quantization step's effect; the SQNR says how much of the
+    # output that is, beside the quantization noise itself (sqnr_db_vs_float).
+    res["sqnr_db_vs_fake_quant"] = {
+        k: round(sqnr_db(r.detach().float().cpu(), o.float()), 2)
+        for k, o, r in zip(keys, outs, fake_quant, strict=True)
+    }
+    if float_reference is not None:
         res["sqnr_db_vs_float"] = {
             k: round(sqnr_db(r.float().cpu(), o.float()), 2)
             for k, o, r in zip(keys, outs, float_reference, strict=True)

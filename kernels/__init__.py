@@ -5,7 +5,12 @@ Public entry points live in the op modules (``sink_window_attention``, ``qk_norm
 in ``layouts``; the availability checks callers need before choosing a Triton path are here.
 """
 
-from ._triton_utils import has_sm89, triton_unavailable_reason
-from ._triton_utils import interpreting as triton_interpreting
+if __name__ != "arvid.kernels":  # imported bare with the checkout root on sys.path: see arvid/_checkout.py
+    from arvid._checkout import import_installed
 
-__all__ = ["has_sm89", "triton_interpreting", "triton_unavailable_reason"]
+    import_installed(__name__)
+else:
+    from ._triton_utils import has_sm89, triton_unavailable_reason
+    from ._triton_utils import interpreting as triton_interpreting
+
+    __all__ = ["has_sm89", "triton_interpreting", "triton_unavailable_reason"]

@@ -7,6 +7,10 @@ the one readable report of where two tensors differ, and the ``one_thread`` fixt
 from __future__ import annotations
 
 import os
+import platform
+import re
+from importlib import metadata
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +25,42 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow: over 10 s on a 2-core CPU machine (a label: -m 'not gpu' runs them, -m 'not slow' skips them)"
     )
+
+
+CONSTRAINTS = Path(__file__).resolve().parents[1] / "constraints.txt"
+# the packages whose releases most often change results, named first in the header
+KEY_PACKAGES = (
+    "triton", "transformers", "kernels", "diffusers", "onnx", "onnxruntime", "onnxscript", "onnx-ir",
+    "nvidia-modelopt", "torchao", "numpy", "ml-dtypes", "protobuf",
+)  # fmt: skip
+
+
+def _installed(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def version_lines() -> list[str]:
+    """The exact versions this run tests: the key packages, and every pin of constraints.txt that differs."""
+    key = ", ".join(f"{n} {_installed(n) or '-'}" for n in KEY_PACKAGES)
+    lines = [f"versions: python {platform.python_version()}, torch {torch.__version__}, {key}"]
+    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", CONSTRAINTS.read_text(encoding="utf-8"), re.M))
+    differ = [f"{n} {_installed(n) or 'missing'} (pinned {v})" for n, v in pins.items() if _installed(n) != v]
+    if differ:
+        lines.append(f"constraints.txt: {len(differ)} of {len(pins)} pins differ: " + ", ".join(differ))
+    else:
+        lines.append(f"constraints.txt: all {len(pins)} pins installed as pinned (the tested set)")
+    return lines
+
+
+def pytest_sessionstart(session):
+    # written here rather than as a report header, which ``-q`` (README's test command) hides
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        for line in version_lines():
+            reporter.write_line(line)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -146,10 +146,11 @@ def test_missing_optional_package_is_one_line(tmp_path, monkeypatch, capsys, arg
 
 @pytest.mark.slow  # ~20 s: pip builds arvid's metadata and resolves the core from the package index
 def test_core_install_pulls_no_optional_or_cuda_package(tmp_path):
-    """README's install line without extras (`pip install torch==2.13.0 .`), resolved by pip, not installed."""
+    """README's install line without extras (`pip install torch==2.13.0 -e . -c constraints.txt`), resolved by
+    pip, not installed."""
     report = tmp_path / "report.json"
     cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet"]
-    cmd += ["--report", str(report), "torch==2.13.0", str(ROOT)]
+    cmd += ["--report", str(report), "torch==2.13.0", str(ROOT), "-c", str(ROOT / "constraints.txt")]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if r.returncode != 0 and any(s in r.stderr for s in NO_NETWORK):
         pytest.skip(f"pip cannot resolve here (no package index reachable): {r.stderr.strip().splitlines()[-1]}")
@@ -160,6 +161,32 @@ def test_core_install_pulls_no_optional_or_cuda_package(tmp_path):
     assert not [n for n in names if n.startswith(("nvidia-", "cuda-"))]
 
 
+@pytest.mark.slow  # ~30 s: pip resolves the whole dev install against the constraints
+def test_constraints_pin_every_package_of_the_dev_install(tmp_path):
+    """README's install (`torch==2.13.0 -e ".[dev]" -c constraints.txt`) resolves, and to pinned versions only:
+    no package floats with the next upstream release."""
+    report = tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet"]
+    cmd += ["--report", str(report), "torch==2.13.0", f"{ROOT}[dev]", "-c", str(ROOT / "constraints.txt")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if r.returncode != 0 and any(s in r.stderr for s in NO_NETWORK):
+        pytest.skip(f"pip cannot resolve here (no package index reachable): {r.stderr.strip().splitlines()[-1]}")
+    assert r.returncode == 0, r.stderr
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.lower().replace("_", "-")] = version
+    resolved = {
+        item["metadata"]["name"].lower().replace("_", "-"): item["metadata"]["version"]
+        for item in json.loads(report.read_text())["install"]
+    }
+    unpinned = sorted(set(resolved) - set(pins) - {"arvid", "torch"})
+    assert not unpinned, f"constraints.txt does not pin {unpinned}: add them at the versions the suite passed with"
+    assert resolved["torch"].startswith("2.13.0")
+    assert all(resolved[n] == v for n, v in pins.items() if n in resolved)
+
+
 def test_readme_quick_start_is_what_ci_runs():
     """README's quick start: two commands; CI runs the first verbatim and names the extra it installs."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -168,7 +195,7 @@ def test_readme_quick_start_is_what_ci_runs():
     commands = [c.split("\n```", 1)[0] for c in commands]
     assert len(commands) == 2 and all("\n" not in c for c in commands), commands
     setup, tests = commands
-    assert 'pip install torch==2.13.0 -e ".[dev]"' in setup and "`dev` extra" in quick
+    assert 'pip install torch==2.13.0 -e ".[dev]" -c constraints.txt' in setup and "`dev` extra" in quick
     assert "arvid bench --preset tiny" in setup and "arvid generate --preset tiny --out video.mp4" in setup
     assert tests == '.venv/bin/pytest -m "not gpu" -q'
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()

@@ -1,10 +1,18 @@
 """export/qdq.py: FP8 Q/DQ standardization and modelopt INT8 SmoothQuant / FP8 Q/DQ ONNX on tiny.
 
 Measured when written (tiny, one forward of 3 frames at t = 500 on random inputs, calibrated on
-one prompt x 3 streaming frames): ORT vs modelopt fake-quant 1.2e-6 (INT8) / 1.4e-6 (FP8); SQNR
-vs the float model 21.8 dB (INT8 SmoothQuant) / 31.0 dB (FP8). Static per-tensor INT8 scales from
-so little calibration data carry poorly to unseen inputs (see tests/test_quant_modelopt.py); the
-bound below only asserts the graph is a quantized version of the model, not its quality.
+one prompt x 3 streaming frames): SQNR vs the float model 21.8 dB (INT8 SmoothQuant) / 31.0 dB (FP8).
+Static per-tensor INT8 scales from so little calibration data carry poorly to unseen inputs (see
+tests/test_quant_modelopt.py); the bound on that only asserts the graph is a quantized version of the
+model, not its quality.
+
+ORT against modelopt's fake-quant forward is not a float comparison: wherever an activation lies within
+float rounding of a quantization boundary, the two engines' last-bit differences (their GEMM kernels,
+chosen by CPU instruction set) round it to neighbouring levels, and that one-step change propagates
+through attention to most of the output. Measured 2026-12-07 on this repo's CPU machine (AMD EPYC, AVX2;
+onnxruntime 1.32.0, modelopt 0.47.0, torch 2.13.0) over 30 input draws: max |ORT - fake-quant| below
+1.5e-6 on 22 (INT8) / 23 (FP8) of them and up to 1.6e-2 / 6.3e-2 on the rest, so the old `< 1e-5` held
+on the one draw it checked here and failed with 1.0e-2 on another machine with the same releases.
 """
 
 import copy
@@ -89,7 +97,17 @@ def qdq_exports(tmp_path_factory):
         results[scheme] = export_qdq(
             _FullForward(q), inputs, None, out / f"{scheme}.onnx", scheme=scheme, float_reference=ref
         )
+        results[scheme]["models"] = (_FullForward(base), _FullForward(q))
     return results
+
+
+def _inputs(seed: int) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(1, 3, TINY.model.in_dim, *HW, generator=g),
+        torch.full((1, 3), 500.0),
+        torch.randn(1, TINY.model.text_len, TINY.model.text_dim, generator=g),
+    )
 
 
 @pytest.mark.slow
@@ -105,8 +123,37 @@ def test_modelopt_qdq_export(qdq_exports, scheme):
     producer = {o: n.op_type for n in model.graph.node for o in n.output}
     conv = [n for n in model.graph.node if n.op_type == "Conv"]  # the patch embedding stays high precision
     assert conv and not any(producer.get(i) == "DequantizeLinear" for n in conv for i in n.input)
-    assert max(res["parity"].values()) < 1e-5  # ORT vs modelopt fake-quant
     sqnr = res["sqnr_db_vs_float"]["output_0"]
     assert 15.0 < sqnr < 80.0  # quantized (not identical) and still the same model
     kinds = {p.kind for p in check_onnx(res["path"]).problems}
     assert "custom-domain" not in kinds and "unsupported-op" not in kinds
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["int8-smoothquant", "fp8"])
+def test_qdq_graph_is_the_calibrated_model(qdq_exports, scheme):
+    """ORT runs the calibrated model: it differs from modelopt's fake-quant forward by rounding flips only.
+
+    A flip moves one activation by one quantization step q, where quantization itself leaves every
+    activation off by a uniform error of variance q^2 / 12. Flips on a fraction p of the activations add
+    noise of energy p * q^2 against q^2 / 12: 10 dB below the quantization noise is p <= 1 / 120. So ORT
+    vs fake-quant must sit >= 10 dB above fake-quant vs float; measured on 30 draws (module docstring):
+    >= 32.3 dB (INT8) / 14.9 dB (FP8) above. What a user reads off the graph, its SQNR vs the float
+    model, must then match the fake-quant model's: within 0.1 dB (measured: 0.008 / 0.036 dB at most).
+    The bounds leave room for rounding flips, not for a graph that quantizes otherwise than the model (its
+    exact Q/DQ pairs are counted in test_modelopt_qdq_export). Eight draws: on the CPU machine above, 2 of them flip for
+    each scheme (max |ORT - fake-quant| 2.8e-3 and 7.1e-3 INT8, 2.3e-2 and 2.6e-2 FP8; the rest < 1.2e-5)."""
+    from arvid.quant.metrics import sqnr_db
+
+    res = qdq_exports[scheme]
+    base, fake_quant = res["models"]
+    graph = OrtGraph(res["path"])
+    for seed in range(100, 108):
+        x = _inputs(seed)
+        with torch.no_grad():
+            ref, fq = base(*x), fake_quant(*x)
+        (out,) = graph(*x)
+        quant_noise_db, engine_db = sqnr_db(ref, fq), sqnr_db(fq, out)
+        assert engine_db >= quant_noise_db + 10.0, (seed, engine_db, quant_noise_db)
+        assert abs(sqnr_db(ref, out) - quant_noise_db) <= 0.1, (seed, sqnr_db(ref, out), quant_noise_db)
+    assert res["sqnr_db_vs_fake_quant"]["output_0"] >= res["sqnr_db_vs_float"]["output_0"] + 10.0
