@@ -38,7 +38,9 @@ EXTRAS = {
     "modelopt": ["nvidia-modelopt>=0.47,<0.48"],
     # ONNX export, the TensorRT-readiness check and the ONNX Runtime engine (CPU packages; on a GPU
     # machine install onnxruntime-gpu instead of onnxruntime for the CUDA provider)
-    "export": ["onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.3"],
+    # (onnx-ir: the exported graph stays its model, written tensor by tensor as external data; 1.1 has the
+    # passes and the save callback export/onnx_export.py uses)
+    "export": ["onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.3", "onnx-ir>=1.1"],
     # the Triton kernels (Linux GPU machines; CUDA builds of torch already bring triton)
     "triton": ["triton>=3.2; platform_system == 'Linux'"],
 }

@@ -35,6 +35,13 @@ from arvid.runtime.config import StreamConfig
 
 from . import manifest as mf
 from .graphs import recache_graph_spans
+from .parity import max_abs_diff, relative_l2
+from .progress import stage
+
+
+def _progress(line: str) -> None:
+    print(f"  {line}", file=sys.stderr, flush=True)
+
 
 FORMAT = "aoti"
 GRAPH_KINDS = ("step", "chunk", "recache")
@@ -114,29 +121,38 @@ def export_aoti(
         g = graphs.pop(f, None) or make(f)
         args = g.example_inputs()
         name = f"{graph}_f{f}.pt2"
-        # Progress on long work: a package compiles for tens of seconds on a CPU, minutes on CUDA.
+        # Progress on long work: a package compiles for tens of seconds on a CPU, minutes on CUDA (stderr).
         print(f"compiling {out_dir / name} (AOTInductor, {g.device}) ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         with torch.no_grad():
-            ref = g(*args)
-            ep = torch.export.export(g, args, strict=False)
+            with stage(_progress, f"{name}: eager reference"):
+                ref = g(*args)
+            with stage(_progress, f"{name}: torch.export"):
+                ep = torch.export.export(g, args, strict=False)
             t1 = time.perf_counter()
             with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-                built = torch._inductor.aoti_compile_and_package(ep, package_path=str(Path(tmp) / name))
+                with stage(_progress, f"{name}: AOTInductor compile"):
+                    built = torch._inductor.aoti_compile_and_package(ep, package_path=str(Path(tmp) / name))
                 t2 = time.perf_counter()
-                runner = torch._inductor.aoti_load_package(built)
-                got = runner(*args)
+                with stage(_progress, f"{name}: load and run the package"):
+                    runner = torch._inductor.aoti_load_package(built)
+                    got = runner(*args)
                 os.replace(built, out_dir / name)
-        diff = max((a.float() - b.float()).abs().max().item() for a, b in zip(got, ref, strict=True))
+        names = [f"output_{i}" for i in range(len(ref))]
+        diff = max(max_abs_diff(got, ref, names).values())
+        rel = max(relative_l2(got, ref, names).values())
         s = g.spec()
         spec = spec or mf.spec_dict(s)
         packages.append(
             {"file": name, "num_frames": f, "spec": mf.spec_dict(s), "export_s": round(t1 - t0, 3),
              "compile_s": round(t2 - t1, 3)}
         )  # fmt: skip
-        parity[name] = {"max_abs_diff": diff, "vs": "eager graph on its example inputs"}
+        parity[name] = {"max_abs_diff": diff, "rel_l2": rel, "vs": "eager graph on its example inputs"}
         if log:
-            log(f"{name}: export {t1 - t0:.1f} s, compile {t2 - t1:.1f} s, max |aoti - eager| {diff:.2e}")
+            log(
+                f"{name}: export {t1 - t0:.1f} s, compile {t2 - t1:.1f} s, max |aoti - eager| {diff:.2e}, "
+                f"relative L2 {rel:.1e}"
+            )
     manifest = mf.build_manifest(
         artifact=[p["file"] for p in packages],
         format=FORMAT,

@@ -89,8 +89,23 @@ def weight_hash(module_or_state: torch.nn.Module | Mapping[str, torch.Tensor]) -
             continue
         t = t.detach().to("cpu").contiguous()
         h.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():  # the tensor's own bytes (a view, no copy)
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
+
+
+def file_digests(folder: str | Path, names: list[str]) -> dict[str, dict]:
+    """``{name: {"bytes", "sha256"}}`` of files in ``folder`` (an artifact and its external data), read in
+    blocks: a 2.8 GB weights file costs its read, not its size in memory."""
+    out = {}
+    for name in names:
+        path = Path(folder) / name
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            while block := f.read(1 << 24):
+                h.update(block)
+        out[name] = {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
+    return out
 
 
 def versions() -> dict[str, str | None]:
@@ -211,6 +226,10 @@ def reusable(out_dir: str | Path, key: str, **read) -> dict | None:
     names = artifacts if isinstance(artifacts, list) else [artifacts]
     if not all(n and (Path(out_dir) / n).exists() for n in names):
         return None
+    for name, rec in (data.get("files") or {}).items():  # external data too; a cut-short file is no reuse
+        path = Path(out_dir) / name
+        if not path.is_file() or path.stat().st_size != rec.get("bytes"):
+            return None
     return data
 
 

@@ -11,7 +11,8 @@ checked statically, against the parser's published operator table (:mod:`.trt_on
 * ``attention-mask``: the masks of opset-23 ``Attention`` nodes are 4-D (ORT broadcasts only the
   first two mask dims; TensorRT's importer expects the full rank).
 * ``unsupported-op`` / ``opset``: each operator in the parser's supported list, the opset in its range.
-* ``external-data``: a model over 2 GB keeps its weights in external data (protobuf's limit).
+* ``external-data``: a model over 2 GB keeps its weights in external data (protobuf's limit), and
+  every external data file the graph names is beside it and holds the byte ranges it names.
 """
 
 from __future__ import annotations
@@ -139,10 +140,15 @@ def check_onnx(model_or_path, *, target: str = "10") -> CheckReport:
     total_init = 0
     ops: Counter[str] = Counter()
     nodes = 0
+    data_end: dict[str, int] = {}  # external data file -> the largest offset + length a tensor names
     for g in _all_graphs(model.graph):
         for init in g.initializer:
             if init.data_location == TensorProto.EXTERNAL:
                 external = True
+                where = {e.key: e.value for e in init.external_data}
+                loc = where.get("location", "")
+                end = int(where.get("offset", 0)) + int(where.get("length", 0))
+                data_end[loc] = max(data_end.get(loc, 0), end)
             n = 1
             for d in init.dims:
                 n *= d
@@ -182,6 +188,8 @@ def check_onnx(model_or_path, *, target: str = "10") -> CheckReport:
             problems.append(Problem("dynamic-shape", f"{vi.name!r} has non-static dims {bad or 'unknown rank'}"))
     for f in model.functions:
         problems.append(Problem("custom-domain", f"local function {f.domain}::{f.name} (inline it before TensorRT)"))
+    if isinstance(model_or_path, (str, Path)):
+        problems += _external_data_problems(Path(model_or_path).parent, data_end)
     if total_init >= TWO_GB and not external:
         problems.append(
             Problem("external-data", f"{total_init / 2**30:.2f} GiB of weights inline; over 2 GB needs external data")
@@ -196,6 +204,21 @@ def check_onnx(model_or_path, *, target: str = "10") -> CheckReport:
         external_data=external,
         problems=problems,
     )
+
+
+def _external_data_problems(folder: Path, data_end: dict[str, int]) -> list[Problem]:
+    """Each external data file the graph names is there, beside it, and holds every byte range named."""
+    problems = []
+    for loc, end in sorted(data_end.items()):
+        path = folder / loc
+        if not loc or Path(loc).is_absolute() or ".." in Path(loc).parts:
+            problems.append(Problem("external-data", f"external data location {loc!r} is not a file beside the graph"))
+        elif not path.is_file():
+            problems.append(Problem("external-data", f"{loc} (the weights) is missing beside the graph"))
+        elif path.stat().st_size < end:
+            size = path.stat().st_size
+            problems.append(Problem("external-data", f"{loc} holds {size} bytes; the graph reads up to byte {end}"))
+    return problems
 
 
 def _itemsize(data_type: int) -> int:

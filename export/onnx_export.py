@@ -6,22 +6,24 @@ buffer's ``index_copy_``) are refused before export: exporters drop them (dynamo
 wrong (TorchScript), silently. The refusal runs the module once under a dispatch probe, and that
 same forward is the eager reference for the parity measured on the exported graph.
 
-After export: local functions are inlined, initializers with equal contents are stored once (the
-dynamo exporter keeps one copy per inlined forward of a chunk graph), doc strings and metadata
-are stripped, and a graph over 2 GB keeps its weights in ``<name>.data`` beside it.
+After export the graph stays an ``onnx_ir`` model, whose weights are the module's own tensors (no copy):
+local functions are inlined, initializers with equal contents are stored once (the dynamo exporter
+keeps one copy per inlined forward of a chunk graph), doc strings and metadata are stripped, and every
+graph, tiny or 1.3B, is written with its weights in ``<name>.onnx.data`` beside it, tensor by tensor.
+No step builds the whole model as one protobuf, whose 2 GB limit the 1.3B model's weights pass.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import os
+import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -29,9 +31,18 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from arvid.runtime.optional import require
 
-from .onnx_check import TWO_GB, _onnx
+from .onnx_check import _onnx
+from .parity import max_abs_diff, relative_l2
+from .progress import stage
 
 DEFAULT_OPSET = 18  # dynamo's native opset; TensorRT 10's parser reads 9..20
+# Initializers of at least this many bytes go to the external data file, in every graph: the tiny graphs
+# of the tests take the same path as the 1.3B model's 2.8 GB. Smaller ones (norm scales, shapes) stay inline.
+EXTERNAL_MIN_BYTES = 1024
+
+
+def _onnx_ir():
+    return require("onnx_ir", purpose="ONNX export")
 
 
 def _ort():
@@ -76,11 +87,12 @@ def refuse_inplace(module: torch.nn.Module, example_inputs: Sequence[torch.Tenso
     """Run ``module(*example_inputs)`` once; raise ``ValueError`` if it writes in place into any
     tensor that outlives the forward (inputs, buffers, parameters, a cache held by the module).
 
-    Returns the eager outputs (a tuple), the reference for export parity."""
-    clones = [x.clone() if isinstance(x, torch.Tensor) else x for x in example_inputs]
+    Returns the eager outputs (a tuple), the reference for export parity. The inputs are not cloned:
+    the full KV cache of the 1.3B step is 3.4 GB in bf16, and a module that writes into them is refused
+    (the example inputs of a refused export are not used again)."""
     probe = _MutationProbe()
     with torch.no_grad(), probe:
-        out = module(*clones)
+        out = module(*example_inputs)
     if probe.offenders:
         ops = ", ".join(sorted(set(probe.offenders)))
         raise ValueError(
@@ -91,117 +103,153 @@ def refuse_inplace(module: torch.nn.Module, example_inputs: Sequence[torch.Tenso
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
-# -- ONNX clean-ups ---------------------------------------------------------------------------
-def dedup_initializers(model) -> int:
-    """Store initializers with equal dtype, shape and bytes once; returns how many were removed."""
-    from onnx import numpy_helper
+def refuse_inplace_traced(program, *, name: str = "graph") -> None:
+    """The in-place refusal of :func:`refuse_inplace`, read off a ``torch.export`` program instead of a run.
 
-    graph = model.graph
-    keep: dict[str, str] = {}
-    by_digest: dict[str, str] = {}
-    removed = []
-    for init in graph.initializer:
-        if init.data_location == 1:  # EXTERNAL: leave alone
+    A mutating aten op whose written argument is (a view of) a placeholder (a parameter, buffer, lifted
+    tensor constant or user input: anything that outlives the forward) raises the same ``ValueError``.
+    Nothing is computed: the 1.3B step in bf16 runs at 0.3 GFLOP/s on an AVX2 CPU (measured, 4680 x 1536
+    x 1536 matmul), so its 28 TFLOP eager forward would take a day where no parity can use it anyway."""
+
+    def base(node):
+        while node.op == "call_function" and _aliases_first_arg(node.target):
+            node = node.args[0]
+        return node
+
+    offenders = []
+    for node in program.graph.nodes:
+        schema = getattr(node.target, "_schema", None)
+        if node.op != "call_function" or schema is None or not schema.is_mutable:
             continue
-        raw = init.raw_data if init.raw_data else numpy_helper.to_array(init).tobytes()
-        digest = hashlib.sha256(raw + f"|{init.data_type}|{tuple(init.dims)}".encode()).hexdigest()
-        if digest in by_digest:
-            keep[init.name] = by_digest[digest]
-            removed.append(init)
-        else:
-            by_digest[digest] = init.name
-    if not keep:
-        return 0
-    for init in removed:
-        graph.initializer.remove(init)
-    drop = set(keep)
-    for vi in list(graph.value_info):
-        if vi.name in drop:
-            graph.value_info.remove(vi)
-    graph_inputs = [i for i in graph.input if i.name in drop]
-    for i in graph_inputs:
-        graph.input.remove(i)
-
-    def rename(g) -> None:
-        for node in g.node:
-            for j, name in enumerate(node.input):
-                if name in keep:
-                    node.input[j] = keep[name]
-            for attr in node.attribute:
-                if attr.g.node:
-                    rename(attr.g)
-                for sub in attr.graphs:
-                    rename(sub)
-
-    rename(graph)
-    return len(removed)
+        values = list(node.args) + [node.kwargs.get(a.name) for a in schema.arguments[len(node.args) :]]
+        for arg, value in zip(schema.arguments, values, strict=False):
+            written = arg.alias_info is not None and arg.alias_info.is_write
+            if written and hasattr(value, "op") and base(value).op == "placeholder":
+                offenders.append(str(node.target.overloadpacket.__name__))
+    if offenders:
+        ops = ", ".join(sorted(set(offenders)))
+        raise ValueError(
+            f"{name}: the in-place ring-buffer cache cannot be exported (aten {ops} writes into state that "
+            "outlives the forward; exporters drop or mis-bake such writes): export a functional graph "
+            "whose cache comes in as an input and whose new K/V come out (arvid.export.graphs)"
+        )
 
 
-def strip_metadata(model) -> None:
-    """Doc strings, metadata props and the exporter's per-node stack traces go."""
-    model.doc_string = ""
-    del model.metadata_props[:]
-    model.graph.doc_string = ""
-    del model.graph.metadata_props[:]
-
-    def clean(g) -> None:
-        for node in g.node:
-            node.doc_string = ""
-            del node.metadata_props[:]
-            for attr in node.attribute:
-                if attr.g.node:
-                    clean(attr.g)
-                for sub in attr.graphs:
-                    clean(sub)
-        for vi in [*g.input, *g.output, *g.value_info]:
-            vi.doc_string = ""
-            del vi.metadata_props[:]
-        for init in g.initializer:
-            init.doc_string = ""
-            del init.metadata_props[:]
-
-    clean(model.graph)
+def _aliases_first_arg(target) -> bool:
+    """A view op: its output aliases its first argument without writing it (view, slice, transpose...)."""
+    schema = getattr(target, "_schema", None)
+    if schema is None or not schema.returns or not schema.arguments:
+        return False
+    first, out = schema.arguments[0].alias_info, schema.returns[0].alias_info
+    return first is not None and out is not None and not first.is_write and first.before_set == out.before_set
 
 
-def model_bytes(model) -> int:
-    """Bytes of the model's inline weights plus its structure."""
-    return sum(len(i.raw_data) for i in model.graph.initializer) + model.graph.ByteSize() // 2
+# -- ONNX clean-ups and writing ----------------------------------------------------------------
+def dedup_initializers(model) -> int:
+    """Store initializers of equal dtype, shape and bytes once (each graph of an ``onnx_ir`` model, in
+    place); returns how many were removed. Compared by sha256 over one tensor's bytes at a time.
+
+    onnx_ir's ``DeduplicateHashedInitializersPass`` hashes ``numpy()`` views, which fails on the
+    non-contiguous tensors (transposed weights) that the dynamo exporter keeps as initializers."""
+    import hashlib
+
+    removed = 0
+    for graph in model.graphs():
+        seen: dict[tuple, object] = {}
+        for value in tuple(graph.initializers.values()):
+            tensor = value.const_value
+            if tensor is None or value.is_graph_input() or value.is_graph_output():
+                continue
+            key = (tensor.dtype, tuple(tensor.shape.numpy()), hashlib.sha256(tensor.tobytes()).digest())
+            keep = seen.setdefault(key, value)
+            if keep is not value:
+                value.replace_all_uses_with(keep)
+                graph.initializers.pop(value.name)
+                removed += 1
+    return removed
 
 
-def save_onnx(model, path: str | Path, *, external: bool | None = None) -> dict:
-    """Save atomically (temporary directory + renames, the ``.onnx`` last); weights go to
-    ``<name>.data`` when ``external`` or, by default, when the model is over 2 GB."""
-    onnx = _onnx()
+def clean_up(model) -> int:
+    """The passes every exported graph gets, on the ``onnx_ir`` model in place: local functions inlined,
+    initializers of equal contents stored once, metadata and doc strings dropped. Returns how many
+    initializers the dedup removed."""
+    from onnx_ir.passes import common
+
+    common.InlinePass()(model)
+    deduped = dedup_initializers(model)
+    common.ClearMetadataAndDocStringPass()(model)
+    common.RemoveUnusedFunctionsPass()(model)
+    model.producer_name, model.producer_version = "arvid", ""
+    return deduped
+
+
+def _write_progress(model, what: str):
+    """A progress bar over the bytes written (stderr; none off a terminal), as ``ir.save``'s callback."""
+    from tqdm import tqdm
+
+    sizes = [v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None]
+    bar = tqdm(total=sum(sizes), unit="B", unit_scale=True, desc=what, leave=False, disable=None, file=sys.stderr)
+
+    def callback(tensor, info) -> None:
+        bar.update(tensor.nbytes)
+
+    return bar, callback
+
+
+def save_onnx(model, path: str | Path, *, log: Callable[[str], None] = lambda s: None) -> dict:
+    """Write an ``onnx_ir`` model to ``path`` with its weights in ``<name>.onnx.data``, atomically.
+
+    Written into a temporary directory beside ``path``, checked with ``onnx.checker`` (which reads the
+    graph, not the weights), then moved: the ``.data`` first, the ``.onnx`` last (a crash between the two
+    leaves no ``.onnx``, so nothing is reused; never an old graph beside new weights)."""
+    onnx, ir = _onnx(), _onnx_ir()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    size = sum(len(i.raw_data) for i in model.graph.initializer)
-    forced = bool(external)
-    external = size >= TWO_GB - 2**26 if external is None else external
     data_name = path.name + ".data"
+    weights = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
         tmp_path = Path(tmp) / path.name
-        if external:
-            onnx.save_model(
+        bar, callback = _write_progress(model, f"writing {path.name}")
+        with bar, stage(log, f"{path.name}: write {weights / 2**20:.0f} MiB"):
+            # one tensor in flight at a time: the bytes of the write stay far below the weights'
+            ir.save(
                 model,
-                str(tmp_path),
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=data_name,
-                size_threshold=0 if forced else 1024,
+                tmp_path,
+                external_data=data_name,
+                size_threshold_bytes=EXTERNAL_MIN_BYTES,
+                callback=callback,
+                max_workers=1,
             )
-            onnx.checker.check_model(str(tmp_path))
-            if not (Path(tmp) / data_name).is_file():
-                raise ValueError(f"{path.name}: external data was requested but no tensor was large enough to move")
-            # The old graph goes first: a crash between the two renames leaves no .onnx (not reused),
-            # never an old graph beside new weights.
-            path.unlink(missing_ok=True)
+        onnx.checker.check_model(str(tmp_path))
+        external = (Path(tmp) / data_name).is_file()
+        path.unlink(missing_ok=True)
+        if external:
             os.replace(Path(tmp) / data_name, path.parent / data_name)
-        else:
-            onnx.save_model(model, str(tmp_path))
-            onnx.checker.check_model(str(tmp_path))
+        else:  # a graph without any initializer of EXTERNAL_MIN_BYTES
             (path.parent / data_name).unlink(missing_ok=True)
         os.replace(tmp_path, path)
-    return {"external_data": data_name if external else None, "weights_bytes": size}
+    return {"external_data": data_name if external else None, "weights_bytes": weights}
+
+
+def rewrite_onnx(path: str | Path, rewrite: Callable) -> object:
+    """Apply ``rewrite(model_proto)`` to the graph of a written export and save it back atomically.
+
+    Loads the graph without its external weights (which stay where they are: the rewrite changes nodes,
+    not weights; small new initializers stay inline), so it costs the graph's size, not the model's.
+    Returns what ``rewrite`` returns."""
+    from arvid.runtime.files import atomic_write
+
+    onnx = _onnx()
+    path = Path(path)
+    model = onnx.load(str(path), load_external_data=False)
+    result = rewrite(model)
+
+    def write(tmp: Path) -> None:
+        onnx.save_model(model, str(tmp))
+        onnx.checker.check_model(str(tmp))
+
+    atomic_write(path, write)
+    return result
 
 
 # -- export -----------------------------------------------------------------------------------
@@ -228,10 +276,13 @@ def _torch_export(module, args, onnx_path: Path, *, dynamo: bool, opset: int, in
 
 
 def _torch_export_quiet(module, args, onnx_path: Path, *, dynamo: bool, opset: int, input_names, output_names):
-    onnx = _onnx()
+    """The exported graph as an ``onnx_ir`` model. dynamo: the program's own IR model, whose initializers
+    wrap the module's tensors; TorchScript: its file (``onnx_path``, external data beside it where the
+    exporter chose so) loaded lazily by ``onnx_ir``, so ``onnx_path`` must outlive the model's use."""
+    ir = _onnx_ir()
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        if dynamo:
+        if dynamo:  # ``module`` is the torch.export program here (export_onnx checked it for in-place writes)
             prog = torch.onnx.export(
                 module,
                 tuple(args),
@@ -243,7 +294,7 @@ def _torch_export_quiet(module, args, onnx_path: Path, *, dynamo: bool, opset: i
                 verify=False,
                 report=False,
             )
-            return prog.model_proto
+            return prog.model
         torch.onnx.export(
             module,
             tuple(args),
@@ -254,7 +305,7 @@ def _torch_export_quiet(module, args, onnx_path: Path, *, dynamo: bool, opset: i
             output_names=output_names,
             do_constant_folding=True,
         )
-        return onnx.load(str(onnx_path))
+        return ir.load(str(onnx_path))
 
 
 def export_onnx(
@@ -265,12 +316,12 @@ def export_onnx(
     *,
     dynamo: bool = True,
     opset: int = DEFAULT_OPSET,
-    external: bool | None = None,
     parity: bool = True,
     reference: Sequence[torch.Tensor] | None = None,
     name: str | None = None,
+    log: Callable[[str], None] = lambda s: None,
 ) -> dict:
-    """Export ``module`` (functional; I/O named by ``spec``) to ``path``.
+    """Export ``module`` (functional; I/O named by ``spec``) to ``path``, weights in ``<name>.onnx.data``.
 
     Parameters
     ----------
@@ -279,79 +330,150 @@ def export_onnx(
         (what modelopt's Q/DQ models need).
     parity : run the exported graph in ONNX Runtime (CPU) on the example inputs and measure the
         max abs difference per output against the eager forward (``reference`` if given).
+    log : called with a line when each stage (eager reference, trace, passes, write, parity) starts
+        and ends, with its time.
 
     Returns
     -------
     ``{"path", "nodes", "opset", "exporter", "deduplicated_initializers", "external_data",
-    "weights_bytes", "export_s", "parity": {output: max_abs_diff} | {"skipped": why}}``.
+    "weights_bytes", "export_s", "stages_s", "parity": {output: max_abs_diff} | {"skipped": why},
+    "parity_rel_l2": {output: ||onnx - eager|| / ||eager||}}``.
     """
-    _onnx()  # the missing-dependency message before any work
+    _onnx(), _onnx_ir()  # the missing-dependency message before any work
     path = Path(path)
     name = name or getattr(spec, "name", None) or type(module).__name__
     module = module.eval()
-    eager = refuse_inplace(module, example_inputs, name=name)
+    times: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def timed(key: str, what: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        with stage(log, f"{path.name}: {what}"):
+            yield
+        times[key] = round(time.perf_counter() - t0, 2)
+
+    eager = None
+    if not dynamo:  # the TorchScript exporter runs the module: probe that run for in-place writes first
+        with timed("eager", "eager reference (and the in-place probe)"):
+            eager = refuse_inplace(module, example_inputs, name=name)
     input_names = _names(spec, "inputs", len(example_inputs), "input_")
-    output_names = _names(spec, "outputs", len(eager), "output_")
-    if len(input_names) != len(example_inputs) or len(output_names) != len(eager):
+    output_names = _names(spec, "outputs", len(eager) if eager is not None else 0, "output_")
+    if len(input_names) != len(example_inputs) or (eager is not None and len(output_names) != len(eager)):
         raise ValueError(
             f"{name}: spec names {len(input_names)} inputs / {len(output_names)} outputs, the module takes "
             f"{len(example_inputs)} and returns {len(eager)}"
         )
     t0 = time.perf_counter()
+    kind = "dynamo" if dynamo else "TorchScript"
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            model = _torch_export(
-                module,
-                example_inputs,
-                Path(tmp) / "ts.onnx",
-                dynamo=dynamo,
-                opset=opset,
-                input_names=input_names,
-                output_names=output_names,
-            )
-        except Exception as e:
-            kind = "dynamo" if dynamo else "TorchScript"
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ValueError(f"{name}: the {kind} ONNX exporter failed: {first[:300]}") from e
-    from onnx import inliner
-
-    model = inliner.inline_local_functions(model)
-    deduped = dedup_initializers(model)
-    strip_metadata(model)
-    model.producer_name = "arvid"
-    model.producer_version = ""
-    saved = save_onnx(model, path, external=external)
+        with timed("trace", f"trace ({kind})"):
+            try:
+                traced = torch.export.export(module, tuple(example_inputs), strict=False) if dynamo else module
+            except Exception as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ValueError(f"{name}: the {kind} ONNX exporter failed: {first[:300]}") from e
+            if dynamo:
+                refuse_inplace_traced(traced, name=name)
+            try:
+                model = _torch_export(
+                    traced,
+                    example_inputs,
+                    Path(tmp) / "ts.onnx",
+                    dynamo=dynamo,
+                    opset=opset,
+                    input_names=input_names or None,
+                    output_names=output_names or None,
+                )
+            except Exception as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ValueError(f"{name}: the {kind} ONNX exporter failed: {first[:300]}") from e
+        output_names = output_names or [v.name for v in model.graph.outputs]
+        with timed("passes", "passes (inline, dedup, metadata)"):
+            deduped = clean_up(model)
+        needs = ort_memory_bytes(model, example_inputs)
+        saved = save_onnx(model, path, log=log)
     export_s = time.perf_counter() - t0
-    opset_used = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), opset)
+    opset_used = model.opset_imports.get("", opset)
     result = {
         "path": str(path),
-        "nodes": len(model.graph.node),
+        "nodes": sum(1 for _ in model.graph),
         "opset": opset_used,
         "exporter": "dynamo" if dynamo else "torchscript",
         "deduplicated_initializers": deduped,
         "export_s": round(export_s, 3),
+        "ort_needs_bytes": needs,
         **saved,
     }
     del model
     if parity:
-        ref = tuple(reference) if reference is not None else eager
-        result["parity"] = measure_parity(path, example_inputs, ref, output_names)
+        skip = ort_unavailable(example_inputs, needs)
+        if skip:
+            result["parity"], result["parity_rel_l2"] = {"skipped": skip}, {}
+        else:
+            if reference is None and eager is None:
+                with timed("eager", "eager reference"), torch.no_grad():
+                    eager = module(*example_inputs)
+                    eager = tuple(eager) if isinstance(eager, (tuple, list)) else (eager,)
+            ref = tuple(reference) if reference is not None else eager
+            with timed("parity", "parity in ONNX Runtime"):
+                result["parity"], result["parity_rel_l2"] = measure_parity(path, example_inputs, ref, output_names)
+    result["stages_s"] = times
     return result
 
 
-def measure_parity(path, inputs: Sequence[torch.Tensor], reference: Sequence[torch.Tensor], output_names=None) -> dict:
-    """Max abs difference per output of the ONNX graph in ORT (CPU) against ``reference``."""
-    from .ort_engine import OrtGraph
+def ort_memory_bytes(model, inputs: Sequence[torch.Tensor]) -> int:
+    """What ONNX Runtime's CPU provider needs to run an ``onnx_ir`` model once, roughly: its own copy of
+    the weights, the inputs, and the largest intermediate twice (a Softmax's input and output: the
+    1.3B step's attention scores are 12 x 4680 x 23400 values)."""
+    weights = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    largest = 0
+    for node in model.graph:
+        for out in node.outputs:
+            if out.shape is not None and out.dtype is not None and out.shape.is_static():
+                numel = 1
+                for d in out.shape.numpy():
+                    numel *= int(d)
+                largest = max(largest, numel * out.dtype.itemsize)
+    return weights + sum(x.nbytes for x in inputs if isinstance(x, torch.Tensor)) + 2 * largest
+
+
+def ort_unavailable(inputs: Sequence[torch.Tensor], needs_bytes: int = 0) -> str | None:
+    """Why ONNX Runtime (CPU) cannot run the graph here, or ``None``: a bf16 graph, or more memory than is
+    free (:func:`ort_memory_bytes`): a parity measurement must not take the machine's last memory with
+    the export already written."""
+    import psutil
 
     if any(isinstance(x, torch.Tensor) and x.dtype == torch.bfloat16 for x in inputs):
-        return {"skipped": "bf16 graph: ONNX Runtime's CPU provider has no bf16 Conv; measure on a GPU runtime"}
+        return "bf16 graph: ONNX Runtime's CPU provider has no bf16 Conv; measure on a GPU runtime"
+    available = psutil.virtual_memory().available
+    if needs_bytes > 0.9 * available:
+        return (
+            f"ONNX Runtime would need about {needs_bytes / 2**30:.1f} GiB on the CPU (weights, inputs, the largest "
+            f"intermediate twice); {available / 2**30:.1f} GiB available"
+        )
+    return None
+
+
+def ort_outputs(path, inputs: Sequence[torch.Tensor], *, needs_bytes: int = 0) -> tuple[torch.Tensor, ...] | str:
+    """The graph's outputs in ONNX Runtime (CPU) on ``inputs``, or why there are none (a string)."""
+    from .ort_engine import OrtGraph
+
+    skip = ort_unavailable(inputs, needs_bytes)
+    if skip:
+        return skip
     try:
-        graph = OrtGraph(path, providers=["CPUExecutionProvider"])
-        outs = graph(*inputs)
+        return OrtGraph(path, providers=["CPUExecutionProvider"])(*inputs)
     except Exception as e:  # parity is a measurement; its failure is recorded, not fatal
-        return {"skipped": f"ONNX Runtime could not run it: {str(e).splitlines()[0][:200]}"}
-    names = output_names or graph.output_names
-    return {
-        n: float((o.float() - r.detach().cpu().float()).abs().max()) if o.numel() else 0.0
-        for n, o, r in zip(names, outs, reference, strict=True)
-    }
+        return f"ONNX Runtime could not run it: {str(e).splitlines()[0][:200]}"
+
+
+def measure_parity(
+    path, inputs: Sequence[torch.Tensor], reference: Sequence[torch.Tensor], output_names=None
+) -> tuple[dict, dict]:
+    """``(max abs, relative L2)`` per output of the ONNX graph in ORT (CPU) against ``reference``; with
+    ``{"skipped": why}`` as the first where it could not run."""
+    outs = ort_outputs(path, inputs)
+    if isinstance(outs, str):
+        return {"skipped": outs}, {}
+    names = output_names or [f"output_{i}" for i in range(len(outs))]
+    return max_abs_diff(outs, reference, names), relative_l2(outs, reference, names)

@@ -85,6 +85,7 @@ def export_graphs(
     from arvid.runtime import StreamConfig
 
     from .onnx_export import export_onnx
+    from .progress import peak_rss_bytes, stage
     from .qdq import calibrate, export_qdq
 
     if kind not in GRAPH_KINDS:
@@ -107,7 +108,8 @@ def export_graphs(
     device, dtype = param.device, param.dtype
     if kind != "vae-step":
         rope_positions = rope_positions or default_rope_positions(model)
-    weights = mf.weight_hash(source)
+    with stage(log, "hashing the weights"):
+        weights = mf.weight_hash(source)
     key = mf.reuse_key(
         kind=kind,
         quant=quant,
@@ -155,9 +157,10 @@ def export_graphs(
         geo = dict(
             stream=stream, latent_size=latent_size, batch_size=batch_size, rope_positions=rope_positions, spans=spans
         )
-        items = dit_graphs(kind, model, **geo)
-        if quant:
-            floats = dit_graphs(kind, float_model, **geo)
+        with stage(log, f"building the {kind} graphs and their example inputs"):
+            items = dit_graphs(kind, model, **geo)
+            if quant:
+                floats = dit_graphs(kind, float_model, **geo)
     graphs_meta = []
     for i, (stem, graph, inputs, spec) in enumerate(items):
         path = out_dir / f"{stem}.onnx"
@@ -165,9 +168,9 @@ def export_graphs(
         if quant:
             with torch.no_grad():
                 ref = floats[i][1](*inputs)
-            res = export_qdq(graph, inputs, spec, path, scheme=quant, float_reference=ref, opset=opset)
+            res = export_qdq(graph, inputs, spec, path, scheme=quant, float_reference=ref, opset=opset, log=log)
         else:
-            res = export_onnx(graph, inputs, spec, path, dynamo=dynamo, opset=opset)
+            res = export_onnx(graph, inputs, spec, path, dynamo=dynamo, opset=opset, log=log)
         graphs_meta.append(
             {
                 "artifact": path.name,
@@ -176,6 +179,9 @@ def export_graphs(
             }
         )
     parity = {g["artifact"]: g.get("parity") for g in graphs_meta}
+    files = [n for g in graphs_meta for n in (g["artifact"], g.get("external_data")) if n]
+    with stage(log, f"hashing {len(files)} files"):
+        digests = mf.file_digests(out_dir, files)
     if kind != "vae-step":  # what the graphs really baked in (the table may have grown to the latent size)
         rope_positions = graphs_meta[0]["spec"]["meta"].get("rope_positions", rope_positions)
     man = mf.build_manifest(
@@ -199,7 +205,9 @@ def export_graphs(
             "batch_size": batch_size,
             "calibration": calibration if quant else None,
             "graphs": graphs_meta,
+            "files": digests,
             "export_s": round(time.perf_counter() - t0, 2),
+            "peak_rss_bytes": peak_rss_bytes(),
             "notes": _notes(kind),
         },
     )

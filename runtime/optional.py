@@ -31,6 +31,7 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "onnx": ("onnx", "export"),
     "onnxruntime": ("onnxruntime", "export"),
     "onnxscript": ("onnxscript", "export"),
+    "onnx_ir": ("onnx-ir", "export"),
     "triton": ("triton", "triton"),
 }
 

@@ -20,8 +20,17 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--real-size",
+        action="store_true",
+        help="also run the tests marked real_size: exports of the 1.3B model (~30 min, ~12 GB RAM on 2 cores)",
+    )
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
+    config.addinivalue_line("markers", "real_size: the 1.3B model on the CPU; runs only with --real-size")
     config.addinivalue_line(
         "markers", "slow: over 10 s on a 2-core CPU machine (a label: -m 'not gpu' runs them, -m 'not slow' skips them)"
     )
@@ -64,6 +73,11 @@ def pytest_sessionstart(session):
 
 
 def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--real-size"):
+        skip_real = pytest.mark.skip(reason="the 1.3B model: run with --real-size")
+        for item in items:
+            if "real_size" in item.keywords:
+                item.add_marker(skip_real)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA")

@@ -21,7 +21,7 @@ NO_NETWORK = ("NewConnectionError", "Max retries exceeded", "Temporary failure i
 # every optional package as pip names it (lower case, '-' for '_'), and what the test suite adds
 OPTIONAL_DISTS = {
     "av", "pillow", "diffusers", "transformers", "tokenizers", "matplotlib", "huggingface-hub", "torchao",
-    "nvidia-modelopt", "onnx", "onnxruntime", "onnxscript", "triton", "peft", "pytest",
+    "nvidia-modelopt", "onnx", "onnxruntime", "onnxscript", "onnx-ir", "triton", "peft", "pytest",
 }  # fmt: skip
 
 

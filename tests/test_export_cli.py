@@ -76,4 +76,15 @@ def test_export_onnx_step_then_check_and_reuse(tmp_path, capsys):
     assert main(["export", "check", str(out / "step.onnx")]) == 0  # no DOUBLE: t_freq comes from the host
     assert main(argv) == 0
     assert "reused" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["export.json", "step.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "step.onnx", "step.onnx.data"]
+    # the weights are external data, hashed in the manifest with the graph; a cut-short file is rebuilt
+    files = man["files"]
+    assert set(files) == {"step.onnx", "step.onnx.data"} and all(len(f["sha256"]) == 64 for f in files.values())
+    assert files["step.onnx.data"]["bytes"] == (out / "step.onnx.data").stat().st_size > 100_000
+    assert man["peak_rss_bytes"] > 0 and man["graphs"][0]["stages_s"]["trace"] > 0
+    with (out / "step.onnx.data").open("r+b") as f:
+        f.truncate(1000)
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and "peak RSS" in printed
+    assert (out / "step.onnx.data").stat().st_size == files["step.onnx.data"]["bytes"]

@@ -54,6 +54,7 @@ def test_fp8_standardization_runs_in_ort(tmp_path):
     assert standardize_fp8_qdq(model) == 2
     assert qdq_counts(model) == {"DequantizeLinear": 1, "QuantizeLinear": 1}
     assert [o.domain for o in model.opset_import] == [""] and model.opset_import[0].version == 19
+    onnx.checker.check_model(model)
     assert check_onnx(model).ready, check_onnx(model).lines()
     onnx.save(model, tmp_path / "fp8.onnx")
     x = torch.randn(4, 8) * 3

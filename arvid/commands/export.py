@@ -91,6 +91,7 @@ def cmd_check(args) -> int:
 
 def _export(args) -> dict:
     from arvid.export.pipeline import export_graphs
+    from arvid.export.progress import stage
     from arvid.runtime.devices import resolve_device, resolve_dtype
 
     if args.batch_size < 1:
@@ -101,17 +102,9 @@ def _export(args) -> dict:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     preset, files = model_preset(args)
-    model = vae = None
-    if vae_step:
-        from arvid.pipeline import load_vae_for
-
-        if files is None and preset.name != "tiny":
-            raise ValueError("the vae-step graph needs VAE weights: pass --model DIR, or use --preset tiny")
-        if files is not None and files.vae is None:
-            raise ValueError(f"{files.root}: no VAE found (Wan2.1_VAE.pth or vae/)")
-        vae = load_vae_for(files, preset, device, dtype)
-    else:
-        model = load_model_from_args(args, preset, device=device, dtype=dtype)
+    what = f"{'VAE' if vae_step else 'DiT'} ({preset.name}, {device.type}, {str(dtype).removeprefix('torch.')})"
+    with stage(_log, f"build the {what}"):
+        model, vae = _build(args, preset, files, vae_step, device, dtype)
     stream = stream_config(args)
     latent = (preset.latent_height, preset.latent_width)
     loop = _calibration_loop(args, model, stream, latent) if args.quant else None
@@ -144,6 +137,19 @@ def _export(args) -> dict:
         log=_log,
         model_tag=tag,
     )
+
+
+def _build(args, preset, files, vae_step: bool, device, dtype):
+    """``(model, None)`` for the DiT graphs, ``(None, vae)`` for the VAE step."""
+    if not vae_step:
+        return load_model_from_args(args, preset, device=device, dtype=dtype), None
+    from arvid.pipeline import load_vae_for
+
+    if files is None and preset.name != "tiny":
+        raise ValueError("the vae-step graph needs VAE weights: pass --model DIR, or use --preset tiny")
+    if files is not None and files.vae is None:
+        raise ValueError(f"{files.root}: no VAE found (Wan2.1_VAE.pth or vae/)")
+    return None, load_vae_for(files, preset, device, dtype)
 
 
 def _calibration_loop(args, model, stream, latent):
@@ -179,14 +185,26 @@ def _summary(man: dict) -> None:
         parity = g.get("parity") or {}
         worst = max((v for v in parity.values() if isinstance(v, float)), default=None)
         diff = f"max |ORT - eager| {worst:.2e}" if worst is not None else f"parity {parity.get('skipped', 'n/a')}"
+        rel = max((v for v in (g.get("parity_rel_l2") or {}).values()), default=None)
+        if rel is not None:
+            diff += f", relative L2 {rel:.1e} ({man.get('dtype')} rounds at {_unit_roundoff(man.get('dtype')):.1e})"
         extra = f", SQNR vs float {g['sqnr_db_vs_float']}" if "sqnr_db_vs_float" in g else ""
         print(f"  {g['artifact']}: {g.get('nodes')} nodes, opset {g.get('opset')}, {diff}{extra}")
+
+
+def _unit_roundoff(dtype: str | None) -> float:
+    """Half the spacing of the dtype's numbers at 1: the relative error of one rounding."""
+    import torch
+
+    return torch.finfo(getattr(torch, dtype or "float32", torch.float32)).eps / 2
 
 
 def cmd_onnx(args) -> int:
     man = _export(args)
     print(f"{'reused' if man['reused'] else 'wrote'} {args.out}/export.json ({man['graph']}, key {man['key']})")
     _summary(man)
+    if not man["reused"]:
+        print(f"  {man['export_s']:.1f} s, peak RSS {man['peak_rss_bytes'] / 2**30:.2f} GiB (this process)")
     return 0
 
 

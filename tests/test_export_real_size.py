@@ -1,0 +1,81 @@
+"""The exports at the size users run: the 1.3B step with random weights, to ONNX and AOTInductor, loaded back.
+
+Opt-in (`pytest --real-size tests/test_export_real_size.py`): about half an hour on 2 cores. Each export
+runs in its own process, whose peak RSS is read from the kernel (``RUSAGE_CHILDREN`` of a wrapper that
+starts only it), so the number is the export's, not the test process's. README's "Export at the real
+size" gives what this measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.real_size
+
+WAN = ["--preset", "wan2.1-t2v-1.3b", "--device", "cpu", "--graph", "step"]
+WEIGHTS_BF16 = 2.84e9  # bytes of the 1.3B DiT's parameters in bf16 (arvid roofline --preset wan2.1-t2v-1.3b)
+WRAPPER = (
+    "import resource, subprocess, sys\n"
+    "rc = subprocess.run(sys.argv[1:]).returncode\n"
+    "print('PEAK_RSS', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, file=sys.stderr)\n"
+    "sys.exit(rc)\n"
+)
+
+
+def _arvid(*args: str, timeout: float = 1800) -> tuple[subprocess.CompletedProcess, float, int]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    t0 = time.perf_counter()
+    r = subprocess.run(
+        [sys.executable, "-c", WRAPPER, sys.executable, "-m", "arvid", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    wall = time.perf_counter() - t0
+    peak = int(r.stderr.rsplit("PEAK_RSS ", 1)[1].split()[0]) if "PEAK_RSS " in r.stderr else -1
+    print(f"arvid {' '.join(args)}: rc {r.returncode}, {wall:.0f} s, peak RSS {peak / 2**30:.2f} GiB")
+    return r, wall, peak
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_onnx_export_of_the_real_model(tmp_path, dtype):
+    import onnxruntime as ort
+
+    out = tmp_path / f"step_{dtype}"
+    r, wall, peak = _arvid("export", "onnx", *WAN, "--dtype", dtype, "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    man = json.loads((out / "export.json").read_text())
+    weights = sum(g["weights_bytes"] for g in man["graphs"])
+    assert weights > 0.9 * WEIGHTS_BF16 * (2 if dtype == "fp32" else 1)
+    assert (out / "step.onnx").stat().st_size < 2**27  # the graph itself is small: the weights are external
+    assert peak <= 2.5 * weights, f"peak RSS {peak / 2**30:.2f} GiB for {weights / 2**30:.2f} GiB of weights"
+    assert "trace" in r.stderr and "write" in r.stderr  # each stage said when it started and how long it took
+    check = subprocess.run(
+        [sys.executable, "-m", "arvid", "export", "check", str(out / "step.onnx")], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    if dtype == "fp32":  # ONNX Runtime's CPU provider has no bf16 Conv: the bf16 graph is for GPU runtimes
+        ort.InferenceSession(str(out / "step.onnx"), providers=["CPUExecutionProvider"])
+        assert max(man["parity"]["step.onnx"].values()) < 1e-3
+    print(json.dumps({"dtype": dtype, "wall_s": round(wall), "peak_rss": peak, "weights": weights}))
+
+
+def test_aoti_export_of_the_real_model(tmp_path):
+    out = tmp_path / "aoti16"
+    r, wall, peak = _arvid("export", "aoti", *WAN, "--dtype", "bf16", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    packages = list(Path(out).glob("*.pt2"))
+    assert packages, list(Path(out).iterdir())
+    import torch
+
+    runner = torch._inductor.aoti_load_package(str(packages[0]))
+    assert runner is not None
+    print(json.dumps({"dtype": "bf16", "wall_s": round(wall), "peak_rss": peak}))
