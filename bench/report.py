@@ -16,7 +16,7 @@ import os
 import re
 from pathlib import Path
 
-from arvid.runtime.files import atomic_write
+from arvid.runtime.files import atomic_write, read_text
 from arvid.runtime.optional import require
 
 from .roofline import measured_over_ceiling
@@ -68,9 +68,9 @@ def load_report(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such benchmark report (write one with arvid bench --json)")
     try:
-        report = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read a benchmark report: {e}") from None
+        report = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not a benchmark report: invalid JSON at line {e.lineno} ({e.msg})") from None
     if not isinstance(report, dict) or report.get("schema") not in SCHEMAS:
         got = report.get("schema") if isinstance(report, dict) else type(report).__name__
         raise ValueError(f"{path}: not an arvid.stream_bench report (schema {got!r}; known: {', '.join(SCHEMAS)})")
@@ -455,9 +455,9 @@ def results_rows(results_dir: str | Path) -> tuple[list[dict], list[str]]:
     rows, skipped = [], []
     for path in sorted(Path(results_dir).glob("*.json")):
         try:
-            report = json.loads(path.read_text())
+            report = json.loads(read_text(path))
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: invalid JSON: {e}") from None
+            raise ValueError(f"{path}: invalid JSON at line {e.lineno} ({e.msg})") from None
         if not isinstance(report, dict) or report.get("schema") not in SCHEMAS:
             skipped.append(path.name)
             continue
@@ -509,7 +509,7 @@ def update_readme_results(readme_path: str | Path, results_dir: str | Path) -> b
     or out of order (the README is never rewritten then).
     """
     path = Path(readme_path)
-    text = path.read_text()
+    text = read_text(path, "--readme")
     if (
         text.count(README_START) != 1
         or text.count(README_END) != 1

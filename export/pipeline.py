@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from arvid.runtime.files import check_writable_dir
 from arvid.runtime.kv_cache import recache_spans
 
 from . import graphs
@@ -132,6 +133,7 @@ def export_graphs(
         if old is not None:
             log(f"reusing {out_dir} (same export key {key})")
             return {**old, "reused": True}
+    check_writable_dir(out_dir, f"export folder {out_dir}")  # before tracing: an export is not lost at its end
 
     t0 = time.perf_counter()
     if kind == "vae-step":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -24,7 +25,7 @@ from torch import nn
 
 from arvid.runtime.checkpoint import state_dict_mismatch
 from arvid.runtime.config import ModelConfig
-from arvid.runtime.files import atomic_write, run_metadata, write_safetensors
+from arvid.runtime.files import atomic_write, read_text, run_metadata, write_safetensors
 from arvid.runtime.model import CausalWanModel
 
 from ._linear import QuantizedLinear
@@ -107,7 +108,6 @@ def save_quantized(model: CausalWanModel, directory: str | Path, *, metadata: di
     if not isinstance(getattr(model, "cfg", None), ModelConfig):
         raise ValueError("save_quantized saves a CausalWanModel (it needs model.cfg to rebuild the model)")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     layers = {}
     for name in rec.layers:
         mod = model.get_submodule(name)
@@ -125,8 +125,6 @@ def save_quantized(model: CausalWanModel, directory: str | Path, *, metadata: di
     sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     weights = directory / WEIGHTS_FILE
     meta = run_metadata(**{"format": FORMAT, "scheme": rec.config.scheme, **(metadata or {})})
-    write_safetensors(weights, sd, meta)
-    sizes = model_size_report(model) | {"file_bytes": weights.stat().st_size}
     cfg = dataclasses.asdict(model.cfg)
     doc = {
         "format": FORMAT,
@@ -135,10 +133,23 @@ def save_quantized(model: CausalWanModel, directory: str | Path, *, metadata: di
         "model_config": cfg,
         "compute_dtype": str(_compute_dtype(model)).removeprefix("torch."),
         "quantized_layers": layers,
-        "sizes": sizes,
+        "sizes": model_size_report(model),
         "metadata": metadata or {},
     }
-    atomic_write(directory / CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(doc, indent=2)))
+
+    def write_config(tmp_weights: Path) -> None:
+        # Inside the weights' write: the config names the weights' size, and when either file cannot
+        # be written (full disk) neither is replaced, so a variant there before is kept whole.
+        doc["sizes"]["file_bytes"] = tmp_weights.stat().st_size
+        atomic_write(directory / CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(doc, indent=2)))
+
+    created = not directory.exists()
+    try:
+        write_safetensors(weights, sd, meta, before_rename=write_config)
+    except BaseException:
+        if created:  # a folder made for this variant is not left behind half-filled
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
     return doc
 
 
@@ -148,8 +159,8 @@ def read_quant_config(directory: str | Path) -> dict:
     if not path.is_file():
         raise ValueError(f"{directory}: no {CONFIG_FILE} (not a saved quantized variant, or an incomplete one)")
     try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        doc = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: expected a JSON object")

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ._checks import check_output_file
 from ._common import (
     add_common_args,
     add_model_args,
@@ -97,6 +98,7 @@ def cmd_bench(args) -> int:
         backends = ["eager", best] + ([f"{best}+graphs"] if graphs else [])
     backends += [f"{best}@{d}" for d in args.variant]
     check_variants(backends)  # a bad or repeated variant fails before any model is built
+    check_output_file(args.json, "--json")  # a run is never lost at its end to an unwritable path
     if args.sequence_parallel > 1:
         for spec in backends:
             opts = GeneratorOptions.from_variant(split_variant(spec)[0])

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from ._checks import check_output_dir
 from ._common import add_common_args, add_model_args, load_model_from_args, model_preset, stream_config
 from ._names import GRAPH_KINDS, QDQ_SCHEMES
 
@@ -98,6 +99,7 @@ def _export(args) -> dict:
     vae_step = args.graph == "vae-step"
     if vae_step and args.quant:  # before loading anything
         raise ValueError("Q/DQ export is for the DiT graphs (step, chunk, recache), not the VAE step")
+    check_output_dir(args.out, "--out")
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     preset, files = model_preset(args)

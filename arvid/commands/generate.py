@@ -188,6 +188,8 @@ def video_metadata(prompts: list[str] | str, args, backend: str) -> dict[str, st
 
 def read_prompt_file(path: str | None) -> list[str]:
     """The prompts of ``--prompt-file`` (one a line, blank lines skipped); [] without one."""
+    from arvid.runtime.files import read_text
+
     if not path:
         return []
     file = Path(path)
@@ -195,7 +197,7 @@ def read_prompt_file(path: str | None) -> list[str]:
         raise ValueError(f"--prompt-file {file}: a JSONL prompt file is for `arvid interactive --prompts`")
     if not file.is_file():
         raise ValueError(f"--prompt-file {file}: no such file")
-    prompts = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    prompts = [line.strip() for line in read_text(file, "--prompt-file").splitlines() if line.strip()]
     if not prompts:
         raise ValueError(f"--prompt-file {file}: no prompts in it")
     return prompts
