@@ -136,14 +136,25 @@ def compare_runs(a: dict, b: dict, *, alpha: float = ALPHA) -> dict:
     with a 95 % bootstrap confidence interval of the ratio; ``significant`` is the two-sided
     Mann-Whitney U test on the two sets of per-chunk latencies at level ``alpha``. Variants in
     only one run are listed, not compared. The two runs should share preset, dtype, batch and
-    stream settings: differences are listed under ``mismatches``.
+    stream settings: every recorded setting that differs (``--vae``, rounds, threads, ...) is listed
+    under ``mismatches``.
     """
-    keys = ("preset", "dtype", "batch_size", "latent_frames", "warmup_chunks", "switch_frames", "stream")
+    # every setting a bench run records (the environment's thread count too): what differs is named
+    keys = (
+        "preset", "dtype", "batch_size", "latent_frames", "warmup_chunks", "rounds", "vae_decode_timed",
+        "switch_frames", "stream", "sequence_parallel", "model_parameters", "baseline",
+    )  # fmt: skip
+    labels = {"vae_decode_timed": "--vae (VAE decode timed)"}
+    env_keys = ("torch_threads",)
+
+    def setting(report: dict, key: str):
+        return report.get("environment", {}).get(key) if key in env_keys else report.get(key)
+
     # compared as JSON: a report still in memory holds tuples where its file holds lists
     mismatches = [
-        f"{k}: {a.get(k)!r} vs {b.get(k)!r}"
-        for k in keys
-        if json.dumps(a.get(k), sort_keys=True) != json.dumps(b.get(k), sort_keys=True)
+        f"{labels.get(k, k)}: {setting(a, k)!r} vs {setting(b, k)!r}"
+        for k in (*keys, *env_keys)
+        if json.dumps(setting(a, k), sort_keys=True) != json.dumps(setting(b, k), sort_keys=True)
     ]
     va = {v["backend"]: v for v in a["variants"]}
     vb = {v["backend"]: v for v in b["variants"]}

@@ -6,8 +6,8 @@ latents being ready (CUDA synchronised). CUDA-graph capture (variants with +grap
 before the first chunk and is reported apart; host time is the launch/replay time per chunk.
 With --vae, each chunk's streaming VAE decode is timed apart (after the DiT's latents are
 ready) and gives the end-to-end FPS. Not timed: text encoding (embeddings are given). The
-first ``warmup`` chunks of every run are left out of the statistics; each variant runs
-``rounds`` times, the variants interleaved round by round. FPS and the speed-up over the
+first --warmup chunks of every run are left out of the statistics; each variant runs
+--rounds times, the variants interleaved round by round. FPS and the speed-up over the
 baseline both come from the median (p50) chunk latency over all timed chunks of all rounds.
 
 With sequence parallel (``--sequence-parallel N`` under torchrun), every rank runs the same variants
@@ -578,5 +578,7 @@ def format_table(report: dict) -> str:
         "and no prompt switch (the noise, not the extra work of fill-phase or re-cache chunks)"
     )
     lines += [f"WARNING: {w}" for w in report.get("warnings", [])]
-    lines += ["", " ".join(report["methodology"].split("\n\n")[1].split())]
+    # Plain text in the terminal, Markdown and HTML alike; reports written before it was plain kept
+    # reStructuredText literals (``warmup``), shown here without their backticks.
+    lines += ["", " ".join(report["methodology"].split("\n\n")[1].replace("``", "").split())]
     return "\n".join(lines)

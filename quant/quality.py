@@ -297,7 +297,8 @@ def format_markdown(report: dict) -> str:
     if sizes:
         lines += [
             "",
-            f"Model size: {sizes['stored_bytes']:,} bytes stored vs {sizes['bf16_bytes']:,} bytes in BF16 "
+            f"Model size: {sizes['stored_bytes']:,} bytes stored (the layers kept in floating point in BF16, as "
+            f"`arvid quantize` stores them) vs {sizes['bf16_bytes']:,} bytes in BF16 "
             f"(ratio {sizes['ratio']:.3f}).",
         ]
     lines += [

@@ -50,8 +50,13 @@ _REQUIRED_KEYS = {
 _DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.bfloat16, torch.float16)}
 
 
-def model_size_report(model: nn.Module) -> dict:
+def model_size_report(model: nn.Module, *, float_dtype: torch.dtype | None = None) -> dict:
     """Bytes the model holds, against the same parameters all in BF16.
+
+    ``float_dtype``: count the float tensors of the model (the layers left unquantized, biases) as
+    stored in that dtype rather than as they are held; quantized weights and their scales (always
+    float32) count as they are. ``arvid quality`` runs its reference in float32 on a CPU but reports the size
+    of the variant ``arvid quantize`` stores (BF16), so both commands give one number for one model.
 
     Returns
     -------
@@ -66,7 +71,11 @@ def model_size_report(model: nn.Module) -> dict:
     quantized = {n for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}
     for key, t in model.state_dict().items():
         layer, _, leaf = key.rpartition(".")
-        nbytes = t.numel() * t.element_size()
+        size = t.element_size()
+        # fp8 weights (1 byte) and the scales (float32 in any model) are stored as they are
+        if float_dtype is not None and t.is_floating_point() and size > 1 and leaf != "weight_scale":
+            size = float_dtype.itemsize
+        nbytes = t.numel() * size
         stored += nbytes
         if layer in quantized:
             q_stored += nbytes

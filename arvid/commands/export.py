@@ -181,7 +181,8 @@ def _summary(man: dict) -> None:
         parity = g.get("parity") or {}
         worst = max((v for v in parity.values() if isinstance(v, float)), default=None)
         diff = f"max |ORT - eager| {worst:.2e}" if worst is not None else f"parity {parity.get('skipped', 'n/a')}"
-        extra = f", SQNR vs float {g['sqnr_db_vs_float']}" if "sqnr_db_vs_float" in g else ""
+        sqnr = g.get("sqnr_db_vs_float") or {}
+        extra = (", SQNR vs float " + ", ".join(f"{k} {v:.2f} dB" for k, v in sqnr.items())) if sqnr else ""
         print(f"  {g['artifact']}: {g.get('nodes')} nodes, opset {g.get('opset')}, {diff}{extra}")
 
 

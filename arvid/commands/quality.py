@@ -153,7 +153,7 @@ def cmd_quality(args) -> int:
         if variant.cfg != reference.cfg:
             raise ValueError(f"--variant {args.variant} was made for another model config than preset {preset.name}")
         label = f"{variant.arvid_quant.config.scheme} (from {args.variant})"
-        sizes = model_size_report(variant)
+        sizes = model_size_report(variant, float_dtype=torch.bfloat16)
     elif args.modelopt:
         from arvid.quant.calibrate import calibrate_modelopt, streaming_forward_loop
 
@@ -168,7 +168,7 @@ def cmd_quality(args) -> int:
         variant = quantize_(copy.deepcopy(reference), config)
         label = args.scheme + (f" ({args.quant_backend})" if args.quant_backend != "emulate" else "")
         if args.quant_backend == "emulate":
-            sizes = model_size_report(variant)
+            sizes = model_size_report(variant, float_dtype=torch.bfloat16)
 
     g = torch.Generator().manual_seed(args.seed)
     noise = torch.randn(1, frames, preset.model.in_dim, preset.latent_height, preset.latent_width, generator=g)
