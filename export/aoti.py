@@ -25,6 +25,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,10 @@ def export_aoti(
             ref = g(*args)
             ep = torch.export.export(g, args, strict=False)
             t1 = time.perf_counter()
-            with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+            with tempfile.TemporaryDirectory(dir=out_dir) as tmp, warnings.catch_warnings():
+                # torch 2.13 deep-copies its own pytree specs here and warns once per package
+                # ("isinstance(treespec, LeafSpec) is deprecated"): nothing an arvid user can act on
+                warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
                 built = torch._inductor.aoti_compile_and_package(ep, package_path=str(Path(tmp) / name))
                 t2 = time.perf_counter()
                 runner = torch._inductor.aoti_load_package(built)
