@@ -81,6 +81,7 @@ def cmd_bench(args) -> int:
         run_stream_bench,
         split_variant,
         torch_threads,
+        vae_chunk_seconds,
     )
     from arvid.runtime import GeneratorOptions, default_backend
     from arvid.runtime.devices import resolve_device, resolve_dtype
@@ -108,20 +109,27 @@ def cmd_bench(args) -> int:
     sp = sequence_parallel_from_args(args, preset, stream)  # checks N before any model loads
     device = resolve_device(args.device)  # under sequence parallel on CUDA: this rank's GPU
     rank0 = sp is None or sp.is_output_rank
-    with torch_threads(args.threads, device):
+    with torch_threads(args.threads, device):  # measured on the threads the timed work will use
         rate = measured_matmul_flops(device, dtype)
+        vae_s = None
+        if args.vae:
+            vae_s = vae_chunk_seconds(
+                preset, device, dtype, chunk_frames=stream.chunk_frames, batch_size=args.batch_size
+            )
     if sp is not None:  # rank 0's rate everywhere, so every rank takes the same --yes decision
         rate = float(sp.broadcast(torch.tensor([rate], dtype=torch.float64, device=device)))
     estimate = estimate_seconds(
         preset, device=device, dtype=dtype, variants=len(backends), frames=args.frames, warmup=args.warmup,
         rounds=args.rounds, stream=stream, batch_size=args.batch_size, vae=args.vae, flops_per_s=rate,
+        vae_seconds_per_chunk=vae_s,
     )  # fmt: skip
     check_estimate(estimate, args.yes)
     if rank0:
         ranks = f" x {sp.size} ranks (sequence parallel)" if sp is not None else ""
         print(
             f"benchmarking {', '.join(backends)} on {device}{ranks} ({preset.name}, {dtype}, {args.rounds} round(s)); "
-            f"at least {estimate['seconds']:,.1f} s of work by the roofline estimate ...",
+            f"{'about' if args.vae else 'at least'} {estimate['seconds']:,.1f} s of work by the estimate "
+            f"({'DiT roofline + timed VAE convolutions' if args.vae else 'roofline'}) ...",
             file=sys.stderr,
         )
     model = load_model_from_args(args, preset, device=device, dtype=dtype)
