@@ -296,6 +296,20 @@ def estimate_seconds(
     return out
 
 
+def check_host_memory(preset: str | Preset, *, frames: int, batch_size: int, variants: int) -> None:
+    """Refuse, before the model loads, a run whose latents do not fit in RAM: the noise of every frame,
+    each variant's latents (kept to compare with the baseline) and one concatenation, in float32."""
+    from arvid.runtime.devices import check_fits
+
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    video = batch_size * frames * p.model.in_dim * p.latent_height * p.latent_width * 4
+    check_fits(
+        (variants + 2) * video,
+        "cpu",
+        f"the noise and latents of {frames:,} latent frames x batch {batch_size} for {variants} variant(s)",
+    )
+
+
 def default_frames(p: Preset, stream: StreamConfig, warmup: int) -> int:
     """The preset's video length, at least 8 timed chunks after the warm-up."""
     return max(p.default_frames, stream.chunk_frames * (warmup + 8))
@@ -398,6 +412,7 @@ def run_stream_bench(
     check_frames(frames, stream.chunk_frames)
     if frames // stream.chunk_frames <= warmup:
         raise ValueError(f"{frames} frames give no timed chunk after {warmup} warm-up chunks")
+    check_host_memory(p, frames=frames, batch_size=batch_size, variants=len(backends))
     if model is None:  # random weights: speed does not depend on them
         model = load_dit(config=p.model, device=device, dtype=dtype, seed=seed)
     with torch_threads(threads, device):

@@ -74,7 +74,9 @@ def cmd_bench(args) -> int:
 
     from arvid.bench.stream_bench import (
         check_estimate,
+        check_host_memory,
         check_variants,
+        default_frames,
         estimate_seconds,
         format_table,
         measured_matmul_flops,
@@ -124,6 +126,10 @@ def cmd_bench(args) -> int:
         vae_seconds_per_chunk=vae_s,
     )  # fmt: skip
     check_estimate(estimate, args.yes)
+    check_host_memory(
+        preset, frames=args.frames or default_frames(preset, stream, args.warmup), batch_size=args.batch_size,
+        variants=len(backends),
+    )  # fmt: skip
     if rank0:
         ranks = f" x {sp.size} ranks (sequence parallel)" if sp is not None else ""
         print(
