@@ -78,7 +78,7 @@ def current_umask() -> int:
 
 
 # -- file errors: one line naming the path and the reason ---------------------------------------
-# What a user can act on, worded for them; strerror's wording ("Errno 30 ...") is the fallback.
+# What a user can act on, worded for them; for any other errno its strerror, lower-cased.
 _REASONS = {
     errno.EROFS: "read-only file system",
     errno.ENOSPC: "no space left on device",

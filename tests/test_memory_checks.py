@@ -61,3 +61,18 @@ def test_bench_refuses_latents_that_cannot_fit_before_loading(monkeypatch, capsy
         "arvid bench: error: the noise and latents of 3,000,000 latent frames x batch 1 for 2 variant(s) "
         "needs 45.8 GiB, but only 1.0 GiB is free on cpu\n"
     )
+
+
+def test_generate_refuses_latents_that_cannot_be_kept_before_loading(monkeypatch, capsys, tmp_path):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model loaded before the memory check")
+
+    monkeypatch.setattr("arvid.runtime.loaders.load_dit", refuse)
+    monkeypatch.setattr(devices, "free_bytes", lambda device: 2**30)
+    out = tmp_path / "x.safetensors"
+    assert main(["generate", "--preset", "tiny", "--frames", "3000000", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        "arvid generate: error: keeping the latents of 3,000,000 frames to save them needs 22.9 GiB, "
+        "but only 1.0 GiB is free on cpu\n"
+    )
+    assert not out.exists()

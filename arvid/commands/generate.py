@@ -252,6 +252,11 @@ def cmd_generate(args) -> int:
     num_prompts = len(embeds) if embeds is not None else len(prompts)
     switches = validate_schedule(frames, num_prompts, args.switch_frames, stream.chunk_frames)
     report_moved_switches(args.switch_frames, switches)
+    if kind == "latents" or args.latents:  # every latent frame is kept to be saved: it must fit first
+        from arvid.runtime.devices import check_fits
+
+        per_frame = preset.model.in_dim * preset.latent_height * preset.latent_width * 4
+        check_fits(2 * frames * per_frame, "cpu", f"keeping the latents of {frames:,} frames to save them")
     if getattr(args, "sequence_parallel", 1) > 1:
         check_sequence_parallel_options(generator_options(args))
     sp = sequence_parallel_from_args(args, preset, stream)  # checks N before any model loads
