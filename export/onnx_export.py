@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from arvid.runtime.files import path_error
 from arvid.runtime.optional import require
 
 from .onnx_check import TWO_GB, _onnx
@@ -171,8 +172,17 @@ def model_bytes(model) -> int:
 def save_onnx(model, path: str | Path, *, external: bool | None = None) -> dict:
     """Save atomically (temporary directory + renames, the ``.onnx`` last); weights go to
     ``<name>.data`` when ``external`` or, by default, when the model is over 2 GB."""
-    onnx = _onnx()
     path = Path(path)
+    try:
+        return _save_onnx(model, path, external=external)
+    except OSError as e:  # a full disk names the graph, not the temporary folder (or nothing at all)
+        if getattr(e, "worded", False):
+            raise
+        raise path_error(e, path, "cannot write") from e
+
+
+def _save_onnx(model, path: Path, *, external: bool | None) -> dict:
+    onnx = _onnx()
     path.parent.mkdir(parents=True, exist_ok=True)
     size = sum(len(i.raw_data) for i in model.graph.initializer)
     forced = bool(external)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -25,7 +24,7 @@ from torch import nn
 
 from arvid.runtime.checkpoint import state_dict_mismatch
 from arvid.runtime.config import ModelConfig
-from arvid.runtime.files import atomic_write, read_text, run_metadata, write_safetensors
+from arvid.runtime.files import atomic_write, read_text, removed_on_failure, run_metadata, write_safetensors
 from arvid.runtime.model import CausalWanModel
 
 from ._linear import QuantizedLinear
@@ -152,13 +151,8 @@ def save_quantized(model: CausalWanModel, directory: str | Path, *, metadata: di
         doc["sizes"]["file_bytes"] = tmp_weights.stat().st_size
         atomic_write(directory / CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(doc, indent=2)))
 
-    created = not directory.exists()
-    try:
+    with removed_on_failure(directory):  # a folder made for this variant is not left behind half-filled
         write_safetensors(weights, sd, meta, before_rename=write_config)
-    except BaseException:
-        if created:  # a folder made for this variant is not left behind half-filled
-            shutil.rmtree(directory, ignore_errors=True)
-        raise
     return doc
 
 

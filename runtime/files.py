@@ -198,6 +198,23 @@ def check_writable_dir(folder: str | Path, label: str) -> None:
     probe_writable(existing, label)
 
 
+@contextlib.contextmanager
+def removed_on_failure(folder: str | Path) -> Iterator[Path]:
+    """Within the block, ``folder`` is removed again (with what was written into it) if the block
+    fails and the folder did not exist before it: no half-filled output folder is left behind, and
+    a folder that was there is never touched."""
+    import shutil
+
+    folder = Path(folder)
+    created = not folder.exists()
+    try:
+        yield folder
+    except BaseException:
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
 

@@ -237,3 +237,21 @@ def test_quantize_into_a_folder_that_fills_up_keeps_the_old_variant(full_dir, tm
 def test_the_probe_leaves_no_file(tmp_path):
     files.check_writable_dir(tmp_path / "a" / "b", "--out x")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow  # traces and exports the tiny step graph: about 20 s here
+def test_onnx_export_on_a_disk_that_fills_up_leaves_no_folder(tmp_path, capsys):
+    pytest.importorskip("onnx")
+    d = tmp_path / "small"
+    d.mkdir()
+    err = _mount("-t", "tmpfs", "-o", "size=64k", "tmpfs", str(d))
+    if err is not None:
+        pytest.skip(f"cannot mount a tmpfs here: {err}")
+    try:
+        out = d / "e"
+        assert main(["export", "onnx", "--preset", "tiny", "--graph", "step", "--out", str(out)]) == 2
+        line = _one_line(capsys.readouterr().err)
+        assert line == f"arvid export: error: {out}/step.onnx: cannot write (no space left on device)"
+        assert list(d.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(d)], check=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -59,14 +58,11 @@ def _plots_dir(args) -> Iterator[Path | None]:
         with tempfile.TemporaryDirectory(prefix="arvid-report-") as tmp:
             yield Path(tmp)
         return
+    from arvid.runtime.files import removed_on_failure
+
     out = Path(args.plots) if args.plots else Path(args.markdown).with_name(Path(args.markdown).stem + "_plots")
-    created = not out.exists()
-    try:
+    with removed_on_failure(out):
         yield out
-    except BaseException:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
 
 
 def _try_plots(plot, *plot_args) -> list[Path]:
