@@ -255,3 +255,20 @@ def test_onnx_export_on_a_disk_that_fills_up_leaves_no_folder(tmp_path, capsys):
         assert list(d.iterdir()) == []
     finally:
         subprocess.run(["umount", str(d)], check=True)
+
+
+def test_download_checks_its_folder_and_names_it_on_a_full_disk(tmp_path, monkeypatch, capsys):
+    hub = pytest.importorskip("huggingface_hub")
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    assert main(["download", "--dir", str(a_file)]) == 2
+    assert _one_line(capsys.readouterr().err) == f"arvid download: error: --dir {a_file}: is a file, not a directory"
+
+    def full(repo_id, local_dir):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(hub, "snapshot_download", full)
+    assert main(["download", "--only", "wan", "--dir", str(tmp_path)]) == 2
+    assert _one_line(capsys.readouterr().err) == (
+        f"arvid download: error: {tmp_path / 'Wan2.1-T2V-1.3B'}: cannot download into (no space left on device)"
+    )
