@@ -322,7 +322,7 @@ class Pipeline:
 
         check_int(num_frames, "num_frames", minimum=1, optional=True)
         check_int(seed, "seed", minimum=0)
-        check_switch_frames(switch_frames)
+        switch_frames = check_switch_frames(switch_frames)  # a one-shot iterator is read once, here
         if not isinstance(decode, bool):
             raise TypeError(f"decode must be a bool, got {type(decode).__name__}")
         embeds = self.encode(prompts)
@@ -352,6 +352,7 @@ class Pipeline:
         preset's (``noise``'s frame count for a noise tensor). Returns a :class:`GeneratedVideo`
         (``.latents``, ``.video``, ``.frames``, ``.save(path)``)."""
         check_int(fps, "fps", minimum=1)
+        switch_frames = check_switch_frames(switch_frames)
         if num_frames is None and not isinstance(noise, torch.Tensor):
             num_frames = self.preset.default_frames
         latents, videos = [], []

@@ -12,7 +12,7 @@ and the self-attention cache is re-built from the last frames (KV re-cache, see
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -81,12 +81,13 @@ def check_tensor(x: object, name: str, *, shape: str, dims: int | None = None) -
 
 
 def check_switch_frames(switch_frames: object) -> list[int]:
-    """A sequence of ints (``[12, 24]``; not a string, not floats)."""
-    if isinstance(switch_frames, (str, bytes, torch.Tensor)) or not isinstance(switch_frames, Sequence):
+    """A sequence of ints (``[12, 24]``, a range, a numpy array of ints; not a string, not floats)."""
+    if isinstance(switch_frames, (str, bytes)) or not isinstance(switch_frames, Iterable):
         raise TypeError(f"switch_frames must be a sequence of ints (e.g. [12, 24]), got {type(switch_frames).__name__}")
-    for i, s in enumerate(switch_frames):
+    frames = list(switch_frames)
+    for i, s in enumerate(frames):
         check_int(s, f"switch_frames[{i}]")
-    return list(switch_frames)
+    return frames
 
 
 #: The initial noise of a stream: all frames at once ``[B, F, C, H, W]``, a callable
