@@ -51,8 +51,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Bad input of every kind: one line "arvid <cmd>: error: <msg>" and exit 2. Any other exception is a
 # bug and keeps its traceback (that is the bug report). UnicodeDecodeError is a ValueError; the
-# commands that read text name the file in their message.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+# commands that read text name the file and line (runtime.files.read_text). Every OSError of a file
+# (read-only, full disk, not a directory, not found, permission) is the user's machine, not a bug:
+# one line naming the path (runtime.files.describe_os_error).
+USER_ERRORS = (ValueError, OSError)
+
+
+def user_error_line(e: BaseException) -> str | None:
+    """The one line to print for a user error, or None for a bug (which keeps its traceback)."""
+    from arvid.runtime.files import FILE_SYSTEM_ERRNOS, describe_os_error
+
+    if isinstance(e, ValueError):
+        return str(e)
+    if isinstance(e, OSError):
+        # An errno without a path outside the file system's (a socket's, say) is no file of the user's.
+        if e.errno is not None and e.filename is None and e.errno not in FILE_SYSTEM_ERRNOS:
+            return None
+        return describe_os_error(e)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         with sigterm_as_interrupt():
             return args.func(args)
     except USER_ERRORS as e:
-        print(f"arvid {args.command}: error: {e}", file=sys.stderr)
+        line = user_error_line(e)
+        if line is None:
+            raise
+        print(f"arvid {args.command}: error: {line}", file=sys.stderr)
         return 2
     except Terminated:
         print(f"arvid {args.command}: terminated (SIGTERM)", file=sys.stderr)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from arvid.runtime import PRESETS, GeneratorOptions, Preset, StreamConfig, StreamingGenerator, get_preset
-from arvid.runtime.generator import NoiseSource, validate_schedule
+from arvid.runtime.generator import NoiseSource, check_int, check_switch_frames, check_tensor, validate_schedule
 
 Prompt = str | torch.Tensor  # text, or embeddings [1, text_len, text_dim]
 
@@ -194,6 +194,21 @@ class Pipeline:
         from arvid.runtime.devices import resolve_device, resolve_dtype
         from arvid.runtime.loaders import find_model_files, load_dit, weights_label
 
+        _check_path(model, "model")
+        for name, value in (("checkpoint", checkpoint), ("longlive_ckpt", longlive_ckpt), ("lora", lora)):
+            _check_path(value, name)
+        if not isinstance(device, (str, torch.device)):
+            raise TypeError(
+                f"device must be 'cpu', 'cuda', 'cuda:N', 'auto' or a torch.device, got {type(device).__name__}"
+            )
+        if dtype is not None and not isinstance(dtype, (str, torch.dtype)):
+            raise TypeError(f"dtype must be 'fp32', 'bf16', 'fp16', a torch.dtype or None, got {type(dtype).__name__}")
+        if backend is not None and not isinstance(backend, (str, GeneratorOptions)):
+            raise TypeError(f"backend must be a variant string, GeneratorOptions or None, got {type(backend).__name__}")
+        if stream_config is not None and not isinstance(stream_config, StreamConfig):
+            raise TypeError(f"stream_config must be a StreamConfig or None, got {type(stream_config).__name__}")
+        check_int(seed, "seed", minimum=0)
+
         dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device
         dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)
         if model is None:  # the preset alone (the CLI without --model): a folder named like it is not read
@@ -248,10 +263,19 @@ class Pipeline:
         embeddings without one, with a note on stderr); embeddings pass through."""
         from arvid.runtime.prompts import placeholder_prompt_embeds
 
-        items = [prompts] if isinstance(prompts, (str, torch.Tensor)) else list(prompts)
+        items = _prompt_items(prompts)
+        cfg = self.model.cfg
         out = []
-        for item in items:
+        for i, item in enumerate(items):
             if isinstance(item, torch.Tensor):
+                check_tensor(
+                    item, f"prompts[{i}]", shape=f"[1, text_len, text_dim] = [1, {cfg.text_len}, {cfg.text_dim}]"
+                )
+                if item.dim() not in (2, 3) or item.shape[-1] != cfg.text_dim:
+                    raise ValueError(
+                        f"prompts[{i}] embeddings must be [1, text_len, text_dim] (or [text_len, text_dim]) with "
+                        f"text_dim {cfg.text_dim}, got shape {tuple(item.shape)}"
+                    )
                 out.append(item if item.dim() == 3 else item[None])
             elif self.text_encoder is None:
                 out.append(placeholder_prompt_embeds(item, self.preset))
@@ -296,6 +320,11 @@ class Pipeline:
         """
         from arvid.runtime.vae import StreamingVAEDecoder
 
+        check_int(num_frames, "num_frames", minimum=1, optional=True)
+        check_int(seed, "seed", minimum=0)
+        switch_frames = check_switch_frames(switch_frames)  # a one-shot iterator is read once, here
+        if not isinstance(decode, bool):
+            raise TypeError(f"decode must be a bool, got {type(decode).__name__}")
         embeds = self.encode(prompts)
         gen = self.generator
         if noise is None:
@@ -322,6 +351,8 @@ class Pipeline:
         """The whole video at once: :meth:`stream` run to the end. ``num_frames`` defaults to the
         preset's (``noise``'s frame count for a noise tensor). Returns a :class:`GeneratedVideo`
         (``.latents``, ``.video``, ``.frames``, ``.save(path)``)."""
+        check_int(fps, "fps", minimum=1)
+        switch_frames = check_switch_frames(switch_frames)
         if num_frames is None and not isinstance(noise, torch.Tensor):
             num_frames = self.preset.default_frames
         latents, videos = [], []
@@ -331,7 +362,7 @@ class Pipeline:
                 videos.append(c.video.cpu())
         lat = torch.cat(latents, dim=1)
         chunk = self.stream_config.chunk_frames
-        n_prompts = 1 if isinstance(prompts, (str, torch.Tensor)) else len(prompts)
+        n_prompts = len(_prompt_items(prompts))
         landed = validate_schedule(lat.shape[1], n_prompts, switch_frames, chunk)  # where the switches took effect
         meta = self.metadata(prompts, landed, seed=seed, num_frames=lat.shape[1])
         return GeneratedVideo(lat, torch.cat(videos) if videos else None, meta, fps=fps)
@@ -344,7 +375,7 @@ class Pipeline:
 
         from arvid.runtime.files import run_metadata
 
-        items = [prompts] if isinstance(prompts, (str, torch.Tensor)) else list(prompts)
+        items = _prompt_items(prompts)
         texts = [p if isinstance(p, str) else "<embeddings>" for p in items]
         return run_metadata(
             preset=self.preset.name,
@@ -401,6 +432,10 @@ class Pipeline:
         from arvid.runtime.vae import StreamingVAEDecoder
         from arvid.runtime.video import VideoWriter, write_png_frames
 
+        _check_path(out, "out")
+        _check_path(png_dir, "png_dir")
+        check_int(fps, "fps", minimum=1)
+        check_int(num_frames, "num_frames", minimum=1, optional=True)
         decode = self.vae is not None and (out is not None or png_dir is not None)
         decoder = StreamingVAEDecoder(self.vae) if decode else None
         if (out is not None or png_dir is not None) and self.vae is None:
@@ -471,6 +506,33 @@ class Pipeline:
             full = sum(1 for k in range(1, total + 1) if video_frames(k * chunk) <= writer.frames_written)
             held += f" ({full} of {total} chunks in full)"
         print(f"{held}, a playable prefix", file=sys.stderr)
+
+
+# -- argument checks -------------------------------------------------------------------------------
+def _check_path(value: object, name: str) -> None:
+    """A path argument: ``str``, ``os.PathLike`` or None."""
+    import os
+
+    if value is not None and not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path (str or pathlib.Path) or None, got {type(value).__name__}")
+
+
+def _prompt_items(prompts: object) -> list:
+    """The prompts as a list: one text or embedding, or a non-empty sequence of them."""
+    if isinstance(prompts, (str, torch.Tensor)):
+        return [prompts]
+    if not isinstance(prompts, Sequence) or isinstance(prompts, bytes):
+        raise TypeError(
+            "prompts must be a text, an embedding tensor [1, text_len, text_dim], or a list of them, "
+            f"got {type(prompts).__name__}"
+        )
+    items = list(prompts)
+    if not items:
+        raise ValueError("prompts is empty: give at least one prompt")
+    for i, item in enumerate(items):
+        if not isinstance(item, (str, torch.Tensor)):
+            raise TypeError(f"prompts[{i}] must be a text or an embedding tensor, got {type(item).__name__}")
+    return items
 
 
 # -- loading pieces --------------------------------------------------------------------------------

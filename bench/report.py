@@ -16,7 +16,7 @@ import os
 import re
 from pathlib import Path
 
-from arvid.runtime.files import atomic_write
+from arvid.runtime.files import atomic_write, read_text
 from arvid.runtime.optional import require
 
 from .roofline import measured_over_ceiling
@@ -68,9 +68,9 @@ def load_report(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such benchmark report (write one with arvid bench --json)")
     try:
-        report = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read a benchmark report: {e}") from None
+        report = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not a benchmark report: invalid JSON at line {e.lineno} ({e.msg})") from None
     if not isinstance(report, dict) or report.get("schema") not in SCHEMAS:
         got = report.get("schema") if isinstance(report, dict) else type(report).__name__
         raise ValueError(f"{path}: not an arvid.stream_bench report (schema {got!r}; known: {', '.join(SCHEMAS)})")
@@ -136,14 +136,25 @@ def compare_runs(a: dict, b: dict, *, alpha: float = ALPHA) -> dict:
     with a 95 % bootstrap confidence interval of the ratio; ``significant`` is the two-sided
     Mann-Whitney U test on the two sets of per-chunk latencies at level ``alpha``. Variants in
     only one run are listed, not compared. The two runs should share preset, dtype, batch and
-    stream settings: differences are listed under ``mismatches``.
+    stream settings: every recorded setting that differs (``--vae``, rounds, threads, ...) is listed
+    under ``mismatches``.
     """
-    keys = ("preset", "dtype", "batch_size", "latent_frames", "warmup_chunks", "switch_frames", "stream")
+    # every setting a bench run records (the environment's thread count too): what differs is named
+    keys = (
+        "preset", "dtype", "batch_size", "latent_frames", "warmup_chunks", "rounds", "vae_decode_timed",
+        "switch_frames", "stream", "sequence_parallel", "model_parameters", "baseline",
+    )  # fmt: skip
+    labels = {"vae_decode_timed": "--vae (VAE decode timed)"}
+    env_keys = ("torch_threads",)
+
+    def setting(report: dict, key: str):
+        return report.get("environment", {}).get(key) if key in env_keys else report.get(key)
+
     # compared as JSON: a report still in memory holds tuples where its file holds lists
     mismatches = [
-        f"{k}: {a.get(k)!r} vs {b.get(k)!r}"
-        for k in keys
-        if json.dumps(a.get(k), sort_keys=True) != json.dumps(b.get(k), sort_keys=True)
+        f"{labels.get(k, k)}: {setting(a, k)!r} vs {setting(b, k)!r}"
+        for k in (*keys, *env_keys)
+        if json.dumps(setting(a, k), sort_keys=True) != json.dumps(setting(b, k), sort_keys=True)
     ]
     va = {v["backend"]: v for v in a["variants"]}
     vb = {v["backend"]: v for v in b["variants"]}
@@ -455,9 +466,9 @@ def results_rows(results_dir: str | Path) -> tuple[list[dict], list[str]]:
     rows, skipped = [], []
     for path in sorted(Path(results_dir).glob("*.json")):
         try:
-            report = json.loads(path.read_text())
+            report = json.loads(read_text(path))
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: invalid JSON: {e}") from None
+            raise ValueError(f"{path}: invalid JSON at line {e.lineno} ({e.msg})") from None
         if not isinstance(report, dict) or report.get("schema") not in SCHEMAS:
             skipped.append(path.name)
             continue
@@ -509,7 +520,7 @@ def update_readme_results(readme_path: str | Path, results_dir: str | Path) -> b
     or out of order (the README is never rewritten then).
     """
     path = Path(readme_path)
-    text = path.read_text()
+    text = read_text(path, "--readme")
     if (
         text.count(README_START) != 1
         or text.count(README_END) != 1

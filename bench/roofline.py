@@ -282,9 +282,12 @@ def wan_vae_decode_work(
     flops = 0
     act_elems = 0
     weights = 0
+    convs: dict[tuple[int, int, int, int, int], int] = {}  # (cin, cout, taps, frames, pixels) -> calls
 
     def conv(cin: int, cout: int, taps: int, frames: int, pixels: int) -> None:
         nonlocal flops, act_elems, weights
+        key = (cin, cout, taps, frames, pixels)
+        convs[key] = convs.get(key, 0) + 1
         flops += 2 * cin * cout * taps * frames * pixels
         act_elems += (cin + cout) * frames * pixels
         weights += cin * cout * taps + cout
@@ -327,6 +330,9 @@ def wan_vae_decode_work(
         "video_frames": frames * latent_frames,
         "parameters": weights,
         "source": "counted from the Wan2.1 VAE decoder architecture, bf16",
+        # per decoded latent frame of one video: each convolution's shape and how often it runs
+        # (stream_bench.estimate_seconds times them, as small convolutions run far below a matmul's rate)
+        "convs": [(*k, n) for k, n in convs.items()],
     }
 
 

@@ -25,6 +25,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,10 @@ def export_aoti(
             with stage(_progress, f"{name}: torch.export"):
                 ep = torch.export.export(g, args, strict=False)
             t1 = time.perf_counter()
-            with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+            with tempfile.TemporaryDirectory(dir=out_dir) as tmp, warnings.catch_warnings():
+                # torch 2.13 deep-copies its own pytree specs here and warns once per package
+                # ("isinstance(treespec, LeafSpec) is deprecated"): nothing an arvid user can act on
+                warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
                 with stage(_progress, f"{name}: AOTInductor compile"):
                     built = torch._inductor.aoti_compile_and_package(ep, package_path=str(Path(tmp) / name))
                 t2 = time.perf_counter()

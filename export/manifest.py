@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from arvid.runtime.files import atomic_write
+from arvid.runtime.files import atomic_write, read_text
 
 MANIFEST_NAME = "export.json"
 MANIFEST_VERSION = 1
@@ -199,8 +199,8 @@ def read_manifest(out_dir_or_file: str | Path, *, format: str | None = None, req
     if not path.is_file():
         raise ValueError(f"no export manifest at {path}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not a valid export manifest ({e})") from None
     if not isinstance(data, dict) or "key" not in data or "spec" not in data:
         raise ValueError(f"{path}: not an arvid export manifest (no key/spec)")

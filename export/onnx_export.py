@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from arvid.runtime.files import path_error
 from arvid.runtime.optional import require
 
 from .onnx_check import _onnx
@@ -202,8 +203,17 @@ def save_onnx(model, path: str | Path, *, log: Callable[[str], None] = lambda s:
     Written into a temporary directory beside ``path``, checked with ``onnx.checker`` (which reads the
     graph, not the weights), then moved: the ``.data`` first, the ``.onnx`` last (a crash between the two
     leaves no ``.onnx``, so nothing is reused; never an old graph beside new weights)."""
-    onnx, ir = _onnx(), _onnx_ir()
     path = Path(path)
+    try:
+        return _save_onnx(model, path, log=log)
+    except OSError as e:  # a full disk names the graph, not the temporary folder (or nothing at all)
+        if getattr(e, "worded", False):
+            raise
+        raise path_error(e, path, "cannot write") from e
+
+
+def _save_onnx(model, path: Path, *, log: Callable[[str], None]) -> dict:
+    onnx, ir = _onnx(), _onnx_ir()
     path.parent.mkdir(parents=True, exist_ok=True)
     data_name = path.name + ".data"
     weights = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)

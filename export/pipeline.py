@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from arvid.runtime.files import check_writable_dir, removed_on_failure
 from arvid.runtime.kv_cache import recache_spans
 
 from . import graphs
@@ -134,85 +135,90 @@ def export_graphs(
         if old is not None:
             log(f"reusing {out_dir} (same export key {key})")
             return {**old, "reused": True}
+    check_writable_dir(out_dir, f"export folder {out_dir}")  # before tracing: an export is not lost at its end
+    with removed_on_failure(out_dir):  # a folder made for this export is not kept half-filled
+        t0 = time.perf_counter()
+        if kind == "vae-step":
+            from .vae_graph import vae_step_example
 
-    t0 = time.perf_counter()
-    if kind == "vae-step":
-        from .vae_graph import vae_step_example
-
-        graph, inputs, spec = vae_step_example(vae, tuple(latent_size), batch_size=batch_size)
-        items = [("vae_step", graph, inputs, spec)]
-    else:
-        float_model = model
-        if quant and calibrated_model is not None:  # calibrated once for every graph of an engine
-            model = (
-                calibrated_model()
-                if callable(calibrated_model) and not isinstance(calibrated_model, torch.nn.Module)
-                else calibrated_model
-            )
-        elif quant:
-            if calibrate_loop is None:
-                raise ValueError("a Q/DQ export needs a calibration loop (prompts to calibrate on)")
-            log(f"calibrating {quant} with modelopt ...")
-            model = calibrate(copy.deepcopy(float_model), quant, calibrate_loop)
-        geo = dict(
-            stream=stream, latent_size=latent_size, batch_size=batch_size, rope_positions=rope_positions, spans=spans
-        )
-        with stage(log, f"building the {kind} graphs and their example inputs"):
-            items = dit_graphs(kind, model, **geo)
-            if quant:
-                floats = dit_graphs(kind, float_model, **geo)
-    graphs_meta = []
-    for i, (stem, graph, inputs, spec) in enumerate(items):
-        path = out_dir / f"{stem}.onnx"
-        log(f"exporting {path.name} ({'Q/DQ ' + quant if quant else 'dynamo' if dynamo else 'TorchScript'}) ...")
-        if quant:
-            with torch.no_grad():
-                ref = floats[i][1](*inputs)
-            res = export_qdq(graph, inputs, spec, path, scheme=quant, float_reference=ref, opset=opset, log=log)
+            graph, inputs, spec = vae_step_example(vae, tuple(latent_size), batch_size=batch_size)
+            items = [("vae_step", graph, inputs, spec)]
         else:
-            res = export_onnx(graph, inputs, spec, path, dynamo=dynamo, opset=opset, log=log)
-        graphs_meta.append(
-            {
-                "artifact": path.name,
-                "spec": mf.spec_dict(spec),
-                **{k: v for k, v in res.items() if k != "path"},
-            }
+            float_model = model
+            if quant and calibrated_model is not None:  # calibrated once for every graph of an engine
+                model = (
+                    calibrated_model()
+                    if callable(calibrated_model) and not isinstance(calibrated_model, torch.nn.Module)
+                    else calibrated_model
+                )
+            elif quant:
+                if calibrate_loop is None:
+                    raise ValueError("a Q/DQ export needs a calibration loop (prompts to calibrate on)")
+                log(f"calibrating {quant} with modelopt ...")
+                model = calibrate(copy.deepcopy(float_model), quant, calibrate_loop)
+            geo = dict(
+                stream=stream,
+                latent_size=latent_size,
+                batch_size=batch_size,
+                rope_positions=rope_positions,
+                spans=spans,
+            )
+            with stage(log, f"building the {kind} graphs and their example inputs"):
+                items = dit_graphs(kind, model, **geo)
+                if quant:
+                    floats = dit_graphs(kind, float_model, **geo)
+        graphs_meta = []
+        for i, (stem, graph, inputs, spec) in enumerate(items):
+            path = out_dir / f"{stem}.onnx"
+            log(f"exporting {path.name} ({'Q/DQ ' + quant if quant else 'dynamo' if dynamo else 'TorchScript'}) ...")
+            if quant:
+                with torch.no_grad():
+                    ref = floats[i][1](*inputs)
+                res = export_qdq(graph, inputs, spec, path, scheme=quant, float_reference=ref, opset=opset, log=log)
+            else:
+                res = export_onnx(graph, inputs, spec, path, dynamo=dynamo, opset=opset, log=log)
+            graphs_meta.append(
+                {
+                    "artifact": path.name,
+                    "spec": mf.spec_dict(spec),
+                    **{k: v for k, v in res.items() if k != "path"},
+                }
+            )
+        parity = {g["artifact"]: g.get("parity") for g in graphs_meta}
+        files = [n for g in graphs_meta for n in (g["artifact"], g.get("external_data")) if n]
+        with stage(log, f"hashing {len(files)} files"):
+            digests = mf.file_digests(out_dir, files)
+        if kind != "vae-step":  # what the graphs really baked in (the table may have grown to the latent size)
+            rope_positions = graphs_meta[0]["spec"]["meta"].get("rope_positions", rope_positions)
+        man = mf.build_manifest(
+            artifact=[g["artifact"] for g in graphs_meta],
+            format="onnx-qdq" if quant else "onnx",
+            spec=graphs_meta[0]["spec"],
+            key=key,
+            model_config=_config(kind, model, vae),
+            stream_config=stream,
+            weights=weights,
+            device=device,
+            opset=opset,
+            parity=parity,
+            rope_positions=rope_positions,
+            extra={
+                "graph": kind,
+                "quant": quant,
+                "exporter": "dynamo" if dynamo else "torchscript",
+                "dtype": dtype,
+                "latent_size": list(latent_size) if latent_size else None,
+                "batch_size": batch_size,
+                "calibration": calibration if quant else None,
+                "graphs": graphs_meta,
+                "files": digests,
+                "export_s": round(time.perf_counter() - t0, 2),
+                "peak_rss_bytes": peak_rss_bytes(),
+                "notes": _notes(kind),
+            },
         )
-    parity = {g["artifact"]: g.get("parity") for g in graphs_meta}
-    files = [n for g in graphs_meta for n in (g["artifact"], g.get("external_data")) if n]
-    with stage(log, f"hashing {len(files)} files"):
-        digests = mf.file_digests(out_dir, files)
-    if kind != "vae-step":  # what the graphs really baked in (the table may have grown to the latent size)
-        rope_positions = graphs_meta[0]["spec"]["meta"].get("rope_positions", rope_positions)
-    man = mf.build_manifest(
-        artifact=[g["artifact"] for g in graphs_meta],
-        format="onnx-qdq" if quant else "onnx",
-        spec=graphs_meta[0]["spec"],
-        key=key,
-        model_config=_config(kind, model, vae),
-        stream_config=stream,
-        weights=weights,
-        device=device,
-        opset=opset,
-        parity=parity,
-        rope_positions=rope_positions,
-        extra={
-            "graph": kind,
-            "quant": quant,
-            "exporter": "dynamo" if dynamo else "torchscript",
-            "dtype": dtype,
-            "latent_size": list(latent_size) if latent_size else None,
-            "batch_size": batch_size,
-            "calibration": calibration if quant else None,
-            "graphs": graphs_meta,
-            "files": digests,
-            "export_s": round(time.perf_counter() - t0, 2),
-            "peak_rss_bytes": peak_rss_bytes(),
-            "notes": _notes(kind),
-        },
-    )
-    mf.write_manifest(out_dir, man)
-    return {**man, "reused": False}
+        mf.write_manifest(out_dir, man)
+        return {**man, "reused": False}
 
 
 def _config(kind: str, model, vae):

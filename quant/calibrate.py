@@ -17,7 +17,10 @@ nvidia-modelopt is imported lazily; where it is missing the call says so.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
+import logging
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -29,6 +32,8 @@ from arvid.runtime.optional import require
 from arvid.runtime.variants import GeneratorOptions
 
 from .api import DEFAULT_SKIP
+
+_log = logging.getLogger(__name__)
 
 MODELOPT_SCHEMES = ("int8-smoothquant", "fp8")
 
@@ -100,10 +105,16 @@ def calibrate_modelopt(
     """
     mtq = _mtq()
     cfg = modelopt_config(scheme, skip)
-    with warnings.catch_warnings():
+    chatter = io.StringIO()
+    # modelopt prints its progress ("Inserted 95 quantizers", "Smoothed 20 modules") on stdout, where a
+    # command's results go, --quiet or not: it goes to the log instead (logger arvid.quant.calibrate).
+    with warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
         # SmoothQuant warns for every disabled (skipped) layer that it was not calibrated.
         warnings.filterwarnings("ignore", message=".*is not calibrated, skip smoothing")
         model = mtq.quantize(model, cfg, forward_loop)
+    for line in chatter.getvalue().splitlines():
+        if line.strip():
+            _log.info("modelopt: %s", line.strip())
     layers = tuple(
         name
         for name, mod in model.named_modules()

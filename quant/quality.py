@@ -11,6 +11,7 @@ threshold; see ``quant/README.md`` for the reasoning behind each number.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 
 from arvid.runtime.config import StreamConfig
+from arvid.runtime.files import path_error
 from arvid.runtime.model import CausalWanModel
 from arvid.runtime.optional import require
 from arvid.runtime.variants import GeneratorOptions
@@ -295,7 +297,8 @@ def format_markdown(report: dict) -> str:
     if sizes:
         lines += [
             "",
-            f"Model size: {sizes['stored_bytes']:,} bytes stored vs {sizes['bf16_bytes']:,} bytes in BF16 "
+            f"Model size: {sizes['stored_bytes']:,} bytes stored (the layers kept in floating point in BF16, as "
+            f"`arvid quantize` stores them) vs {sizes['bf16_bytes']:,} bytes in BF16 "
             f"(ratio {sizes['ratio']:.3f}).",
         ]
     lines += [
@@ -386,10 +389,10 @@ def write_report(report: dict, out_dir: str | Path) -> list[Path]:
     chunks) are written as the strings ``"inf"`` / ``"-inf"`` (JSON has no infinity).
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.{os.getpid()}.tmp"
-    tmp.mkdir(exist_ok=True)
     try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir(exist_ok=True)
         (tmp / "report.json").write_text(json.dumps(_json_safe(report), indent=2, allow_nan=False))
         (tmp / "report.md").write_text(format_markdown(report))
         names = ["report.json", "report.md", *_plots(report, tmp)]
@@ -397,7 +400,10 @@ def write_report(report: dict, out_dir: str | Path) -> list[Path]:
         for n in names:
             os.replace(tmp / n, out_dir / n)
         return [out_dir / n for n in names]
+    except OSError as e:  # named by the report folder, not by our temporary one
+        raise path_error(e, out_dir, "cannot write the report") from e
     finally:
-        for f in tmp.iterdir():
-            f.unlink()
-        tmp.rmdir()
+        with contextlib.suppress(OSError):  # on a read-only file system there is nothing to remove
+            for f in tmp.iterdir():
+                f.unlink()
+            tmp.rmdir()

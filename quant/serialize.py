@@ -24,7 +24,7 @@ from torch import nn
 
 from arvid.runtime.checkpoint import state_dict_mismatch
 from arvid.runtime.config import ModelConfig
-from arvid.runtime.files import atomic_write, run_metadata, write_safetensors
+from arvid.runtime.files import atomic_write, read_text, removed_on_failure, run_metadata, write_safetensors
 from arvid.runtime.model import CausalWanModel
 
 from ._linear import QuantizedLinear
@@ -49,8 +49,13 @@ _REQUIRED_KEYS = {
 _DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.bfloat16, torch.float16)}
 
 
-def model_size_report(model: nn.Module) -> dict:
+def model_size_report(model: nn.Module, *, float_dtype: torch.dtype | None = None) -> dict:
     """Bytes the model holds, against the same parameters all in BF16.
+
+    ``float_dtype``: count the float tensors of the model (the layers left unquantized, biases) as
+    stored in that dtype rather than as they are held; quantized weights and their scales (always
+    float32) count as they are. ``arvid quality`` runs its reference in float32 on a CPU but reports the size
+    of the variant ``arvid quantize`` stores (BF16), so both commands give one number for one model.
 
     Returns
     -------
@@ -65,7 +70,11 @@ def model_size_report(model: nn.Module) -> dict:
     quantized = {n for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}
     for key, t in model.state_dict().items():
         layer, _, leaf = key.rpartition(".")
-        nbytes = t.numel() * t.element_size()
+        size = t.element_size()
+        # fp8 weights (1 byte) and the scales (float32 in any model) are stored as they are
+        if float_dtype is not None and t.is_floating_point() and size > 1 and leaf != "weight_scale":
+            size = float_dtype.itemsize
+        nbytes = t.numel() * size
         stored += nbytes
         if layer in quantized:
             q_stored += nbytes
@@ -107,7 +116,6 @@ def save_quantized(model: CausalWanModel, directory: str | Path, *, metadata: di
     if not isinstance(getattr(model, "cfg", None), ModelConfig):
         raise ValueError("save_quantized saves a CausalWanModel (it needs model.cfg to rebuild the model)")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     layers = {}
     for name in rec.layers:
         mod = model.get_submodule(name)
@@ -125,8 +133,6 @@ def save_quantized(model: CausalWanModel, directory: str | Path, *, metadata: di
     sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     weights = directory / WEIGHTS_FILE
     meta = run_metadata(**{"format": FORMAT, "scheme": rec.config.scheme, **(metadata or {})})
-    write_safetensors(weights, sd, meta)
-    sizes = model_size_report(model) | {"file_bytes": weights.stat().st_size}
     cfg = dataclasses.asdict(model.cfg)
     doc = {
         "format": FORMAT,
@@ -135,10 +141,18 @@ def save_quantized(model: CausalWanModel, directory: str | Path, *, metadata: di
         "model_config": cfg,
         "compute_dtype": str(_compute_dtype(model)).removeprefix("torch."),
         "quantized_layers": layers,
-        "sizes": sizes,
+        "sizes": model_size_report(model),
         "metadata": metadata or {},
     }
-    atomic_write(directory / CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(doc, indent=2)))
+
+    def write_config(tmp_weights: Path) -> None:
+        # Inside the weights' write: the config names the weights' size, and when either file cannot
+        # be written (full disk) neither is replaced, so a variant there before is kept whole.
+        doc["sizes"]["file_bytes"] = tmp_weights.stat().st_size
+        atomic_write(directory / CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(doc, indent=2)))
+
+    with removed_on_failure(directory):  # a folder made for this variant is not left behind half-filled
+        write_safetensors(weights, sd, meta, before_rename=write_config)
     return doc
 
 
@@ -148,8 +162,8 @@ def read_quant_config(directory: str | Path) -> dict:
     if not path.is_file():
         raise ValueError(f"{directory}: no {CONFIG_FILE} (not a saved quantized variant, or an incomplete one)")
     try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        doc = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: expected a JSON object")

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
+from .files import read_text
 
 # diffusers' WanTransformer3DModel -> original Wan names. Note the swapped norms: diffusers'
 # affine `norm2` is Wan's cross-attention `norm3` (Wan's `norm2`/`norm3` of the FFN carry no weights).
@@ -188,7 +189,7 @@ def load_sharded_safetensors(index_path: str | Path) -> dict[str, torch.Tensor]:
     """Read the shards listed in a ``*.safetensors.index.json`` (``weight_map``: key -> shard file)."""
     index_path = Path(index_path)
     try:
-        weight_map = json.loads(index_path.read_text())["weight_map"]
+        weight_map = json.loads(read_text(index_path))["weight_map"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{index_path}: not a safetensors index (needs a 'weight_map'): {e}") from None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
@@ -231,8 +232,8 @@ def model_config_from_json(path: str | Path) -> ModelConfig:
     if not path.is_file():
         raise ValueError(f"model config {path} does not exist")
     try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raw = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a JSON object")
@@ -402,8 +403,8 @@ def load_lora(path: str | Path) -> LoRA:
     cfg_file = path.with_name("adapter_config.json")
     if alpha is None and cfg_file.is_file():
         try:
-            value = json.loads(cfg_file.read_text())["lora_alpha"]
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+            value = json.loads(read_text(cfg_file))["lora_alpha"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ValueError(f"{cfg_file}: cannot read 'lora_alpha' ({e})") from None
         alpha = _lora_alpha(value, f"{cfg_file}: 'lora_alpha'")
 

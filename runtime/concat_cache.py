@@ -10,6 +10,7 @@ runs it in the same process as the variants it compares, on the same inputs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 
 from .attention import qk_norm_rope
 from .config import ModelConfig, StreamConfig
+from .devices import check_fits
 
 
 @dataclass
@@ -47,6 +49,11 @@ class ConcatKVCache:
         self.capacity = stream_cfg.attention_frames * tokens_per_frame
         self.sink_tokens = stream_cfg.sink_frames * tokens_per_frame
         shape = (batch_size, self.capacity, model_cfg.num_heads, model_cfg.head_dim)
+        check_fits(
+            2 * model_cfg.num_layers * math.prod(shape) * dtype.itemsize,
+            device,
+            f"the KV cache (batch {batch_size}, {self.capacity:,} tokens x {model_cfg.num_layers} layers)",
+        )
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(model_cfg.num_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(model_cfg.num_layers)]
         self.global_end = [0] * model_cfg.num_layers

@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .files import read_text
+
 #: LongLive inference key -> arvid key (the flag's name with underscores). ``model_kwargs.*`` and
 #: ``adapter.*`` are LongLive's nested sections.
 LONGLIVE_KEYS: dict[str, str] = {
@@ -64,7 +66,7 @@ def read_config_file(path: str | Path) -> dict[str, tuple[Any, str]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--config {path}: no such file")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "--config")
     suffix = path.suffix.lower()
     try:
         if suffix == ".json":

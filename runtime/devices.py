@@ -34,6 +34,36 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
+def free_bytes(device: torch.device | str) -> int | None:
+    """Memory a new allocation can take on ``device``: CUDA's free memory, or the machine's available
+    RAM (psutil) for the CPU; None where it cannot be told."""
+    device = torch.device(device)
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        if device.type == "cpu":
+            import psutil
+
+            return int(psutil.virtual_memory().available)
+    except (RuntimeError, OSError, ImportError):
+        return None
+    return None
+
+
+def gib(nbytes: float) -> str:
+    """``12.3 GiB`` (or MiB below one GiB): how sizes are written in messages."""
+    return f"{nbytes / 2**30:,.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:,.1f} MiB"
+
+
+def check_fits(nbytes: int, device: torch.device | str, what: str) -> None:
+    """Refuse (``ValueError``, before allocating) ``nbytes`` for ``what`` when ``device`` has less free:
+    the size that would be needed, and what there is, instead of an allocator's error from deep inside
+    (or the kernel's OOM killer on a CPU, which would take the run's other outputs with it)."""
+    free = free_bytes(device)
+    if free is not None and nbytes > free:
+        raise ValueError(f"{what} needs {gib(nbytes)}, but only {gib(free)} is free on {torch.device(device)}")
+
+
 def require_sm89(device: torch.device | str, what: str, *, hint: str = "", exc: type[Exception] = ValueError) -> None:
     """Raise ``exc`` naming ``what`` (and ``hint``, what to do instead) unless ``device`` is an sm_89+ GPU:
     the capability check of every FP8 e4m3 path."""

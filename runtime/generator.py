@@ -11,7 +11,8 @@ and the self-attention cache is re-built from the last frames (KV re-cache, see
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import numbers
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -51,6 +52,42 @@ def validate_schedule(num_frames: int | None, num_prompts: int, switch_frames: S
     if len(switches) != num_prompts - 1:
         raise ValueError(f"{num_prompts} prompts need {num_prompts - 1} switch frames, got {len(switches)}")
     return align_switch_frames(switches, chunk, num_frames)
+
+
+# -- argument checks of the public API: name the argument and what it should be --------------------
+def check_int(value: object, name: str, *, minimum: int | None = None, optional: bool = False) -> None:
+    """``value`` is an ``int`` (not a bool, not a float) at least ``minimum``: ``TypeError`` / ``ValueError``."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int{' or None' if optional else ''}, got {type(value).__name__}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def check_tensor(x: object, name: str, *, shape: str, dims: int | None = None) -> torch.Tensor:
+    """``x`` is a floating-point tensor (of ``dims`` dimensions) with finite values; ``shape`` is the
+    expected layout, for the message. NaN or infinite noise or embeddings would only come out as a
+    NaN video: refused here, naming the argument."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor {shape}, got {type(x).__name__}")
+    if dims is not None and x.dim() != dims:
+        raise ValueError(f"{name} must be {shape} ({dims} dimensions), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {str(x.dtype).removeprefix('torch.')}")
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} has NaN or infinite values")
+    return x
+
+
+def check_switch_frames(switch_frames: object) -> list[int]:
+    """A sequence of ints (``[12, 24]``, a range, a numpy array of ints; not a string, not floats)."""
+    if isinstance(switch_frames, (str, bytes)) or not isinstance(switch_frames, Iterable):
+        raise TypeError(f"switch_frames must be a sequence of ints (e.g. [12, 24]), got {type(switch_frames).__name__}")
+    frames = list(switch_frames)
+    for i, s in enumerate(frames):
+        check_int(s, f"switch_frames[{i}]")
+    return frames
 
 
 #: The initial noise of a stream: all frames at once ``[B, F, C, H, W]``, a callable
@@ -97,6 +134,19 @@ class StreamingGenerator:
         engine_options: dict | None = None,
         sequence_parallel: SequenceParallel | None = None,
     ) -> None:
+        if not isinstance(model, CausalWanModel):
+            raise TypeError(f"model must be an arvid CausalWanModel, got {type(model).__name__}")
+        if stream is not None and not isinstance(stream, StreamConfig):
+            raise TypeError(f"stream must be a StreamConfig or None, got {type(stream).__name__}")
+        if not isinstance(latent_size, (tuple, list)) or len(latent_size) != 2:
+            raise TypeError(f"latent_size must be a pair (H, W) of ints, got {latent_size!r}")
+        for i, n in enumerate(latent_size):
+            check_int(n, f"latent_size[{i}]", minimum=1)
+        check_int(batch_size, "batch_size", minimum=1)
+        if backend is not None and not isinstance(backend, str):
+            raise TypeError(f"backend must be a backend or engine name (str) or None, got {type(backend).__name__}")
+        if kv_cache_dtype is not None and not isinstance(kv_cache_dtype, torch.dtype):
+            raise TypeError(f"kv_cache_dtype must be a torch.dtype or None, got {type(kv_cache_dtype).__name__}")
         self.model = model
         self.sequence_parallel = sequence_parallel
         self.stream_cfg = stream or StreamConfig()
@@ -170,6 +220,7 @@ class StreamingGenerator:
 
     def _check_noise(self, noise: torch.Tensor, what: str = "noise") -> None:
         b, chunk, c, h, w = self.chunk_shape
+        check_tensor(noise, what, shape=f"[B, F, C, H, W] = [{b}, F, {c}, {h}, {w}]")
         if noise.dim() != 5 or noise.shape[0] != b or noise.shape[2:] != (c, h, w):
             raise ValueError(f"{what} must be [B, F, C, H, W] = [{b}, F, {c}, {h}, {w}], got {tuple(noise.shape)}")
         f = noise.shape[1]
@@ -178,7 +229,16 @@ class StreamingGenerator:
 
     def _check_prompts(self, prompts: Sequence[torch.Tensor]) -> None:
         cfg = self.model.cfg
+        want = f"[B, text_len, text_dim] = [{self.batch_size}, {cfg.text_len}, {cfg.text_dim}]"
+        if not prompts:
+            raise ValueError(f"prompts must hold at least one embedding {want}")
         for i, p in enumerate(prompts):
+            if isinstance(p, str):
+                raise TypeError(
+                    f"prompt {i} is text: StreamingGenerator takes embeddings {want} "
+                    "(encode the text first, or use arvid.Pipeline, which does)"
+                )
+            check_tensor(p, f"prompt {i} embeddings", shape=want)
             if p.dim() != 3 or p.shape[0] != self.batch_size or p.shape[2] != cfg.text_dim:
                 raise ValueError(
                     f"prompt {i} embeddings must be [B, text_len, text_dim] = "
@@ -228,7 +288,23 @@ class StreamingGenerator:
         """
         cfg = self.stream_cfg
         chunk = cfg.chunk_frames
-        prompts = [prompts] if isinstance(prompts, torch.Tensor) else list(prompts)
+        if isinstance(prompts, torch.Tensor):
+            prompts = [prompts]
+        elif isinstance(prompts, Sequence) and not isinstance(prompts, (str, bytes)):
+            prompts = list(prompts)
+        else:
+            raise TypeError(
+                "prompts must be an embedding tensor [B, text_len, text_dim] or a sequence of them, "
+                f"got {type(prompts).__name__}"
+            )
+        check_int(num_frames, "num_frames", optional=True)
+        if prompt_source is not None and not callable(prompt_source):
+            raise TypeError(
+                "prompt_source must be a callable (frame_start) -> embeddings or None, "
+                f"got {type(prompt_source).__name__}"
+            )
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         noise_fn, num_frames = self._noise_source(noise, num_frames)
         self._check_prompts(prompts)
         num_chunks = None if num_frames is None else num_frames // chunk
@@ -236,7 +312,7 @@ class StreamingGenerator:
             if switch_frames or len(prompts) != 1:
                 raise ValueError("with a prompt_source give exactly one starting prompt and no switch_frames")
         else:
-            switches = validate_schedule(num_frames, len(prompts), switch_frames, chunk)
+            switches = validate_schedule(num_frames, len(prompts), check_switch_frames(switch_frames), chunk)
             prompt_source = dict(zip(switches, prompts[1:], strict=True)).get
         renoise_fn = self._renoise_source(renoise, num_chunks, generator)
         sp = self.sequence_parallel
@@ -273,6 +349,8 @@ class StreamingGenerator:
     def generate(self, noise: NoiseSource, prompts, switch_frames: Sequence[int] = (), **kwargs) -> torch.Tensor:
         """Run :meth:`stream` to the end; returns the latents ``[B, F, C, H, W]`` (float32). A noise
         generator or callable needs ``num_frames``."""
+        if noise is None:
+            raise TypeError("noise must be a tensor [B, F, C, H, W], a torch.Generator or a callable, got None")
         if not isinstance(noise, torch.Tensor) and kwargs.get("num_frames") is None:
             raise ValueError("generate() needs num_frames with a noise generator or callable (or use stream())")
         return torch.cat([c.latents for c in self.stream(noise, prompts, switch_frames, **kwargs)], dim=1)
@@ -296,13 +374,13 @@ class StreamingGenerator:
 
             def draw(ci: int) -> torch.Tensor:
                 x = noise(ci, shape)
-                if not isinstance(x, torch.Tensor) or tuple(x.shape) != shape:
-                    got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-                    raise ValueError(f"noise({ci}, shape) must return a tensor {shape}, got {got}")
+                check_tensor(x, f"noise({ci}, shape)", shape=str(shape))
+                if tuple(x.shape) != shape:
+                    raise ValueError(f"noise({ci}, shape) must return a tensor {shape}, got {tuple(x.shape)}")
                 return x
 
             return draw, num_frames
-        raise ValueError(f"noise must be a tensor, a torch.Generator or a callable, got {type(noise).__name__}")
+        raise TypeError(f"noise must be a tensor, a torch.Generator or a callable, got {type(noise).__name__}")
 
     def _renoise_source(self, renoise, num_chunks: int | None, generator: torch.Generator | None = None):
         shape = self.chunk_shape
@@ -311,6 +389,7 @@ class StreamingGenerator:
             return lambda ci, si: torch.randn(shape, generator=generator, device=dev)
         if callable(renoise):
             return renoise
+        check_tensor(renoise, "renoise", shape="[num_chunks, steps - 1, B, chunk, C, H, W]")
         if num_chunks is None:
             raise ValueError("an endless stream takes renoise as a callable (chunk, step) -> noise, not a tensor")
         steps = len(self.scheduler) - 1

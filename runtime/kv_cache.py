@@ -22,6 +22,7 @@ host to write into the ring slot. Nothing is written in place (exporters drop or
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from arvid.kernels.layouts import PlanTensors, RingLayer
 
 from .config import ModelConfig, StreamConfig
-from .devices import require_sm89
+from .devices import check_fits, require_sm89
 
 if TYPE_CHECKING:
     from .attention import AttentionBackend, QKNorm
@@ -184,6 +185,13 @@ class RingKVCache(RingPlanner):
         kv_dtype = kv_dtype or dtype
         if kv_dtype not in (dtype, torch.float8_e4m3fn):
             raise ValueError(f"KV cache dtype must be the model's ({dtype}) or torch.float8_e4m3fn, got {kv_dtype}")
+        elems = math.prod(shape)
+        scales = 2 * 4 * elems // shape[-1] if kv_dtype == torch.float8_e4m3fn else 0
+        check_fits(
+            2 * elems * kv_dtype.itemsize + scales,
+            device,
+            f"the KV cache (batch {batch_size}, {self.capacity:,} tokens x {model_cfg.num_layers} layers)",
+        )
         self.k = torch.zeros(shape, device=device, dtype=kv_dtype)
         self.v = torch.zeros(shape, device=device, dtype=kv_dtype)
         self.k_scale = self.v_scale = None

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .config import Preset
+from .files import read_text
 
 
 def read_prompt_jsonl(path: str | Path, num_switches: int | None = None) -> list[list[str]]:
@@ -31,12 +32,7 @@ def read_prompt_jsonl(path: str | Path, num_switches: int | None = None) -> list
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"prompt file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
-        bad = f"byte 0x{e.object[e.start]:02x} at offset {e.start}"
-        raise ValueError(f"{path}:{line}: not UTF-8 text ({bad}); save the file as UTF-8") from None
+    text = read_text(path)
     videos = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

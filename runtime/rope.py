@@ -15,6 +15,8 @@ import torch
 from arvid.kernels.layouts import RopeCosSin
 from arvid.kernels.rope_3d import rope_3d_cos_sin, rope_3d_tables
 
+from .devices import check_fits
+
 
 class RopeTables:
     """float32 ``cos`` / ``sin`` tables ``[P, D/2]`` on one device, grown by doubling."""
@@ -45,6 +47,14 @@ class RopeTables:
             size *= 2
         if size == self.positions and device == self.device:
             return False
+        # the tables are computed in float64 (angles, then cos / sin) and kept in float32: ~24 bytes an entry
+        check_fits(
+            24 * size * (self.head_dim // 2),
+            "cpu",
+            f"the RoPE tables for {positions:,} positions (latent frames; {size:,} rows after doubling)",
+        )
+        if device.type != "cpu":  # then copied there, float32 cos and sin
+            check_fits(8 * size * (self.head_dim // 2), device, f"the RoPE tables for {positions:,} positions")
         self.cos, self.sin = rope_3d_tables(self.head_dim, size, device=device)
         self.version += 1
         return True

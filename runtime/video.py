@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .files import atomic_write, current_umask, signals_deferred
+from .files import atomic_write, current_umask, path_error, signals_deferred
 from .optional import require
 
 PREFERRED_CODECS = ("libx264", "libopenh264", "h264", "mpeg4")
@@ -102,13 +102,16 @@ class VideoWriter:
             raise ValueError(f"{self.path}: fps must be a positive integer, got {fps!r}")
         self.width, self.height, self.fps = width, height, fps
         self.codec = pick_codec(codec)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp.mp4")
         self.frames_written = 0
         self.interrupted = False
         # use_metadata_tags: the mp4 muxer keeps only a few standard tags unless told to keep every key.
         opts = {"movflags": "use_metadata_tags"} if metadata else {}
-        self._container = av.open(str(self.tmp), mode="w", format="mp4", options=opts)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._container = av.open(str(self.tmp), mode="w", format="mp4", options=opts)
+        except OSError as e:
+            raise path_error(e, self.path, "cannot write") from e
         try:
             for key, value in sorted((metadata or {}).items()):
                 self._container.metadata[key] = str(value)
@@ -132,11 +135,14 @@ class VideoWriter:
                 f"{self.path}: frames must be [T, {self.height}, {self.width}, 3] uint8 "
                 f"(or [T, 3, H, W] float), got {arr.shape} {arr.dtype}"
             )
-        for img in arr:
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            for packet in self._stream.encode(frame):
-                self._container.mux(packet)
-            self.frames_written += 1
+        try:
+            for img in arr:
+                frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+                for packet in self._stream.encode(frame):
+                    self._container.mux(packet)
+                self.frames_written += 1
+        except OSError as e:  # a full disk names the video, not our temporary file
+            raise path_error(e, self.path, "cannot write") from e
 
     def close(self) -> None:
         """Flush the encoder, close the container and move the file into place."""
@@ -146,13 +152,15 @@ class VideoWriter:
             try:
                 for packet in self._stream.encode(None):
                     self._container.mux(packet)
-            except BaseException:
+                self._container.close()
+                self._container = None
+                os.chmod(self.tmp, 0o666 & ~current_umask())
+                os.replace(self.tmp, self.path)
+            except BaseException as e:
                 self.abort()  # a file that could not be finalized is not passed off as a video
+                if isinstance(e, OSError):
+                    raise path_error(e, self.path, "cannot write") from e
                 raise
-            self._container.close()
-            self._container = None
-            os.chmod(self.tmp, 0o666 & ~current_umask())
-            os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
         """Drop the output: close the container and delete the temporary file."""
@@ -195,7 +203,16 @@ def write_png_frames(frames: torch.Tensor, folder: str | Path, start: int) -> No
     Image = require("PIL.Image", purpose="writing PNG frames")
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, img in enumerate(to_uint8(frames)):
-        dest = folder / f"frame_{start + i:06d}.png"
-        atomic_write(dest, lambda tmp, img=img: Image.fromarray(img).save(tmp, format="PNG"))
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, img in enumerate(to_uint8(frames)):
+            dest = folder / f"frame_{start + i:06d}.png"
+            atomic_write(dest, lambda tmp, img=img: Image.fromarray(img).save(tmp, format="PNG"))
+    except OSError as e:
+        if created:  # a folder made for these frames and left empty is not left behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        if getattr(e, "worded", False):
+            raise
+        raise path_error(e, folder, "cannot write") from e

@@ -92,6 +92,41 @@ def test_estimate_refuses_the_real_preset_on_a_cpu():
     check_estimate(tiny, yes=False)
 
 
+def test_vae_estimate_times_the_presets_own_vae_convolutions(monkeypatch):
+    """--vae adds the timed convolutions of the VAE bench builds (tiny: base_dim 8), per latent frame
+    and video, rather than the Wan VAE's FLOPs over the matmul rate (issue
+    #25: 273 s estimated for a 26 s run of the tiny preset)."""
+    import arvid.bench.stream_bench as sb
+
+    seen = []
+
+    def fake(convs, device, dtype, *, max_flops):
+        seen.append(convs)
+        return 0.25
+
+    monkeypatch.setattr(sb, "measured_conv_seconds", fake)
+    assert sb.vae_chunk_seconds("tiny", CPU, torch.float32, chunk_frames=3, batch_size=2) == 0.25 * 3 * 2
+    # the widest convolution is the middle block's to_qkv: 3 x (4 x base_dim)
+    assert max(max(c[0], c[1]) for c in seen[0]) == 3 * 32
+    sb.vae_chunk_seconds("wan2.1-t2v-1.3b", CPU, torch.float32)
+    assert max(max(c[0], c[1]) for c in seen[1]) == 3 * 384
+    kw = dict(device=CPU, dtype=torch.float32, variants=2, frames=90, warmup=2, rounds=1, flops_per_s=1e10)
+    without = estimate_seconds("tiny", **kw)
+    with_vae = estimate_seconds("tiny", **kw, vae=True, vae_seconds_per_chunk=0.5)
+    assert with_vae["vae_seconds"] == 0.5 * 60 and with_vae["seconds"] == without["seconds"] + 30
+    assert with_vae["flops"] == without["flops"]  # the DiT's: the VAE part is timed, not counted in FLOPs
+
+
+def test_conv_timing_scales_a_shrunk_convolution_by_its_pixels():
+    from arvid.bench.stream_bench import measured_conv_seconds
+
+    small = measured_conv_seconds([(8, 8, 27, 1, 64, 1)], CPU, torch.float32)
+    assert 0 < small < 1
+    # timed on at most max_flops, then scaled by pixels: 100 calls of it are counted 100 times
+    many = measured_conv_seconds([(8, 8, 27, 1, 64, 100)], CPU, torch.float32)
+    assert 20 * small < many < 500 * small
+
+
 def test_bench_command_refuses_before_loading_the_model(capsys):
     assert main(["bench", "--preset", "wan2.1-t2v-1.3b", "--device", "cpu"]) == 2
     err = capsys.readouterr().err

@@ -5,18 +5,19 @@ Every test runs the CLI in this process (``arvid.cli.main``) on the tiny preset 
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import signal
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 
-import arvid.commands._checks as checks
 from arvid.cli import main
 from arvid.runtime.video import VideoWriter, read_video_info
 
@@ -188,11 +189,18 @@ def test_output_destinations_are_checked_before_load(tmp_path, no_load, capsys, 
         assert main(["generate", *extra]) == 2, extra
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (extra, err)
-    # an unwritable folder (os.access is faked for that folder: the tests may run as root)
+    # an unwritable folder (creating a file there is faked to fail: the tests may run as root, whom
+    # permissions do not stop)
     locked = tmp_path / "locked"
     locked.mkdir()
-    real = os.access
-    monkeypatch.setattr(checks.os, "access", lambda p, m: False if Path(p) == locked else real(p, m))
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(locked / ".probe"))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
     assert main(["generate", "--out", str(tmp_path / "v.mp4"), "--latents", str(locked / "l.safetensors")]) == 2
     assert f"--latents {locked / 'l.safetensors'}: cannot write in {locked}" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "adir.mp4", "file.txt", "locked"]

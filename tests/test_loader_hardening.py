@@ -128,7 +128,7 @@ def test_config_values_of_the_wrong_type_name_file_and_key(tmp_path):
     with pytest.raises(ValueError, match=r"config\.json: 'dim' is 1\.5"):
         model_config_from_json(tmp_path / "config.json")
     (tmp_path / "config.json").write_bytes(b"\xff\xfe{")
-    with pytest.raises(ValueError, match=r"config\.json: not valid JSON"):
+    with pytest.raises(ValueError, match=r"config\.json:1: not UTF-8 text \(byte 0xff at offset 0\)"):
         model_config_from_json(tmp_path / "config.json")
 
 

@@ -82,7 +82,6 @@ def test_endless_stream_grows_rope_past_its_table():
     "kwargs, message",
     [
         (dict(noise=lambda ci, shape: torch.zeros(1, 2)), "must return a tensor"),
-        (dict(noise="x"), "noise must be a tensor"),
         (dict(noise=torch.zeros(SHAPE), num_frames=3), "num_frames 3 but the noise tensor has 6"),
         (dict(noise=torch.Generator(), num_frames=4), "not a positive multiple"),
         (dict(noise=torch.Generator(), renoise=torch.zeros(1)), "endless stream takes renoise as a callable"),
@@ -91,6 +90,11 @@ def test_endless_stream_grows_rope_past_its_table():
 def test_bad_noise_is_a_clear_error(gen, kwargs, message):
     with pytest.raises(ValueError, match=message):
         next(gen.stream(prompts=_prompt(), **kwargs))
+
+
+def test_noise_of_the_wrong_type_is_a_type_error(gen):
+    with pytest.raises(TypeError, match=r"^noise must be a tensor, a torch.Generator or a callable, got str$"):
+        next(gen.stream(noise="x", prompts=_prompt()))
 
 
 def test_generate_without_frame_count_needs_num_frames(gen):

@@ -2,9 +2,10 @@
 encoder and the VAE load, so a typo costs a second, not a model load (and never a traceback after
 a whole generation).
 
-Each check raises ``ValueError`` (or ``NotADirectoryError`` / ``IsADirectoryError`` /
-``PermissionError``) with the flag, the path and what is wrong; ``arvid.cli.main`` prints it as one
-line and exits 2.
+Each check raises ``ValueError`` (or an ``OSError``: ``NotADirectoryError``, ``IsADirectoryError``,
+``PermissionError``, a read-only file system, no space left) with the flag, the path and what is
+wrong; ``arvid.cli.main`` prints it as one line and exits 2. Output checks try what the write will
+do (create a file in the folder), since ``os.access`` says yes to root on a read-only mount.
 """
 
 from __future__ import annotations
@@ -20,44 +21,31 @@ def check_seconds(seconds: float | None) -> None:
         raise ValueError(f"--seconds must be a finite number > 0, got {seconds}")
 
 
-def _writable_ancestor(path: Path, flag: str) -> None:
-    """The nearest existing ancestor of ``path`` is a folder this process may create files in
-    (missing folders below it are created when the output is written)."""
-    parent = path.parent
-    while not parent.exists():
-        if parent == parent.parent:
-            break
-        parent = parent.parent
-    if not parent.is_dir():
-        raise NotADirectoryError(f"{flag} {path}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"{flag} {path}: cannot write in {parent} (permission denied)")
-
-
 def check_output_file(path: str | Path | None, flag: str) -> None:
-    """An output file (``--out``, ``--latents``): not an existing directory, its folder writable."""
+    """An output file (``--out``, ``--latents``, ``--json``): not an existing directory, its folder
+    writable (or creatable) on a file system with space left."""
+    from arvid.runtime.files import check_writable_dir
+
     if path is None:
         return
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{flag} {path}: is a directory (give a file name)")
+    check_writable_dir(path.parent, f"{flag} {path}")
     if path.exists() and not os.access(path, os.W_OK):
         raise PermissionError(f"{flag} {path}: the existing file is not writable")
-    _writable_ancestor(path, flag)
 
 
 def check_output_dir(path: str | Path | None, flag: str) -> None:
-    """An output folder (``--png-dir``, ``--out-dir``): not a file; writable, or creatable."""
+    """An output folder (``--png-dir``, ``--out-dir``, ``--plots``): not a file; writable, or creatable."""
+    from arvid.runtime.files import check_writable_dir
+
     if path is None:
         return
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{flag} {path}: is a file, not a directory")
-    if path.is_dir():
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise PermissionError(f"{flag} {path}: cannot write in it (permission denied)")
-        return
-    _writable_ancestor(path, flag)
+    check_writable_dir(path, f"{flag} {path}")
 
 
 def check_codec(args) -> None:

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ._checks import check_output_file
 from ._common import (
     add_common_args,
     add_model_args,
@@ -73,13 +74,16 @@ def cmd_bench(args) -> int:
 
     from arvid.bench.stream_bench import (
         check_estimate,
+        check_host_memory,
         check_variants,
+        default_frames,
         estimate_seconds,
         format_table,
         measured_matmul_flops,
         run_stream_bench,
         split_variant,
         torch_threads,
+        vae_chunk_seconds,
     )
     from arvid.runtime import GeneratorOptions, default_backend
     from arvid.runtime.devices import resolve_device, resolve_dtype
@@ -97,6 +101,7 @@ def cmd_bench(args) -> int:
         backends = ["eager", best] + ([f"{best}+graphs"] if graphs else [])
     backends += [f"{best}@{d}" for d in args.variant]
     check_variants(backends)  # a bad or repeated variant fails before any model is built
+    check_output_file(args.json, "--json")  # a run is never lost at its end to an unwritable path
     if args.sequence_parallel > 1:
         for spec in backends:
             opts = GeneratorOptions.from_variant(split_variant(spec)[0])
@@ -106,20 +111,31 @@ def cmd_bench(args) -> int:
     sp = sequence_parallel_from_args(args, preset, stream)  # checks N before any model loads
     device = resolve_device(args.device)  # under sequence parallel on CUDA: this rank's GPU
     rank0 = sp is None or sp.is_output_rank
-    with torch_threads(args.threads, device):
+    with torch_threads(args.threads, device):  # measured on the threads the timed work will use
         rate = measured_matmul_flops(device, dtype)
+        vae_s = None
+        if args.vae:
+            vae_s = vae_chunk_seconds(
+                preset, device, dtype, chunk_frames=stream.chunk_frames, batch_size=args.batch_size
+            )
     if sp is not None:  # rank 0's rate everywhere, so every rank takes the same --yes decision
         rate = float(sp.broadcast(torch.tensor([rate], dtype=torch.float64, device=device)))
     estimate = estimate_seconds(
         preset, device=device, dtype=dtype, variants=len(backends), frames=args.frames, warmup=args.warmup,
         rounds=args.rounds, stream=stream, batch_size=args.batch_size, vae=args.vae, flops_per_s=rate,
+        vae_seconds_per_chunk=vae_s,
     )  # fmt: skip
     check_estimate(estimate, args.yes)
+    check_host_memory(
+        preset, frames=args.frames or default_frames(preset, stream, args.warmup), batch_size=args.batch_size,
+        variants=len(backends),
+    )  # fmt: skip
     if rank0:
         ranks = f" x {sp.size} ranks (sequence parallel)" if sp is not None else ""
         print(
             f"benchmarking {', '.join(backends)} on {device}{ranks} ({preset.name}, {dtype}, {args.rounds} round(s)); "
-            f"at least {estimate['seconds']:,.1f} s of work by the roofline estimate ...",
+            f"{'about' if args.vae else 'at least'} {estimate['seconds']:,.1f} s of work by the estimate "
+            f"({'DiT roofline + timed VAE convolutions' if args.vae else 'roofline'}) ...",
             file=sys.stderr,
         )
     model = load_model_from_args(args, preset, device=device, dtype=dtype)

@@ -21,10 +21,14 @@ def register(sub) -> None:
 
 
 def cmd_download(args) -> int:
+    from arvid.runtime.files import path_error
     from arvid.runtime.optional import require
+
+    from ._checks import check_output_dir
 
     snapshot_download = require("huggingface_hub", "snapshot_download", purpose="downloading weights")
     root = Path(args.dir)
+    check_output_dir(root, "--dir")  # gigabytes are not fetched into a folder that cannot hold them
     paths = {}
     for key in args.only or list(REPOS):
         repo = REPOS[key]
@@ -32,7 +36,13 @@ def cmd_download(args) -> int:
         print(f"downloading {repo} -> {dest} ...", file=sys.stderr)
         try:
             paths[key] = Path(snapshot_download(repo_id=repo, local_dir=str(dest)))
-        except Exception as e:  # network, auth, disk: one clear line, not a stack trace
+        except OSError as e:
+            if e.errno is None:  # the hub client's own errors (network, not found): in its words
+                raise ValueError(f"could not download {repo}: {type(e).__name__}: {e}") from None
+            if e.filename is None:  # a full disk mid-download names no file: the destination, then
+                raise path_error(e, dest, "cannot download into") from e
+            raise  # a read-only folder and the like: arvid.cli.main's one line naming the path
+        except Exception as e:  # network, auth: one clear line, not a stack trace
             raise ValueError(f"could not download {repo}: {type(e).__name__}: {e}") from None
         print(f"{repo}: {paths[key]}")
     if "wan" in paths:

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from ._checks import check_output_dir
 from ._common import add_common_args, add_model_args, load_model_from_args, model_preset, stream_config
 from ._names import GRAPH_KINDS, QDQ_SCHEMES
 
@@ -99,6 +100,7 @@ def _export(args) -> dict:
     vae_step = args.graph == "vae-step"
     if vae_step and args.quant:  # before loading anything
         raise ValueError("Q/DQ export is for the DiT graphs (step, chunk, recache), not the VAE step")
+    check_output_dir(args.out, "--out")
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     preset, files = model_preset(args)
@@ -188,7 +190,8 @@ def _summary(man: dict) -> None:
         rel = max((v for v in (g.get("parity_rel_l2") or {}).values()), default=None)
         if rel is not None:
             diff += f", relative L2 {rel:.1e} ({man.get('dtype')} rounds at {_unit_roundoff(man.get('dtype')):.1e})"
-        extra = f", SQNR vs float {g['sqnr_db_vs_float']}" if "sqnr_db_vs_float" in g else ""
+        sqnr = g.get("sqnr_db_vs_float") or {}
+        extra = (", SQNR vs float " + ", ".join(f"{k} {v:.2f} dB" for k, v in sqnr.items())) if sqnr else ""
         print(f"  {g['artifact']}: {g.get('nodes')} nodes, opset {g.get('opset')}, {diff}{extra}")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ._checks import check_output_dir
 from ._common import add_common_args, add_model_args, int_list, load_model_from_args, model_preset, stream_config
 
 
@@ -40,6 +41,7 @@ def cmd_export_aoti(args) -> int:
 
     if args.recache_frames and args.graph != "recache":
         raise ValueError("--recache-frames only applies to --graph recache")
+    check_output_dir(args.out, "--out")
     device = resolve_device(args.device)
     p, _ = model_preset(args)
     model = load_model_from_args(args, p, device=device, dtype=resolve_dtype(args.dtype, device))

@@ -188,6 +188,8 @@ def video_metadata(prompts: list[str] | str, args, backend: str) -> dict[str, st
 
 def read_prompt_file(path: str | None) -> list[str]:
     """The prompts of ``--prompt-file`` (one a line, blank lines skipped); [] without one."""
+    from arvid.runtime.files import read_text
+
     if not path:
         return []
     file = Path(path)
@@ -195,7 +197,7 @@ def read_prompt_file(path: str | None) -> list[str]:
         raise ValueError(f"--prompt-file {file}: a JSONL prompt file is for `arvid interactive --prompts`")
     if not file.is_file():
         raise ValueError(f"--prompt-file {file}: no such file")
-    prompts = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    prompts = [line.strip() for line in read_text(file, "--prompt-file").splitlines() if line.strip()]
     if not prompts:
         raise ValueError(f"--prompt-file {file}: no prompts in it")
     return prompts
@@ -250,6 +252,11 @@ def cmd_generate(args) -> int:
     num_prompts = len(embeds) if embeds is not None else len(prompts)
     switches = validate_schedule(frames, num_prompts, args.switch_frames, stream.chunk_frames)
     report_moved_switches(args.switch_frames, switches)
+    if kind == "latents" or args.latents:  # every latent frame is kept to be saved: it must fit first
+        from arvid.runtime.devices import check_fits
+
+        per_frame = preset.model.in_dim * preset.latent_height * preset.latent_width * 4
+        check_fits(2 * frames * per_frame, "cpu", f"keeping the latents of {frames:,} frames to save them")
     if getattr(args, "sequence_parallel", 1) > 1:
         check_sequence_parallel_options(generator_options(args))
     sp = sequence_parallel_from_args(args, preset, stream)  # checks N before any model loads

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch is imported where a command runs: `arvid --help` must not pay for it
     import torch
 
+from ._checks import check_output_dir
 from ._common import add_common_args, add_model_args, load_model_from_args, model_preset, stream_config, weights_label
 from .quantize import add_quant_args, skip_patterns
 
@@ -125,6 +126,7 @@ def cmd_quality(args) -> int:
     from arvid.runtime.devices import resolve_device, resolve_dtype
     from arvid.runtime.prompts import placeholder_prompt_embeds
 
+    check_output_dir(args.out, "--out")  # before both models run: the comparison is not lost at its end
     preset, files = model_preset(args)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
@@ -151,7 +153,7 @@ def cmd_quality(args) -> int:
         if variant.cfg != reference.cfg:
             raise ValueError(f"--variant {args.variant} was made for another model config than preset {preset.name}")
         label = f"{variant.arvid_quant.config.scheme} (from {args.variant})"
-        sizes = model_size_report(variant)
+        sizes = model_size_report(variant, float_dtype=torch.bfloat16)
     elif args.modelopt:
         from arvid.quant.calibrate import calibrate_modelopt, streaming_forward_loop
 
@@ -166,7 +168,7 @@ def cmd_quality(args) -> int:
         variant = quantize_(copy.deepcopy(reference), config)
         label = args.scheme + (f" ({args.quant_backend})" if args.quant_backend != "emulate" else "")
         if args.quant_backend == "emulate":
-            sizes = model_size_report(variant)
+            sizes = model_size_report(variant, float_dtype=torch.bfloat16)
 
     g = torch.Generator().manual_seed(args.seed)
     noise = torch.randn(1, frames, preset.model.in_dim, preset.latent_height, preset.latent_width, generator=g)

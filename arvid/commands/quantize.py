@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
+from ._checks import check_output_dir
 from ._common import add_common_args, add_model_args, load_model_from_args, model_preset, weights_label
 
 
@@ -48,9 +48,7 @@ def cmd_quantize(args) -> int:
     from arvid.quant import config_for_scheme, quantize_, save_quantized
     from arvid.runtime.devices import resolve_device, resolve_dtype
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: is a file, not a directory")
+    check_output_dir(args.out, "--out")  # before the model loads: a quantization is not lost at its end
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     skip = skip_patterns(args)

@@ -7,6 +7,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from ._checks import check_output_file
 from ._names import GPU_NAMES, PRECISION_NAMES, PRESET_NAMES
 
 
@@ -39,6 +40,7 @@ def cmd_roofline(args) -> int:
     from arvid.runtime.files import atomic_write
 
     get_gpu(args.gpu)  # fail early with the list of choices
+    check_output_file(args.json, "--json")
     every = [k for k in PRECISIONS if supports(args.gpu, k)]  # "all": those the GPU has
     precisions = every if args.precision == "all" else [args.precision]
     stream = StreamConfig()
