@@ -66,6 +66,7 @@ class VariantResult:
     capture_seconds: float = 0.0  # CUDA-graph warm-up + capture, before the first chunk
     vae_ms: list[float] = field(default_factory=list)  # streaming VAE decode per timed chunk (with --vae)
     quant: dict | None = None  # how the DiT was quantized (scheme, backend, source), None for the float model
+    recompiles: int = 0  # Dynamo frame compilations inside timed chunks, all rounds (should be 0)
     # Sequence parallel: per rank, its own timed chunk latencies and collective ms per timed chunk.
     rank_chunk_ms: list[list[float]] = field(default_factory=list)
     rank_comm_ms: list[list[float]] = field(default_factory=list)
@@ -155,6 +156,22 @@ def check_variants(backends: list[str]) -> None:
 def switch_chunks(switch_frames, chunk_frames: int, frames: int) -> list[int]:
     """Indices of the chunks whose time includes a prompt switch's KV re-cache (LongLive's alignment)."""
     return [a // chunk_frames for a in align_switch_frames(switch_frames, chunk_frames, frames)]
+
+
+def dynamo_compiles() -> int:
+    """Frames Dynamo has compiled in this process so far (0 while torch._dynamo is not imported)."""
+    utils = sys.modules.get("torch._dynamo.utils")
+    return int(utils.counters["frames"]["ok"]) if utils is not None else 0
+
+
+def recompile_warnings(variants: list[dict]) -> list[str]:
+    """A warning per variant that Dynamo compiled inside its timed chunks: the compile is in its latencies."""
+    return [
+        f"{v['backend']}: Dynamo compiled {v['recompiles']} time(s) inside timed chunks: its p99, mean and CV "
+        "include compile time"
+        for v in variants
+        if v.get("recompiles")
+    ]
 
 
 def _sync(device: torch.device) -> None:
@@ -407,6 +424,7 @@ def _run(p, device, dtype, backends, frames, warmup, rounds, switch_frames, seed
             t0 = time.perf_counter()
             renoise_gen = torch.Generator(device=device).manual_seed(seed + 1)
             decoder = StreamingVAEDecoder(vae_model) if vae_model is not None else None
+            compiles0 = dynamo_compiles()
             for i, c in enumerate(gen.stream(noise, prompts, switch_frames, generator=renoise_gen)):
                 _sync(device)
                 t1 = time.perf_counter()
@@ -416,6 +434,7 @@ def _run(p, device, dtype, backends, frames, warmup, rounds, switch_frames, seed
                 if i >= warmup:
                     run_ms.append(ms)
                     res.host_ms.append(gen.last_host_ms)
+                    res.recompiles += dynamo_compiles() - compiles0
                 if sp is not None:  # after the clock stopped: on CUDA this reads (and syncs) the events
                     comm1 = sp.comm_seconds()
                     if i >= warmup:
@@ -434,6 +453,7 @@ def _run(p, device, dtype, backends, frames, warmup, rounds, switch_frames, seed
                         torch.cuda.memory_allocated(device) if device.type == "cuda" else rss
                     )
                 bar.update()
+                compiles0 = dynamo_compiles()
                 t0 = time.perf_counter()  # host-side bookkeeping above is not charged to the next chunk
             bar.close()
             res.chunk_ms += run_ms if sp is None else _whole_job(res, run_ms, run_comm_ms, sp, device)
@@ -473,6 +493,7 @@ def _run(p, device, dtype, backends, frames, warmup, rounds, switch_frames, seed
                 "rank_comm_ms": rank_comm,
             }
     warnings = noise_warnings(variants, [load_start, env["load_average"]], torch.get_num_threads())
+    warnings += recompile_warnings(variants)
     n_params = sum(t.numel() for t in model.parameters())
     return {
         "schema": SCHEMA,
