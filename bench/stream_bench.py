@@ -134,9 +134,23 @@ def split_variant(spec: str) -> tuple[str, str | None]:
     return variant, directory or None
 
 
-def check_variants(backends: list[str]) -> None:
+def torchao_missing() -> str | None:
+    """Why torchao's kernels cannot be used here (its import error), or None."""
+    try:
+        import torchao  # noqa: F401
+    except Exception as e:  # an ImportError, or a torchao built for another torch failing at import
+        return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    return None
+
+
+def check_variants(backends: list[str], device: torch.device | None = None) -> None:
     """Each variant string parses and is named once (a repeat would merge two runs into one record);
-    a ``@DIR`` names a directory written by ``arvid quantize``."""
+    a ``@DIR`` names a directory written by ``arvid quantize``.
+
+    On CUDA a quantized variant must run real low-precision kernels: arvid's emulation multiplies in
+    float32 (``quant/fp8.py`` even rebuilds a float32 weight per call), so timing it would pass an
+    fp32 GEMM off as ``+int8`` / ``+fp8``. Without torchao, and for saved (emulated) models, refused.
+    """
     from arvid.quant.serialize import read_quant_config
 
     for spec in backends:
@@ -148,6 +162,18 @@ def check_variants(backends: list[str]) -> None:
             if not Path(directory).is_dir():
                 raise FileNotFoundError(f"variant {spec!r}: {directory} is not a directory")
             read_quant_config(directory)
+            if device is not None and device.type == "cuda":
+                raise ValueError(
+                    f"variant {spec!r}: a saved model runs arvid's float32 emulation, not a quantized kernel, so "
+                    f"its CUDA timing would not be the variant's; time {variant}+<int8|int8wo|fp8> (torchao) instead"
+                )
+        elif opts.quant is not None and device is not None and device.type == "cuda":
+            missing = torchao_missing()
+            if missing:
+                raise ValueError(
+                    f"variant {spec!r} on CUDA needs torchao's kernels (arvid's emulation would time a float32 "
+                    f"GEMM as +{opts.quant}); torchao does not import ({missing}): pip install 'arvid[quant]'"
+                )
     twice = sorted({b for b in backends if backends.count(b) > 1})
     if twice:
         raise ValueError(f"variant(s) {', '.join(twice)} named more than once: each variant runs once per round")
@@ -267,17 +293,10 @@ def check_estimate(estimate: dict, yes: bool) -> None:
 
 
 def _quantized(model: CausalWanModel, scheme: str, device: torch.device) -> tuple[CausalWanModel, dict]:
-    """A quantized copy of ``model``: torchao's kernels on CUDA where torchao is installed, else emulated."""
+    """A quantized copy of ``model``: torchao's kernels on CUDA, arvid's emulation on the CPU."""
     from arvid.quant import config_for_scheme, quantize_
 
-    backend = "emulate"
-    if device.type == "cuda":
-        try:
-            import torchao  # noqa: F401
-
-            backend = "torchao"
-        except ImportError:
-            pass
+    backend = "torchao" if device.type == "cuda" else "emulate"  # check_variants refused CUDA without torchao
     quantized = quantize_(copy.deepcopy(model), config_for_scheme(scheme, backend=backend))
     return quantized, {"scheme": scheme, "backend": backend, "source": "quantized in-process"}
 
@@ -341,7 +360,7 @@ def run_stream_bench(
     """
     p = get_preset(preset) if isinstance(preset, str) else preset
     stream = stream or StreamConfig()
-    check_variants(backends)
+    check_variants(backends, device)
     if rounds < 1 or warmup < 0:
         raise ValueError(f"rounds must be >= 1 and warmup >= 0, got rounds={rounds}, warmup={warmup}")
     if frames is None:
