@@ -141,10 +141,10 @@ if [ "$DEVICE" = cuda ]; then
   CORE=eager,triton,triton+graphs,triton+graphs+fp8kv
   COMPILE=triton+graphs,triton+stepgraphs,triton+graphs+compile
   QUANT=triton+graphs,triton+graphs+int8,triton+graphs+fp8
-  LONG=triton+graphs VAE_VARIANT=triton+graphs ENGINES=triton+graphs,functional,aoti
+  LONG=triton+graphs VAE_VARIANT=triton+graphs ENGINES=triton+graphs,functional
 else  # no CUDA graphs, no fused kernels at speed on the CPU: the same stages with what runs there
   CORE=eager,sdpa,sdpa+fp8kv COMPILE=sdpa,sdpa+compile QUANT=sdpa,sdpa+int8,sdpa+fp8
-  LONG=sdpa VAE_VARIANT=sdpa ENGINES=sdpa,functional,aoti
+  LONG=sdpa VAE_VARIANT=sdpa ENGINES=sdpa,functional
 fi
 # --yes: the estimate's refusal is for people at a terminal; --quiet: no progress bars in the logs.
 BENCH=(arvid bench --preset "$PRESET" --device "$DEVICE" --yes --quiet)
@@ -176,10 +176,11 @@ stage long_run 25 bash -c '"$@" --json "$STAGE_DIR/long_run.json"' _ "${BENCH[@]
 stage compat 30 env CUDA_VISIBLE_DEVICES= python3 -m pytest -q -x -m "not slow and not gpu" -p no:cacheprovider \
   tests/test_graph_capture_slots.py tests/test_kernel_contracts.py tests/test_compile.py \
   tests/test_sequence_parallel.py::test_gather_tokens_uses_collectives_of_torch_211
-# Engines last: AOTInductor compiles the step package first (minutes for the 1.3B model on a GPU);
-# within its budget it gives numbers, else it is stopped and marked.
+# Engines last: the functional chunk step every exporter traces, run by PyTorch. AOTInductor is left
+# out: its packages of the 1.3B step compile for minutes (four exports ran past 300 s in the audit).
+note "engines: aoti is not in the one-call suite (its 1.3B package exports take minutes); functional runs instead"
 # shellcheck disable=SC2016
-SOFT_TIMEOUT=1 stage engines 30 env ARVID_AOTI_CACHE=/tmp/arvid_aoti bash -c '"$@" --json "$STAGE_DIR/engines.json"' _ \
+SOFT_TIMEOUT=1 stage engines 30 bash -c '"$@" --json "$STAGE_DIR/engines.json"' _ \
   "${BENCH[@]}" --backend "$ENGINES" --frames 15 --warmup 1 --rounds 1 --switch-frames 9
 
 echo
