@@ -157,3 +157,32 @@ def test_aoti_graph_runner_replays_write_their_own_slot(model, monkeypatch, whol
         )
         assert (runner.planner.filled, runner.planner.next_slot) == (want.filled_after, want.next_slot_after)
     assert fake.captures == len(runner.graphs) == stream.slot_chunks
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_aoti_graph_runner_on_cuda_matches_the_uncaptured_runner():
+    # The real capture of what aoti+graphs runs (over the functional step: no package export needed):
+    # every replay must give the latents of the same runner without graphs, evictions included.
+    from arvid.export import aoti
+    from arvid.runtime.chunk_runner import GraphRunner
+
+    model = build_model(TINY.model, seed=0).cuda()
+    stream = StreamConfig()
+    kwargs = dict(latent_size=HW, batch_size=1, device="cuda", dtype=torch.float32, step=FunctionalStep(model))
+    runners = [
+        cls(model.cfg, stream, rope_positions=model.rope.positions, **kwargs)
+        for cls in (GraphRunner, aoti._CudaGraphRunner)
+    ]
+    g = torch.Generator().manual_seed(0)
+    text_kv = model.text_kv(torch.randn(1, TINY.model.text_len, TINY.model.text_dim, generator=g).cuda())
+    outs: list[list[torch.Tensor]] = [[], []]
+    for r, runner in enumerate(runners):
+        runner.set_prompt(text_kv)
+        runner.prepare(CHUNKS * stream.chunk_frames)
+        for ci in range(CHUNKS):
+            noise, renoise = _noise(model, stream, ci)
+            x0 = runner.run_chunk(noise.cuda(), [x.cuda() for x in renoise], ci * stream.chunk_frames)
+            outs[r].append(x0.clone())
+    for ci, (a, b) in enumerate(zip(*outs, strict=True)):
+        assert torch.allclose(b, a, atol=1e-4, rtol=1e-4), f"chunk {ci}: max |diff| {(b - a).abs().max().item():.3e}"
