@@ -10,6 +10,8 @@ Run ``python -m arvid.bench.bench_sink_window_attention [--shapes longlive,fill,
   ``scaled_dot_product_attention`` under each backend (FLASH, CUDNN, EFFICIENT; ones that
   error are reported as such);
 * ``sdpa-gathered/<backend>``: SDPA on K/V gathered contiguously beforehand (copy excluded);
+* ``flash-attn kvcache``: flash-attn's ``flash_attn_with_kvcache`` on the ring with ``cache_seqlens``
+  (FA3's ``flash_attn_interface`` on Hopper where installed, else FA2), whenever flash-attn imports;
 * ``flex``: compiled FlexAttention over the whole ring with a block mask ``kv_idx < kv_len``
   (mask built outside the timing);
 * ``append``: the fused q/k norm + RoPE + cache append for the same chunk, with its time as a
@@ -37,6 +39,7 @@ from arvid.kernels.sink_window_attention import (
     sink_window_attention_with_kv_cache,
     warmup_sink_window_attention,
 )
+from arvid.runtime.attention import _flash_module
 from arvid.runtime.devices import DTYPES
 
 from ._timing import (
@@ -197,6 +200,13 @@ def run_shape(shape: Shape, heads: int, head_dim: int, dtype: torch.dtype, devic
                 attn_row.extra["config"] = str(best)
         else:
             rows.append(Row(shape.name, "triton", shape.batch, shape.lq, shape.kv, heads, head_dim, note=reason))
+        fa = _flash_module()
+        if fa is not None:  # the design card's attention package, what LongLive itself calls
+            measure(
+                f"flash-attn kvcache ({fa.__name__})",
+                lambda: _first(fa.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=kv_len, causal=False)),
+                expected,
+            )
         if not args.no_flex:
             try:
                 flex_fn = _flex_callable(q, k_cache, v_cache, kv_len, device)
@@ -213,6 +223,10 @@ def run_shape(shape: Shape, heads: int, head_dim: int, dtype: torch.dtype, devic
     if args.append:
         rows.append(_append_row(shape, heads, head_dim, dtype, device, args, attn_row))
     return rows
+
+
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out  # FA3 may return (out, lse)
 
 
 def _triton_kernel():

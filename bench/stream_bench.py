@@ -67,6 +67,7 @@ class VariantResult:
     capture_seconds: float = 0.0  # CUDA-graph warm-up + capture, before the first chunk
     vae_ms: list[float] = field(default_factory=list)  # streaming VAE decode per timed chunk (with --vae)
     quant: dict | None = None  # how the DiT was quantized (scheme, backend, source), None for the float model
+    recompiles: int = 0  # Dynamo frame compilations inside timed chunks, all rounds (should be 0)
     # Sequence parallel: per rank, its own timed chunk latencies and collective ms per timed chunk.
     rank_chunk_ms: list[list[float]] = field(default_factory=list)
     rank_comm_ms: list[list[float]] = field(default_factory=list)
@@ -134,9 +135,23 @@ def split_variant(spec: str) -> tuple[str, str | None]:
     return variant, directory or None
 
 
-def check_variants(backends: list[str]) -> None:
+def torchao_missing() -> str | None:
+    """Why torchao's kernels cannot be used here (its import error), or None."""
+    try:
+        import torchao  # noqa: F401
+    except Exception as e:  # an ImportError, or a torchao built for another torch failing at import
+        return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    return None
+
+
+def check_variants(backends: list[str], device: torch.device | None = None) -> None:
     """Each variant string parses and is named once (a repeat would merge two runs into one record);
-    a ``@DIR`` names a directory written by ``arvid quantize``."""
+    a ``@DIR`` names a directory written by ``arvid quantize``.
+
+    On CUDA a quantized variant must run real low-precision kernels: arvid's emulation multiplies in
+    float32 (``quant/fp8.py`` even rebuilds a float32 weight per call), so timing it would pass an
+    fp32 GEMM off as ``+int8`` / ``+fp8``. Without torchao, and for saved (emulated) models, refused.
+    """
     from arvid.quant.serialize import read_quant_config
 
     for spec in backends:
@@ -148,6 +163,18 @@ def check_variants(backends: list[str]) -> None:
             if not Path(directory).is_dir():
                 raise FileNotFoundError(f"variant {spec!r}: {directory} is not a directory")
             read_quant_config(directory)
+            if device is not None and device.type == "cuda":
+                raise ValueError(
+                    f"variant {spec!r}: a saved model runs arvid's float32 emulation, not a quantized kernel, so "
+                    f"its CUDA timing would not be the variant's; time {variant}+<int8|int8wo|fp8> (torchao) instead"
+                )
+        elif opts.quant is not None and device is not None and device.type == "cuda":
+            missing = torchao_missing()
+            if missing:
+                raise ValueError(
+                    f"variant {spec!r} on CUDA needs torchao's kernels (arvid's emulation would time a float32 "
+                    f"GEMM as +{opts.quant}); torchao does not import ({missing}): pip install 'arvid[quant]'"
+                )
     twice = sorted({b for b in backends if backends.count(b) > 1})
     if twice:
         raise ValueError(f"variant(s) {', '.join(twice)} named more than once: each variant runs once per round")
@@ -156,6 +183,22 @@ def check_variants(backends: list[str]) -> None:
 def switch_chunks(switch_frames, chunk_frames: int, frames: int) -> list[int]:
     """Indices of the chunks whose time includes a prompt switch's KV re-cache (LongLive's alignment)."""
     return [a // chunk_frames for a in align_switch_frames(switch_frames, chunk_frames, frames)]
+
+
+def dynamo_compiles() -> int:
+    """Frames Dynamo has compiled in this process so far (0 while torch._dynamo is not imported)."""
+    utils = sys.modules.get("torch._dynamo.utils")
+    return int(utils.counters["frames"]["ok"]) if utils is not None else 0
+
+
+def recompile_warnings(variants: list[dict]) -> list[str]:
+    """A warning per variant that Dynamo compiled inside its timed chunks: the compile is in its latencies."""
+    return [
+        f"{v['backend']}: Dynamo compiled {v['recompiles']} time(s) inside timed chunks: its p99, mean and CV "
+        "include compile time"
+        for v in variants
+        if v.get("recompiles")
+    ]
 
 
 def _sync(device: torch.device) -> None:
@@ -330,17 +373,10 @@ def check_estimate(estimate: dict, yes: bool) -> None:
 
 
 def _quantized(model: CausalWanModel, scheme: str, device: torch.device) -> tuple[CausalWanModel, dict]:
-    """A quantized copy of ``model``: torchao's kernels on CUDA where torchao is installed, else emulated."""
+    """A quantized copy of ``model``: torchao's kernels on CUDA, arvid's emulation on the CPU."""
     from arvid.quant import config_for_scheme, quantize_
 
-    backend = "emulate"
-    if device.type == "cuda":
-        try:
-            import torchao  # noqa: F401
-
-            backend = "torchao"
-        except ImportError:
-            pass
+    backend = "torchao" if device.type == "cuda" else "emulate"  # check_variants refused CUDA without torchao
     quantized = quantize_(copy.deepcopy(model), config_for_scheme(scheme, backend=backend))
     return quantized, {"scheme": scheme, "backend": backend, "source": "quantized in-process"}
 
@@ -404,7 +440,7 @@ def run_stream_bench(
     """
     p = get_preset(preset) if isinstance(preset, str) else preset
     stream = stream or StreamConfig()
-    check_variants(backends)
+    check_variants(backends, device)
     if rounds < 1 or warmup < 0:
         raise ValueError(f"rounds must be >= 1 and warmup >= 0, got rounds={rounds}, warmup={warmup}")
     if frames is None:
@@ -488,6 +524,7 @@ def _run(p, device, dtype, backends, frames, warmup, rounds, switch_frames, seed
             t0 = time.perf_counter()
             renoise_gen = torch.Generator(device=device).manual_seed(seed + 1)
             decoder = StreamingVAEDecoder(vae_model) if vae_model is not None else None
+            compiles0 = dynamo_compiles()
             for i, c in enumerate(gen.stream(noise, prompts, switch_frames, generator=renoise_gen)):
                 _sync(device)
                 t1 = time.perf_counter()
@@ -497,6 +534,7 @@ def _run(p, device, dtype, backends, frames, warmup, rounds, switch_frames, seed
                 if i >= warmup:
                     run_ms.append(ms)
                     res.host_ms.append(gen.last_host_ms)
+                    res.recompiles += dynamo_compiles() - compiles0
                 if sp is not None:  # after the clock stopped: on CUDA this reads (and syncs) the events
                     comm1 = sp.comm_seconds()
                     if i >= warmup:
@@ -515,6 +553,7 @@ def _run(p, device, dtype, backends, frames, warmup, rounds, switch_frames, seed
                         torch.cuda.memory_allocated(device) if device.type == "cuda" else rss
                     )
                 bar.update()
+                compiles0 = dynamo_compiles()
                 t0 = time.perf_counter()  # host-side bookkeeping above is not charged to the next chunk
             bar.close()
             res.chunk_ms += run_ms if sp is None else _whole_job(res, run_ms, run_comm_ms, sp, device)
@@ -554,6 +593,7 @@ def _run(p, device, dtype, backends, frames, warmup, rounds, switch_frames, seed
                 "rank_comm_ms": rank_comm,
             }
     warnings = noise_warnings(variants, [load_start, env["load_average"]], torch.get_num_threads())
+    warnings += recompile_warnings(variants)
     n_params = sum(t.numel() for t in model.parameters())
     return {
         "schema": SCHEMA,

@@ -383,7 +383,12 @@ def _cuda_graph_runner_class():
             return (self.text_k, self.text_v, self.k, self.v, pt.write_start, pt.kv_len, pt.frame_offset)
 
         def _body(self, plan) -> None:
-            self._x0.copy_(GraphRunner.run_chunk(self, self._x_in, list(self._renoise), plan.frame_start))
+            # The given plan, never a fresh one from the planner: the slice start of the ring write
+            # is baked into the graph, so the captured body must write the slots of the plan it is
+            # keyed by; the host commits after each replay.
+            x0, new_k, new_v = self.chunk_outputs(plan, self._x_in, list(self._renoise))
+            self._write_slots(plan, new_k, new_v)
+            self._x0.copy_(x0)
 
         def run_chunk(self, noise, renoise, frame_start: int) -> torch.Tensor:
             import time
@@ -410,7 +415,6 @@ def _cuda_graph_runner_class():
             import time
 
             t0 = time.perf_counter()
-            filled, next_slot = self.planner.filled, self.planner.next_slot
             self._in_graph = True
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -423,7 +427,6 @@ def _cuda_graph_runner_class():
             self._pool = graph.pool()
             self._in_graph = False
             self.graphs[plan.write_start] = graph
-            self.planner.filled, self.planner.next_slot = filled, next_slot  # _body committed the plan
             torch.cuda.synchronize()
             self.capture_seconds += time.perf_counter() - t0
             return graph

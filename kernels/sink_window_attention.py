@@ -175,30 +175,107 @@ _GPU_CONFIGS = [
 _INTERPRET_CONFIGS = [(32, 32, 4, 1)]
 
 
-def _smem_bytes(block_m: int, block_n: int, stages: int, head_dim: int, q_bytes: int, kv_bytes: int) -> int:
-    # Q stays resident; K and V tiles are multi-buffered ``stages`` deep.
-    return block_m * head_dim * q_bytes + stages * 2 * block_n * head_dim * max(kv_bytes, q_bytes)
+# Configs that spill more than SPILL_TOLERATED_BYTES of registers per thread at head dim 128, by
+# (sm_<arch>, FP8 cache): compiled on the CPU for each target (``python -m arvid.bench.kernel_resources``,
+# bench/results/kernel_resources_*.json), the union over triton 3.6 (the GPU image) and 3.9 (CI), fp16
+# and bf16 alike. Smaller spills are tolerated (e.g. 24-28 B for 128 x 64, 8 warps, 3 stages with an
+# FP8 cache on sm_90 under triton 3.6, where only the 64 x 32 tile spills nothing): dropping them would
+# leave the autotuner a single small tile. The pruning drops these configs while a fitting one without
+# them remains; sm_120 with an FP8 cache has none (every config there spills, under 3.6 and 3.9).
+SPILL_TOLERATED_BYTES = 128
+_HEAVY_SPILLS_D128: dict[tuple[int, bool], frozenset[tuple[int, int, int, int]]] = {
+    (90, False): frozenset({(128, 64, 4, 3)}),
+    (90, True): frozenset(
+        {(64, 64, 4, 2), (64, 128, 4, 3), (128, 32, 4, 4), (128, 64, 4, 3), (128, 128, 8, 2), (128, 128, 8, 3)}
+    ),
+    (120, False): frozenset(
+        {
+            (64, 64, 4, 2),
+            (64, 64, 4, 3),
+            (64, 128, 4, 3),
+            (128, 32, 4, 4),
+            (128, 64, 4, 3),
+            (128, 128, 8, 2),
+            (128, 128, 8, 3),
+        }
+    ),
+    (120, True): frozenset(
+        {
+            (64, 32, 4, 4),
+            (64, 64, 4, 2),
+            (64, 64, 4, 3),
+            (64, 128, 4, 3),
+            (128, 32, 4, 4),
+            (128, 64, 4, 3),
+            (128, 64, 8, 3),
+            (128, 64, 8, 4),
+            (128, 128, 8, 2),
+            (128, 128, 8, 3),
+        }
+    ),
+}
+
+
+def _smem_bytes(
+    block_m: int, block_n: int, stages: int, head_dim: int, q_bytes: int, kv_bytes: int, arch: int = 90
+) -> int:
+    """An upper bound of the shared memory Triton allocates for a config on ``sm_<arch>``.
+
+    K and V tiles are multi-buffered ``stages`` deep in the cache's own dtype (1 byte for FP8). On
+    sm_90 the wgmma reads its A operand, the resident Q tile, from shared memory; sm_120's mma.sync
+    reads it from registers. An FP8 cache adds one K/V tile converted to the query dtype on its way
+    to the MMA and the per-token scales of each stage. Checked against the compiled values for sm_90
+    and sm_120 (tests/test_kernel_resources.py); other targets are modelled as sm_90, which counts more.
+    """
+    kv = stages * 2 * block_n * head_dim * kv_bytes
+    q = 0 if arch == 120 else block_m * head_dim * q_bytes
+    converted = block_n * head_dim * q_bytes + (stages + 1) * block_n * 8 if kv_bytes < q_bytes else 0
+    # Measured on sm_120 (triton 3.6 and 3.9): key tiles narrower than 64 add a BLOCK_M x BLOCK_N
+    # float32 scratch (16 KiB at 128 x 32) that the formula above does not see.
+    narrow = block_m * block_n * 4 if arch == 120 and block_n < 64 else 0
+    return q + kv + converted + narrow
+
+
+def kept_configs(
+    configs: list[tuple[int, int, int, int]],
+    arch: int,
+    lq: int,
+    head_dim: int,
+    q_bytes: int,
+    kv_bytes: int,
+    smem_limit: int,
+) -> list[tuple[int, int, int, int]]:
+    """The ``(BLOCK_M, BLOCK_N, warps, stages)`` configs the autotuner tries on ``sm_<arch>`` for ``lq`` queries.
+
+    Drops tiles whose query rows dwarf ``lq``, configs over ``smem_limit`` by :func:`_smem_bytes`, and,
+    while a fitting one without them remains, the configs measured to spill heavily on that target.
+    """
+    max_m = max(64, next_power_of_2(lq))  # a 64-row tile is the smallest the list offers
+    fits = [
+        c
+        for c in configs
+        if c[0] <= max_m and _smem_bytes(c[0], c[1], c[3], head_dim, q_bytes, kv_bytes, arch) <= smem_limit
+    ]
+    spilling = _HEAVY_SPILLS_D128.get((arch, kv_bytes < q_bytes), frozenset()) if head_dim == 128 else frozenset()
+    kept = [c for c in fits if c not in spilling] or fits
+    if not kept:  # never return nothing: fall back to the smallest footprint
+        kept = [min(configs, key=lambda c: (c[0] * c[1] * c[3], c[2]))]
+    return kept
 
 
 def _prune_configs(configs, named_args, **kwargs):
-    """Drop configs whose Q tile dwarfs the query count or whose pipeline overflows shared memory."""
+    """The autotuner's early prune: :func:`kept_configs` for the device the kernel runs on."""
     args = {**named_args, **kwargs}
     lq, head_dim = int(args["Lq"]), int(args["HEAD_DIM"])
     q, k = args["Q"], args["K"]
-    smem = max_shared_memory(q.device.index or 0) if q.is_cuda else 1 << 30
-    max_m = max(64, next_power_of_2(lq))  # a 64-row tile is the smallest the list offers
-    kept = [
-        c
-        for c in configs
-        if c.kwargs["BLOCK_M"] <= max_m
-        and _smem_bytes(
-            c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, head_dim, q.element_size(), k.element_size()
-        )
-        <= smem
-    ]
-    if not kept:  # never return nothing: fall back to the smallest footprint
-        kept = [min(configs, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.num_stages, c.num_warps))]
-    return kept
+    if q.is_cuda:
+        major, minor = torch.cuda.get_device_capability(q.device)
+        arch, smem = 10 * major + minor, max_shared_memory(q.device.index or 0)
+    else:  # the interpreter: no target, no limit
+        arch, smem = 0, 1 << 30
+    key = lambda c: (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
+    by_key = {key(c): c for c in configs}
+    return [by_key[t] for t in kept_configs(list(by_key), arch, lq, head_dim, q.element_size(), k.element_size(), smem)]
 
 
 if triton is not None:

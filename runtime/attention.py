@@ -228,6 +228,76 @@ register_backend(
 )
 
 
+# -- flash: flash-attn's kvcache attention over the ring buffer in place --------------------------
+def _flash_module():
+    """FA3's ``flash_attn_interface`` on Hopper where installed, else FA2's ``flash_attn``; None without either."""
+    import importlib
+
+    names = ["flash_attn"]
+    if torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0):
+        names.insert(0, "flash_attn_interface")
+    for name in names:
+        try:
+            return importlib.import_module(name)
+        except Exception:  # ImportError, or a build for another torch failing at import
+            continue
+    return None
+
+
+def _flash_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
+    if _flash_module() is None:
+        return "flash-attn is not installed (pip install flash-attn; FA3's flash_attn_interface on Hopper)"
+    if device.type != "cuda":
+        return f"flash-attn runs on CUDA, the model is on {device.type}"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"flash-attn takes float16 or bfloat16, not {dtype}"
+    return None
+
+
+def flash_append(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    norm: QKNorm | None,
+    rope: RopeInput,
+    layer: RingLayer,
+    plan: ForwardPlan,
+) -> torch.Tensor:
+    if q.is_cuda and _triton_unavailable(q.device, q.dtype) is None:
+        return triton_append(q, k, v, norm, rope, layer, plan)
+    return sdpa_append(q, k, v, norm, rope, layer, plan)
+
+
+def _flash_cache(*args, kv_dtype=None, dtype=None, **kwargs):
+    if kv_dtype not in (None, dtype):
+        raise ValueError("backend 'flash' reads the cache in the model's dtype: no FP8 KV cache (+fp8kv)")
+    return _ring_cache(*args, backend_name="flash", dtype=dtype, **kwargs)
+
+
+def flash_attend(q: torch.Tensor, layer: RingLayer, plan: ForwardPlan) -> torch.Tensor:
+    # cache_seqlens bounds the keys to the valid ring prefix [0, kv_len) on the device: no copy, no
+    # host sync, one captured graph for every fill state. Ring slots are not in time order, which
+    # softmax attention does not care about; with k=v=None nothing is appended (the append did it).
+    fa = _flash_module()
+    out = fa.flash_attn_with_kvcache(
+        q, layer.k, layer.v, cache_seqlens=plan.tensors.kv_len, softmax_scale=q.shape[-1] ** -0.5, causal=False
+    )
+    return out[0] if isinstance(out, tuple) else out  # FA3 may return (out, lse)
+
+
+register_backend(
+    AttentionBackend(
+        name="flash",
+        description="ring-buffer cache; flash-attn's flash_attn_with_kvcache on the valid prefix (cache_seqlens)",
+        unavailable=_flash_unavailable,
+        make_cache=lambda *a, **kw: _flash_cache(*a, **kw),
+        append=flash_append,
+        attend=flash_attend,
+        kv_len_on_device=True,
+    )
+)
+
+
 def _concat_cache(model_cfg, stream_cfg, *, batch_size, patch_grid, device, dtype, kv_dtype=None):
     from .concat_cache import ConcatKVCache
 

@@ -356,16 +356,29 @@ class GraphRunner:
         pt = self.plan_tensors
         return (self.text_k, self.text_v, self.k, self.v, pt.write_start, pt.kv_len, pt.frame_offset)
 
-    def _write(self, plan, new_k: torch.Tensor, new_v: torch.Tensor) -> None:
-        """The ring write, on the host side of the graph: the new K/V into the plan's slots."""
+    def _write_slots(self, plan, new_k: torch.Tensor, new_v: torch.Tensor) -> None:
+        """The ring write, on the host side of the graph: the new K/V into the plan's slots (no commit)."""
         end = plan.write_start + new_k.shape[2]
         self.k[:, :, plan.write_start : end] = new_k
         self.v[:, :, plan.write_start : end] = new_v
+
+    def _write(self, plan, new_k: torch.Tensor, new_v: torch.Tensor) -> None:
+        self._write_slots(plan, new_k, new_v)
         self.planner.commit(plan)
 
     def run_chunk(self, noise: torch.Tensor, renoise: Sequence[torch.Tensor], frame_start: int) -> torch.Tensor:
         t0 = time.perf_counter()
         plan = self.planner.plan_chunk(frame_start)
+        x0, new_k, new_v = self.chunk_outputs(plan, noise, renoise)
+        self._write(plan, new_k, new_v)
+        self.last_host_ms = (time.perf_counter() - t0) * 1000
+        return x0
+
+    def chunk_outputs(
+        self, plan, noise: torch.Tensor, renoise: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One planned chunk's (x0, new K, new V); writes nothing and leaves the planner as it is,
+        so a captured body can run it for a given plan (warm-up and capture alike)."""
         state = self._state(plan)
         x = noise.to(self.device, torch.float32).contiguous()
         if self.chunk is not None:
@@ -380,9 +393,7 @@ class GraphRunner:
             # A copy: an engine may hand out its output buffer, which its next call overwrites.
             x0 = x0.clone()
             _, new_k, new_v = self.step(x0, self.t_freq_context, self.sigma_zero, *state)
-        self._write(plan, new_k, new_v)
-        self.last_host_ms = (time.perf_counter() - t0) * 1000
-        return x0
+        return x0, new_k, new_v
 
     def recache(self, switch_frame: int, history: torch.Tensor) -> None:
         plan = self.planner.plan_recache(switch_frame)

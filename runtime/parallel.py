@@ -279,7 +279,8 @@ class SequenceParallel:
         b, n, c = x.shape
         src = x.transpose(0, 1).contiguous()  # [L/N, B, C]: rank blocks concatenate along dim 0
         out = torch.empty(self.size * n, b, c, dtype=x.dtype, device=x.device)
-        self._run("all_gather", src, lambda: dist.all_gather_single(out, src, group=self.group))
+        # all_gather_into_tensor, not all_gather_single: the latter is torch 2.13's, the GPU image runs 2.11.
+        self._run("all_gather", src, lambda: dist.all_gather_into_tensor(out, src, group=self.group))
         return out.transpose(0, 1).contiguous()
 
     # -- heads: the all-to-all of the attention ----------------------------------------------

@@ -21,6 +21,7 @@ from .attention import backend_names
 from .chunk_runner import executor_names, get_executor
 from .config import StreamConfig
 from .generator import StreamingGenerator
+from .kv_cache import recache_spans
 from .model import CausalWanModel
 
 BACKEND_FLAGS = ("graphs", "stepgraphs", "compile", "fp8kv")
@@ -102,10 +103,17 @@ class GeneratorOptions:
                 )
         if self.compile and not getattr(model, "regions_compiled", False):
             model.compile_regions()
-        return StreamingGenerator(
+        gen = StreamingGenerator(
             model, stream, latent_size=latent_size, batch_size=batch_size, backend=self.backend,
             cuda_graphs=self.graphs or self.stepgraphs, graph_granularity="step" if self.stepgraphs else "chunk",
             kv_cache_dtype=torch.float8_e4m3fn if self.fp8kv else None,
             engine_flags=self.engine_flags, engine_options=engine_options or None,
             sequence_parallel=sequence_parallel,
         )  # fmt: skip
+        if self.compile:  # every forward length a stream can ask for, compiled now rather than mid-stream
+            _, ph, pw = model.cfg.patch_size
+            per_frame = (latent_size[0] // ph) * (latent_size[1] // pw)
+            ranks = sequence_parallel.size if sequence_parallel is not None else 1
+            spans = {gen.stream_cfg.chunk_frames, *recache_spans(gen.stream_cfg)}
+            model.warm_compiled_regions([f * per_frame // ranks for f in sorted(spans)], batch_size)
+        return gen

@@ -334,3 +334,30 @@ def test_torchao_compiled_matches_eager(scheme):
     eager = quantize_(copy.deepcopy(m), config_for_scheme(scheme, backend="torchao"))
     compiled = quantize_(copy.deepcopy(m), config_for_scheme(scheme, backend="torchao", compile=True))
     assert sqnr_db(_generate(eager, 6).float(), _generate(compiled, 6).float()) >= 35
+
+
+@pytest.mark.parametrize("variant", ["sdpa+int8", "sdpa+int8wo", "sdpa+fp8"])
+def test_bench_refuses_quantized_variant_on_cuda_without_torchao(monkeypatch, variant):
+    # The emulation would time a float32 GEMM as the variant: refused before any model is built.
+    import sys
+
+    from arvid.bench import stream_bench
+
+    monkeypatch.setitem(sys.modules, "torchao", None)  # import torchao raises ImportError
+    monkeypatch.setattr(stream_bench, "load_dit", lambda **kw: pytest.fail("the model was built"))
+    with pytest.raises(ValueError, match=r"needs torchao's kernels .*pip install 'arvid\[quant\]'"):
+        stream_bench.run_stream_bench(
+            "tiny", device=torch.device("cuda"), dtype=torch.bfloat16, backends=["sdpa", variant], frames=9
+        )
+    stream_bench.check_variants(["sdpa", variant], torch.device("cpu"))  # the CPU's emulation is the variant
+
+
+def test_bench_refuses_saved_emulated_model_on_cuda(tmp_path):
+    from arvid.bench import stream_bench
+    from arvid.quant import Int8Config, quantize_, save_quantized
+    from arvid.runtime import build_model, get_preset
+
+    model = quantize_(build_model(get_preset("tiny").model, seed=0), Int8Config())
+    save_quantized(model, tmp_path / "int8")
+    with pytest.raises(ValueError, match="float32 emulation"):
+        stream_bench.check_variants(["sdpa", f"sdpa@{tmp_path / 'int8'}"], torch.device("cuda"))

@@ -223,3 +223,50 @@ def test_triton_backend_sequence_parallel(sp_run):
             assert_rel_close(k, wk[:, :, :, r : r + 1], f"rank {r} K cache after chunk {ci}")
             assert_rel_close(v, wv[:, :, :, r : r + 1], f"rank {r} V cache after chunk {ci}")
         assert got["trace"] == ranks[0]["triton"]["trace"]
+
+
+# Collectives of torch 2.13 that torch 2.11 (the GPU image) lacks: the code must not call them.
+NEWER_THAN_211 = ("all_gather_single",)
+# Removed from the public namespace only: in 2.13 torch's own all_gather_into_tensor calls the c10d one.
+_WITHOUT_NEWER = """import sys, runpy, torch.distributed as d
+for n in {names!r}:
+    if hasattr(d, n):
+        delattr(d, n)
+sys.argv = ["arvid", *sys.argv[1:]]
+runpy.run_module("arvid", run_name="__main__")
+"""
+
+
+def test_gather_tokens_uses_collectives_of_torch_211(monkeypatch, tmp_path):
+    import torch.distributed as dist
+
+    from arvid.runtime.parallel import SequenceParallel
+
+    for name in NEWER_THAN_211:
+        monkeypatch.delattr(dist, name, raising=False)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        x = torch.randn(2, 5, 3)
+        assert torch.equal(SequenceParallel().gather_tokens(x), x)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_torchrun_generate_without_collectives_newer_than_torch_211(tmp_path):
+    """Sequence parallel under torchrun with the 2.13-only collectives deleted still writes its video."""
+    from safetensors.torch import load_file
+
+    script = tmp_path / "arvid_211.py"
+    script.write_text(_WITHOUT_NEWER.format(names=NEWER_THAN_211))
+    args = ["generate", "--preset", "tiny", "--frames", "12", "--quiet", "--prompt", "a fox"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    run = subprocess.run(
+        [*launch, *args, "--sequence-parallel", "2", "--out", str(tmp_path / "two.safetensors")],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert load_file(str(tmp_path / "two.safetensors"))["latents"].shape[1] == 12

@@ -100,7 +100,7 @@ def cmd_bench(args) -> int:
         graphs = device.type == "cuda" and args.sequence_parallel == 1
         backends = ["eager", best] + ([f"{best}+graphs"] if graphs else [])
     backends += [f"{best}@{d}" for d in args.variant]
-    check_variants(backends)  # a bad or repeated variant fails before any model is built
+    check_variants(backends, device)  # a bad or repeated variant fails before any model is built
     check_output_file(args.json, "--json")  # a run is never lost at its end to an unwritable path
     if args.sequence_parallel > 1:
         for spec in backends:
