@@ -22,15 +22,17 @@ if not torch.cuda.is_available():
 
 def pytest_addoption(parser):
     parser.addoption(
-        "--real-size",
+        "--long",
         action="store_true",
-        help="also run the tests marked real_size: exports of the 1.3B model (~30 min, ~12 GB RAM on 2 cores)",
+        help="also run the tests marked long: the 1.3B exports (~30 min, ~12 GB RAM), every kernel config compiled",
     )
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
-    config.addinivalue_line("markers", "real_size: the 1.3B model on the CPU; runs only with --real-size")
+    config.addinivalue_line(
+        "markers", "long: over 5 minutes on 2 cores (the 1.3B model, every kernel compiled); runs only with --long"
+    )
     config.addinivalue_line(
         "markers", "slow: over 10 s on a 2-core CPU machine (a label: -m 'not gpu' runs them, -m 'not slow' skips them)"
     )
@@ -73,11 +75,11 @@ def pytest_sessionstart(session):
 
 
 def pytest_collection_modifyitems(config, items):
-    if not config.getoption("--real-size"):
-        skip_real = pytest.mark.skip(reason="the 1.3B model: run with --real-size")
+    if not config.getoption("--long"):
+        skip_long = pytest.mark.skip(reason="over 5 minutes: run with --long")
         for item in items:
-            if "real_size" in item.keywords:
-                item.add_marker(skip_real)
+            if "long" in item.keywords:
+                item.add_marker(skip_long)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA")

@@ -1,6 +1,6 @@
 """The exports at the size users run: the 1.3B step with random weights, to ONNX and AOTInductor, loaded back.
 
-Opt-in (`pytest --real-size tests/test_export_real_size.py`): about half an hour on 2 cores. Each export
+Opt-in (`pytest --long tests/test_export_real_size.py`): about half an hour on 2 cores. Each export
 runs in its own process, whose peak RSS is read from the kernel (``RUSAGE_CHILDREN`` of a wrapper that
 starts only it), so the number is the export's, not the test process's. README's "Export at the real
 size" gives what this measured.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.real_size
+pytestmark = pytest.mark.long
 
 WAN = ["--preset", "wan2.1-t2v-1.3b", "--device", "cpu", "--graph", "step"]
 WEIGHTS_BF16 = 2.84e9  # bytes of the 1.3B DiT's parameters in bf16 (arvid roofline --preset wan2.1-t2v-1.3b)
