@@ -18,6 +18,9 @@ OUT=${OUT:-gpu_out}
 MODE=${1:-}
 REHEARSE=0
 [ "$MODE" = --rehearse ] && REHEARSE=1
+# README's first command installs arvid into .venv/ of the checkout: use it where this shell has not
+# activated it (a new shell on the CPU machine), so the rehearsal runs what the install put there.
+if ! command -v arvid >/dev/null 2>&1 && [ -x .venv/bin/arvid ]; then export PATH="$PWD/.venv/bin:$PATH"; fi
 # The whole suite's budget on the GPU: ~8 of the 15 device minutes (start, idle and one short rerun
 # take the rest; GPU.md). Stage budgets below are GPU seconds and sum to at most this.
 SUITE_BUDGET_S=480
