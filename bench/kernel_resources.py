@@ -28,9 +28,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-# Compiling for a GPU needs the real JIT functions, not the interpreter's stand-ins.
-os.environ.pop("TRITON_INTERPRET", None)
-
 HEAD_DIM = 128  # Wan2.1: 12 heads of 128
 NUM_HEADS = 12
 DTYPES = ("fp16", "bf16")
@@ -97,6 +94,8 @@ def _jit_function(kernel):
 
 
 def _compile(fn, signature, constexprs, attrs, arch: int, num_warps: int, num_stages: int) -> dict:
+    if os.environ.get("TRITON_INTERPRET"):
+        raise RuntimeError("compiling for a GPU target needs a process without TRITON_INTERPRET (main() unsets it)")
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -273,6 +272,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="write the report here")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = p.parse_args(argv)
+    # Compiling for a GPU needs the real JIT functions, not the interpreter's stand-ins: set before the
+    # kernels are imported (triton.jit reads it at decoration). Not at import of this module, which would
+    # turn the interpreter off for a whole process (the test session) that only reads its constants.
+    os.environ.pop("TRITON_INTERPRET", None)
     try:
         archs = [parse_arch(a) for a in args.arch.split(",") if a.strip()]
         dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()]

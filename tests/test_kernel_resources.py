@@ -160,3 +160,12 @@ def test_the_committed_table_holds_for_the_installed_triton(table):
     assert run.returncode == 0, run.stderr[-3000:]
     for r, got in zip(rows, json.loads(run.stdout), strict=True):
         assert {k: got[k] for k in MEASURED} == {k: r[k] for k in MEASURED}, (r["arch"], r["fp8_cache"])
+
+
+def test_importing_the_tool_leaves_the_interpreter_on():
+    """This module imports the tool's constants: the Triton interpreter the other tests need stays on (an
+    import-time unset once turned it off for the whole session, failing every Triton test after this file)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        assert os.environ.get("TRITON_INTERPRET") == "1"
