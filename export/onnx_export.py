@@ -96,12 +96,16 @@ def refuse_inplace(module: torch.nn.Module, example_inputs: Sequence[torch.Tenso
         out = module(*example_inputs)
     if probe.offenders:
         ops = ", ".join(sorted(set(probe.offenders)))
-        raise ValueError(
-            f"{name}: the in-place ring-buffer cache cannot be exported (aten {ops} writes into state that "
-            "outlives the forward; exporters drop or mis-bake such writes): export a functional graph "
-            "whose cache comes in as an input and whose new K/V come out (arvid.export.graphs)"
-        )
+        raise _inplace_error(name, ops)
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def _inplace_error(name: str, ops: str) -> ValueError:
+    return ValueError(
+        f"{name}: the in-place ring-buffer cache cannot be exported (aten {ops} writes into state that "
+        "outlives the forward; exporters drop or mis-bake such writes): export a functional graph "
+        "whose cache comes in as an input and whose new K/V come out (arvid.export.graphs)"
+    )
 
 
 def refuse_inplace_traced(program, *, name: str = "graph") -> None:
@@ -129,11 +133,7 @@ def refuse_inplace_traced(program, *, name: str = "graph") -> None:
                 offenders.append(str(node.target.overloadpacket.__name__))
     if offenders:
         ops = ", ".join(sorted(set(offenders)))
-        raise ValueError(
-            f"{name}: the in-place ring-buffer cache cannot be exported (aten {ops} writes into state that "
-            "outlives the forward; exporters drop or mis-bake such writes): export a functional graph "
-            "whose cache comes in as an input and whose new K/V come out (arvid.export.graphs)"
-        )
+        raise _inplace_error(name, ops)
 
 
 def _aliases_first_arg(target) -> bool:
@@ -339,7 +339,10 @@ def export_onnx(
     dynamo : ``torch.onnx.export(dynamo=True)`` (default); ``False`` uses the TorchScript exporter
         (what modelopt's Q/DQ models need).
     parity : run the exported graph in ONNX Runtime (CPU) on the example inputs and measure the
-        max abs difference per output against the eager forward (``reference`` if given).
+        max abs difference per output against the eager forward.
+    reference : the outputs of :func:`refuse_inplace` on ``module`` and ``example_inputs`` where the caller
+        ran it already (Q/DQ export: the fake-quant forward it measures against): the module is then
+        neither probed nor run again.
     log : called with a line when each stage (eager reference, trace, passes, write, parity) starts
         and ends, with its time.
 
@@ -362,8 +365,8 @@ def export_onnx(
             yield
         times[key] = round(time.perf_counter() - t0, 2)
 
-    eager = None
-    if not dynamo:  # the TorchScript exporter runs the module: probe that run for in-place writes first
+    eager = tuple(reference) if reference is not None else None
+    if not dynamo and eager is None:  # the TorchScript exporter runs the module: probe that run first
         with timed("eager", "eager reference (and the in-place probe)"):
             eager = refuse_inplace(module, example_inputs, name=name)
     input_names = _names(spec, "inputs", len(example_inputs), "input_")
@@ -420,13 +423,12 @@ def export_onnx(
         if skip:
             result["parity"], result["parity_rel_l2"] = {"skipped": skip}, {}
         else:
-            if reference is None and eager is None:
+            if eager is None:
                 with timed("eager", "eager reference"), torch.no_grad():
                     eager = module(*example_inputs)
                     eager = tuple(eager) if isinstance(eager, (tuple, list)) else (eager,)
-            ref = tuple(reference) if reference is not None else eager
             with timed("parity", "parity in ONNX Runtime"):
-                result["parity"], result["parity_rel_l2"] = measure_parity(path, example_inputs, ref, output_names)
+                result["parity"], result["parity_rel_l2"] = measure_parity(path, example_inputs, eager, output_names)
     result["stages_s"] = times
     return result
 

@@ -116,7 +116,9 @@ def export_qdq(
         raise ValueError(f"FP8 Q/DQ needs opset >= {FP8_OPSET}, got {opset}")
     path = Path(path)
     fake_quant = refuse_inplace(graph, example_inputs, name=getattr(spec, "name", "graph"))
-    res = export_onnx(graph, example_inputs, spec, path, dynamo=False, opset=opset, parity=False, log=log)
+    res = export_onnx(
+        graph, example_inputs, spec, path, dynamo=False, opset=opset, parity=False, reference=fake_quant, log=log
+    )
     res["fp8_standardized"] = rewrite_onnx(path, standardize_fp8_qdq) if scheme == "fp8" else 0
     res["qdq_counts"] = qdq_counts(path)
     res["scheme"] = scheme
