@@ -53,11 +53,17 @@ def _installed(name: str) -> str | None:
         return None
 
 
+def constraint_pins() -> dict[str, str]:
+    """constraints.txt as ``{normalised name: version}`` (lower case, ``-`` for ``_``)."""
+    text = CONSTRAINTS.read_text(encoding="utf-8")
+    return {n.lower().replace("_", "-"): v for n, v in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", text, re.M)}
+
+
 def version_lines() -> list[str]:
     """The exact versions this run tests: the key packages, and every pin of constraints.txt that differs."""
     key = ", ".join(f"{n} {_installed(n) or '-'}" for n in KEY_PACKAGES)
     lines = [f"versions: python {platform.python_version()}, torch {torch.__version__}, {key}"]
-    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", CONSTRAINTS.read_text(encoding="utf-8"), re.M))
+    pins = constraint_pins()
     differ = [f"{n} {_installed(n) or 'missing'} (pinned {v})" for n, v in pins.items() if _installed(n) != v]
     if differ:
         lines.append(f"constraints.txt: {len(differ)} of {len(pins)} pins differ: " + ", ".join(differ))

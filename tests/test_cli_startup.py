@@ -161,15 +161,6 @@ def test_core_install_pulls_no_optional_or_cuda_package(tmp_path):
     assert not [n for n in names if n.startswith(("nvidia-", "cuda-"))]
 
 
-def _pins() -> dict[str, str]:
-    pins = {}
-    for line in (ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines():
-        if line and not line.startswith("#"):
-            name, version = line.split("==")
-            pins[name.lower().replace("_", "-")] = version
-    return pins
-
-
 def _dev_closure() -> set[str]:
     """Every installed distribution that ``arvid[dev]`` needs, transitively, read off the installed metadata
     (each requirement's environment markers evaluated with the extras asked for)."""
@@ -200,8 +191,11 @@ def test_constraints_pin_every_package_of_the_dev_install():
     """README's install (`torch==2.13.0 -e ".[dev]" -c constraints.txt`) gets pinned versions only: every
     package arvid[dev] needs, transitively, is pinned in constraints.txt and installed at its pin, so none
     floats with the next upstream release (README's command itself, run by CI, proves the file resolves)."""
-    pins = _pins()
     from importlib import metadata
+
+    from conftest import constraint_pins
+
+    pins = constraint_pins()
 
     needed = _dev_closure() - {"arvid", "torch"}
     assert len(needed) > 40, needed  # the closure was read (the dev extra alone names 17 packages)
