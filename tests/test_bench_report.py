@@ -10,13 +10,14 @@ import torch
 from arvid.bench.report import (
     README_END,
     README_START,
+    format_table,
     load_report,
     plot_report,
     results_table,
     update_readme_results,
     write_markdown,
 )
-from arvid.bench.stream_bench import format_table, run_stream_bench
+from arvid.bench.stream_bench import run_stream_bench
 from arvid.cli import build_parser
 
 VARIANT_FIELDS = {
