@@ -129,7 +129,7 @@ def run_stream_bench(
     progress: bool = False,
     sequence_parallel: SequenceParallel | None = None,
 ) -> dict:
-    """Run every variant on the same inputs; returns a JSON-ready dict (see ``format_table``).
+    """Run every variant on the same inputs; returns a JSON-ready dict (printed by ``report.format_table``).
 
     Parameters
     ----------
