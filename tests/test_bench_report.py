@@ -6,6 +6,7 @@ import statistics
 
 import pytest
 import torch
+from _bench import tiny_report
 
 from arvid.bench.report import (
     README_END,
@@ -47,10 +48,7 @@ VARIANT_FIELDS = {
 
 @pytest.fixture(scope="module")
 def report():
-    return run_stream_bench(
-        "tiny", device=torch.device("cpu"), dtype=torch.float32, backends=["eager", "sdpa"], frames=12, warmup=1,
-        rounds=2, threads=1,
-    )  # fmt: skip
+    return tiny_report()
 
 
 @pytest.fixture

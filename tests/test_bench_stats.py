@@ -6,6 +6,7 @@ import statistics
 import numpy as np
 import pytest
 import torch
+from _bench import tiny_report
 
 from arvid.bench.estimate import ESTIMATE_LIMIT_S, check_estimate, estimate_seconds
 from arvid.bench.report import (
@@ -193,9 +194,7 @@ def test_bench_options():
 # -- `arvid report A B` --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def run_a():
-    return run_stream_bench(
-        "tiny", device=CPU, dtype=torch.float32, backends=["eager", "sdpa"], frames=12, warmup=1, rounds=2, threads=1
-    )
+    return tiny_report()
 
 
 def _scaled(report: dict, factor: dict[str, float]) -> dict:
