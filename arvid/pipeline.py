@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from arvid.runtime import PRESETS, GeneratorOptions, Preset, StreamConfig, StreamingGenerator, get_preset
+from arvid.runtime.executors import build_executor
 from arvid.runtime.generator import NoiseSource, check_int, check_switch_frames, check_tensor, validate_schedule
 
 Prompt = str | torch.Tensor  # text, or embeddings [1, text_len, text_dim]
@@ -248,8 +249,12 @@ class Pipeline:
         """The :class:`StreamingGenerator` (built on first use with :attr:`options`)."""
         if self._generator is None:
             p = self.preset
-            self._generator = self.options.build(
-                self.model, self.stream_config, latent_size=(p.latent_height, p.latent_width),
+            size = (p.latent_height, p.latent_width)
+            executor = build_executor(
+                self.options, self.model, self.stream_config, latent_size=size, sequence_parallel=self.sequence_parallel
+            )
+            self._generator = StreamingGenerator(
+                self.model, self.stream_config, latent_size=size, executor=executor,
                 sequence_parallel=self.sequence_parallel,
             )  # fmt: skip
         return self._generator
@@ -537,13 +542,8 @@ def _prompt_items(prompts: object) -> list:
 
 # -- loading pieces --------------------------------------------------------------------------------
 def _options(backend: str | None) -> GeneratorOptions:
-    from arvid.runtime import backend_names
-
-    if not backend:
-        return GeneratorOptions()
-    if backend.split("+")[0] not in backend_names():
-        import arvid.export  # noqa: F401  engines (ort, aoti, ...) register as chunk executors on import
-    return GeneratorOptions.from_variant(backend)
+    # engines (ort, aoti, ...) are registered by name in arvid.runtime.executors: no import needed here
+    return GeneratorOptions.from_variant(backend) if backend else GeneratorOptions()
 
 
 def _check_sources(files, preset: Preset, *, need_vae: bool, need_text: bool) -> None:

@@ -434,20 +434,6 @@ def _cuda_graph_runner_class():
     return CudaGraphRunner
 
 
-def _register() -> None:
-    global _CudaGraphRunner
-    from arvid.runtime.chunk_runner import Executor, register_executor
-
-    _CudaGraphRunner = _cuda_graph_runner_class()
-    register_executor(
-        Executor(
-            "aoti",
-            "AOTInductor packages of the exported chunk step (C++ kernels on the CPU, Triton on CUDA)",
-            aoti_executor,
-            flags=("chunk", "graphs"),
-        )
-    )
-
-
-_CudaGraphRunner = None
-_register()
+# Registered with the runtime by name ("aoti" -> "arvid.export.aoti:aoti_executor" in
+# arvid/runtime/executors.py): this module is imported on the first aoti run, not on every start.
+_CudaGraphRunner = _cuda_graph_runner_class()

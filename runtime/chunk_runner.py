@@ -25,15 +25,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
 from .attention import AttentionBackend
-from .chunk_step import FunctionalChunk, FunctionalStep, denoise_step
+from .chunk_step import denoise_step
 from .config import StreamConfig
-from .kv_cache import KVCache, PlanTensors, RingPlanner, recache_spans
+from .kv_cache import KVCache, PlanTensors, RingPlanner
 from .model import CausalWanModel, sinusoidal_embedding
 from .scheduler import FlowMatchScheduler
 
@@ -41,6 +40,7 @@ from .scheduler import FlowMatchScheduler
 class ChunkExecutor(Protocol):
     """What the generator asks of an executor."""
 
+    name: str  # the backend or engine, for reports (set by build_executor)
     capture_seconds: float  # warm-up + capture time spent so far (0 where nothing is captured)
     last_host_ms: float  # host time of the last run_chunk (launches / replays, no sync)
 
@@ -99,6 +99,7 @@ class ChunkRunner:
             raise ValueError(f"CUDA graphs need a CUDA device; the model is on {device}")
         if granularity not in ("chunk", "step"):
             raise ValueError(f"graph granularity must be 'chunk' or 'step', got {granularity!r}")
+        self.name = backend.name
         self.model, self.cache, self.stream = model, cache, stream
         self.scheduler = sched = FlowMatchScheduler(stream)
         self.cuda_graphs, self.granularity = cuda_graphs, granularity
@@ -403,53 +404,3 @@ class GraphRunner:
         x = _history_span(history, switch_frame, self.stream, plan.frame_start, n).contiguous()
         _, new_k, new_v = self.recache_steps[n](x, self._t_freq(0.0, n), self.sigma_zero, *self._state(plan))
         self._write(plan, new_k, new_v)
-
-
-# -- executors beyond the attention backends (engines) ----------------------------------------
-@dataclass(frozen=True)
-class Executor:
-    name: str
-    description: str
-    # factory(model, stream, *, latent_size, batch_size, flags: frozenset[str], **options) -> ChunkExecutor
-    factory: Callable[..., Any]
-    flags: tuple[str, ...] = ()  # variant flags the engine understands, e.g. ("int8", "fp8")
-
-
-_EXECUTORS: dict[str, Executor] = {}
-
-
-def register_executor(executor: Executor) -> Executor:
-    _EXECUTORS[executor.name] = executor
-    return executor
-
-
-def executor_names() -> list[str]:
-    return list(_EXECUTORS)
-
-
-def get_executor(name: str) -> Executor | None:
-    return _EXECUTORS.get(name)
-
-
-def _functional_executor(model, stream, *, latent_size, batch_size, flags=frozenset(), **options):
-    """The exported graphs' functional step, run eagerly by PyTorch: the reference for every engine."""
-    if options:
-        raise ValueError(f"executor 'functional' takes no options, got {sorted(options)}")
-    param = model.patch_embedding.weight
-    step = FunctionalStep(model)
-    spans = dict.fromkeys(recache_spans(stream), step)
-    return GraphRunner(
-        model.cfg, stream, latent_size=latent_size, batch_size=batch_size, device=param.device, dtype=param.dtype,
-        step=step, chunk=FunctionalChunk(model, stream, batch_size) if "chunk" in flags else None,
-        recache_steps=spans, rope_positions=model.rope.positions,
-    )  # fmt: skip
-
-
-register_executor(
-    Executor(
-        "functional",
-        "the export graphs' functional chunk step (cache in, new K/V out), run eagerly by PyTorch",
-        _functional_executor,
-        flags=("chunk",),
-    )
-)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ._names import PRESET_NAMES, STREAM_DEFAULTS
+# torch-free (arvid.runtime imports its modules lazily): the parser reads the presets and LongLive's
+# stream settings off their one home
+from arvid.runtime.config import PRESETS, StreamConfig
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -63,7 +65,7 @@ def add_common_args(p: argparse.ArgumentParser, *, stream: bool = True) -> None:
     p.add_argument(
         "--preset",
         default="tiny",
-        help=f"model preset: {', '.join(PRESET_NAMES)} (default: tiny; with --model: wan2.1-t2v-1.3b)",
+        help=f"model preset: {', '.join(PRESETS)} (default: tiny; with --model: wan2.1-t2v-1.3b)",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default: bf16 on CUDA, fp32 on the CPU")
@@ -81,7 +83,7 @@ def add_common_args(p: argparse.ArgumentParser, *, stream: bool = True) -> None:
 
 def add_stream_args(p: argparse.ArgumentParser) -> None:
     """One flag per :class:`~arvid.runtime.StreamConfig` field (default: LongLive's shipped settings)."""
-    d = argparse.Namespace(**STREAM_DEFAULTS)  # StreamConfig()'s, without importing torch (see _names)
+    d = StreamConfig()
     g = p.add_argument_group("streaming (LongLive's settings by default)")
     g.add_argument("--chunk-frames", type=positive_int, help=f"latent frames per chunk (default: {d.chunk_frames})")
     g.add_argument(
@@ -156,7 +158,8 @@ def resolved_config(args) -> dict:
     to different paths give identical bytes."""
     out = {}
     for key, value in sorted(vars(args).items()):
-        if key in ("func", *OUTPUT_ONLY_OPTIONS) or callable(value):
+        # "_..." : what a command derived from the options and kept on args (e.g. the parsed variant)
+        if key in ("func", *OUTPUT_ONLY_OPTIONS) or key.startswith("_") or callable(value):
             continue
         out[key] = list(value) if isinstance(value, tuple) else value
     out["stream_config"] = dataclasses.asdict(stream_config(args))
@@ -383,12 +386,7 @@ def add_parallel_args(p: argparse.ArgumentParser) -> None:
 def check_sequence_parallel_options(opts, what: str = "") -> None:
     """Refuse (one line, before any load) options that sequence parallel cannot run: it runs the
     attention backends eagerly, so no engine and no CUDA graphs. ``what`` prefixes the message."""
-    from arvid.runtime.chunk_runner import get_executor
-
-    if opts.graphs or opts.stepgraphs or (opts.backend and get_executor(opts.backend) is not None):
-        raise ValueError(
-            f"{what}--sequence-parallel runs the attention backends eagerly: no engines, no CUDA graphs yet"
-        )
+    opts.check_sequence_parallel(f"{what}--sequence-parallel")
 
 
 def sequence_parallel_from_args(args, preset, stream):

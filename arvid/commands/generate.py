@@ -68,15 +68,21 @@ def add_run_args(p) -> None:
 
 
 def generator_options(args):
-    """``--backend VARIANT`` plus ``--graphs`` / ``--compile`` / ``--fp8kv``: the same words as a variant string."""
+    """``--backend VARIANT`` plus ``--graphs`` / ``--compile`` / ``--fp8kv``: the same words as a variant
+    string, parsed once per run (kept on ``args``; every later check and the load reuse it)."""
     import dataclasses
 
     from arvid.runtime import GeneratorOptions
 
+    cached = getattr(args, "_generator_options", None)
+    if cached is not None:
+        return cached
     opts = GeneratorOptions.from_variant(args.backend) if args.backend else GeneratorOptions()
-    return dataclasses.replace(
+    opts = dataclasses.replace(
         opts, graphs=opts.graphs or args.graphs, compile=opts.compile or args.compile, fp8kv=opts.fp8kv or args.fp8kv
     )
+    args._generator_options = opts
+    return opts
 
 
 def check_run_args(args) -> None:
