@@ -6,6 +6,7 @@ runs: the engine registry and :func:`~arvid.runtime.executors.build_executor`) -
 ``chunk_step`` (one DiT forward over explicit state) -> ``model`` -> ``attention`` (backends) and
 ``kv_cache`` / ``concat_cache`` (ring, functional, and the eager baseline's caches) -> ``rope``
 (tables, q/k norm + RoPE) -> ``arvid.kernels``.
+Beside them: ``loaders`` (:class:`~arvid.runtime.loaders.WeightSource`, the DiT / text encoder / VAE loaders).
 
 ``import arvid.runtime`` imports no torch: every name below is imported from its module on first
 access (PEP 562 ``__getattr__``, as ``arvid/__init__.py`` does), so the command line's parser reads
@@ -61,6 +62,7 @@ _LAZY = {
     "RopeTables": "rope",
     "FlowMatchScheduler": "scheduler",
     "GeneratorOptions": "variants",
+    "WeightSource": "loaders",
 }
 
 __all__ = sorted(_LAZY)

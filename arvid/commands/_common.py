@@ -325,50 +325,38 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lora-rank", type=int, help="expected LoRA rank (an error if the file differs)")
 
 
+def weight_source(args):
+    """The :class:`~arvid.runtime.loaders.WeightSource` of the :func:`add_model_args` flags, made once per
+    run (kept on ``args``): the model directory is resolved once, for the preset, the checks and the load."""
+    from arvid.runtime.loaders import WeightSource
+
+    source = getattr(args, "_weight_source", None)
+    if source is None:
+        source = args._weight_source = WeightSource(
+            model_dir=args.model, checkpoint=args.checkpoint, longlive_ckpt=args.longlive_ckpt,
+            longlive_weights=args.longlive_weights, lora=args.lora, lora_alpha=args.lora_alpha,
+            lora_rank=args.lora_rank, seed=args.seed,
+        )  # fmt: skip
+    return source
+
+
 def model_preset(args):
     """``(preset, model files or None)`` for ``--preset`` / ``--model``: the preset's geometry with, under
     ``--model``, the model directory's DiT config."""
-    from arvid.runtime import get_preset
-    from arvid.runtime.checkpoint import model_config_from_json
-    from arvid.runtime.loaders import find_model_files
-
-    files = find_model_files(args.model) if args.model else None
-    preset = get_preset(args.preset or ("wan2.1-t2v-1.3b" if files else "tiny"))
-    if files is not None:
-        preset = dataclasses.replace(preset, model=model_config_from_json(files.dit_config))
-    return preset, files
+    source = weight_source(args)
+    return source.preset(args.preset), source.files
 
 
 def load_model_from_args(args, preset, *, device, dtype):
     """The DiT for the :func:`add_model_args` flags: :func:`~arvid.runtime.loaders.load_dit`, the only loader."""
-    from arvid.runtime.loaders import load_dit
+    from arvid.runtime import loaders
 
-    return load_dit(
-        model_dir=args.model,
-        config=preset.model,
-        checkpoint=args.checkpoint,
-        longlive_ckpt=args.longlive_ckpt,
-        longlive_weights=args.longlive_weights,
-        lora=args.lora,
-        lora_alpha=args.lora_alpha,
-        lora_rank=args.lora_rank,
-        device=device,
-        dtype=dtype,
-        seed=args.seed,
-    )
+    return loaders.load_dit(source=weight_source(args), config=preset.model, device=device, dtype=dtype)
 
 
 def weights_label(args) -> str:
-    """Where the DiT weights came from, for reports and metadata (:func:`arvid.runtime.loaders.weights_label`)."""
-    from arvid.runtime.loaders import weights_label as label
-
-    return label(
-        model_dir=args.model,
-        checkpoint=args.checkpoint,
-        longlive_ckpt=args.longlive_ckpt,
-        lora=args.lora,
-        seed=args.seed,
-    )
+    """Where the DiT weights came from, for reports and metadata (:attr:`arvid.runtime.loaders.WeightSource.label`)."""
+    return weight_source(args).label
 
 
 def add_parallel_args(p: argparse.ArgumentParser) -> None:

@@ -26,6 +26,7 @@ from ._common import (
     positive_int,
     sequence_parallel_from_args,
     stream_config,
+    weight_source,
 )
 
 
@@ -109,24 +110,17 @@ def add_output_args(p) -> None:
 # -- loading: the Pipeline (arvid/pipeline.py) does it; the command line only maps its flags ---------
 def pipeline_from_args(args, *, need_vae: bool, need_text: bool = True, sequence_parallel=None):
     """The :class:`~arvid.pipeline.Pipeline` for the command-line arguments (``_common.add_model_args``,
-    :func:`add_run_args`, the stream flags)."""
+    :func:`add_run_args`, the stream flags), on the run's one :func:`~._common.weight_source`."""
     from arvid.pipeline import Pipeline
 
-    return Pipeline.from_pretrained(
-        args.model,  # None: the --preset alone
+    return Pipeline.from_weights(
+        weight_source(args),
         preset=args.preset,
-        checkpoint=args.checkpoint,
-        longlive_ckpt=args.longlive_ckpt,
-        longlive_weights=args.longlive_weights,
-        lora=args.lora,
-        lora_alpha=args.lora_alpha,
-        lora_rank=args.lora_rank,
         device=args.device,
         dtype=args.dtype,
         backend=generator_options(args),
         text_encoder_device=args.text_encoder_device,
         stream_config=stream_config(args),
-        seed=args.seed,
         need_vae=need_vae,
         need_text=need_text,
         sequence_parallel=sequence_parallel,
