@@ -14,9 +14,6 @@ import sys
 from arvid import __version__
 
 COMMANDS = ["bench", "generate", "roofline", "report", "interactive", "download", "quantize", "quality", "export"]
-# commands that build generators: `import arvid.export` registers its engines (ort, aoti, trt) as
-# chunk executors, so it runs before them (and only them: it imports torch)
-ENGINE_COMMANDS = {"bench", "generate", "interactive", "quality", "export"}
 
 DESCRIPTION = """\
 arvid: streaming autoregressive video diffusion (LongLive, Self-Forcing) on a causal Wan2.1 DiT.
@@ -78,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     ``interactive`` keeps the playable prefix of its video and says what it holds.
     """
     args = build_parser().parse_args(argv)
-    if args.command in ENGINE_COMMANDS:
-        import arvid.export  # noqa: F401  (registration)
+    # engines (ort, trt, aoti) are registered by name in arvid.runtime.executors and imported on first
+    # use: a run of an attention backend never imports arvid.export
     from arvid.runtime.files import Terminated, sigterm_as_interrupt  # after parsing: --help stays light
 
     try:

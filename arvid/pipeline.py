@@ -19,13 +19,16 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from arvid.runtime import PRESETS, GeneratorOptions, Preset, StreamConfig, StreamingGenerator, get_preset
+from arvid.runtime.executors import build_executor
 from arvid.runtime.generator import NoiseSource, check_int, check_switch_frames, check_tensor, validate_schedule
+
+# the loaders live beside load_dit (arvid.runtime.loaders); their names stay importable from here
+from arvid.runtime.loaders import WeightSource, check_sources, load_text_encoder_for, load_vae_for  # noqa: F401
 
 Prompt = str | torch.Tensor  # text, or embeddings [1, text_len, text_dim]
 
@@ -190,9 +193,7 @@ class Pipeline:
         sequence_parallel : a :class:`arvid.runtime.parallel.SequenceParallel` group (every rank builds
             the same pipeline; the generator splits each forward over the group), or None.
         """
-        from arvid.runtime.checkpoint import model_config_from_json
         from arvid.runtime.devices import resolve_device, resolve_dtype
-        from arvid.runtime.loaders import find_model_files, load_dit, weights_label
 
         _check_path(model, "model")
         for name, value in (("checkpoint", checkpoint), ("longlive_ckpt", longlive_ckpt), ("lora", lora)):
@@ -215,30 +216,55 @@ class Pipeline:
             model, is_preset = preset or "tiny", True
         else:
             is_preset = isinstance(model, str) and model in PRESETS and not Path(model).is_dir()
-        p = get_preset(preset or (str(model) if is_preset else "wan2.1-t2v-1.3b"))  # a bad name fails first
+        name = preset or (str(model) if is_preset else "wan2.1-t2v-1.3b")
+        get_preset(name)  # a bad name fails first
         if not is_preset and isinstance(model, str) and "/" not in model and not Path(model).exists():
             raise ValueError(f"{model!r} is neither a model directory nor a preset ({', '.join(PRESETS)})")
-        files = None if is_preset else find_model_files(model)
-        if files is not None:
-            p = dataclasses.replace(p, model=model_config_from_json(files.dit_config))
-        _check_sources(files, p, need_vae=need_vae, need_text=need_text)  # fail before loading gigabytes
-        opts = backend if isinstance(backend, GeneratorOptions) else _options(backend)
-        dit = load_dit(
-            model_dir=files.root if files else None, config=p.model, checkpoint=checkpoint,
-            longlive_ckpt=longlive_ckpt, longlive_weights=longlive_weights, lora=lora, lora_alpha=lora_alpha,
-            lora_rank=lora_rank, device=dev, dtype=dt, seed=seed,
+        source = WeightSource(
+            model_dir=None if is_preset else model, checkpoint=checkpoint, longlive_ckpt=longlive_ckpt,
+            longlive_weights=longlive_weights, lora=lora, lora_alpha=lora_alpha, lora_rank=lora_rank, seed=seed,
         )  # fmt: skip
-        text = load_text_encoder_for(files, p, dev, dt, text_encoder_device, seed) if need_text else None
-        vae = load_vae_for(files, p, dev, dt) if need_vae else None
-        label = weights_label(
-            model_dir=files.root if files else None,
-            checkpoint=checkpoint,
-            longlive_ckpt=longlive_ckpt,
-            lora=lora,
-            seed=seed,
-        )
+        return cls.from_weights(
+            source, preset=name, device=dev, dtype=dt, backend=backend, text_encoder_device=text_encoder_device,
+            stream_config=stream_config, need_vae=need_vae, need_text=need_text, sequence_parallel=sequence_parallel,
+        )  # fmt: skip
+
+    @classmethod
+    def from_weights(
+        cls,
+        source: WeightSource,
+        *,
+        preset: str | None = None,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype | None = None,
+        backend: str | GeneratorOptions | None = None,
+        text_encoder_device: str = "device",
+        stream_config: StreamConfig | None = None,
+        need_vae: bool = True,
+        need_text: bool = True,
+        sequence_parallel=None,
+    ) -> Pipeline:
+        """Load a pipeline from a :class:`~arvid.runtime.loaders.WeightSource` (its model directory
+        resolved once, for the preset, the checks and every loader); the other arguments as in
+        :meth:`from_pretrained`. ``preset`` None: ``wan2.1-t2v-1.3b`` with a model directory, else ``tiny``."""
+        from arvid.runtime import loaders
+        from arvid.runtime.devices import resolve_device, resolve_dtype
+
+        if backend is not None and not isinstance(backend, (str, GeneratorOptions)):
+            raise TypeError(f"backend must be a variant string, GeneratorOptions or None, got {type(backend).__name__}")
+        if stream_config is not None and not isinstance(stream_config, StreamConfig):
+            raise TypeError(f"stream_config must be a StreamConfig or None, got {type(stream_config).__name__}")
+        dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device
+        dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)
+        p = source.preset(preset)
+        files = source.files
+        loaders.check_sources(files, p, need_vae=need_vae, need_text=need_text)  # fail before loading gigabytes
+        opts = backend if isinstance(backend, GeneratorOptions) else _options(backend)
+        dit = loaders.load_dit(source=source, config=p.model, device=dev, dtype=dt)
+        text = loaders.load_text_encoder_for(files, p, dev, dt, text_encoder_device, source.seed) if need_text else None
+        vae = loaders.load_vae_for(files, p, dev, dt) if need_vae else None
         return cls(
-            p, dit, text_encoder=text, vae=vae, stream_config=stream_config, options=opts, weights=label,
+            p, dit, text_encoder=text, vae=vae, stream_config=stream_config, options=opts, weights=source.label,
             sequence_parallel=sequence_parallel,
         )  # fmt: skip
 
@@ -248,8 +274,12 @@ class Pipeline:
         """The :class:`StreamingGenerator` (built on first use with :attr:`options`)."""
         if self._generator is None:
             p = self.preset
-            self._generator = self.options.build(
-                self.model, self.stream_config, latent_size=(p.latent_height, p.latent_width),
+            size = (p.latent_height, p.latent_width)
+            executor = build_executor(
+                self.options, self.model, self.stream_config, latent_size=size, sequence_parallel=self.sequence_parallel
+            )
+            self._generator = StreamingGenerator(
+                self.model, self.stream_config, latent_size=size, executor=executor,
                 sequence_parallel=self.sequence_parallel,
             )  # fmt: skip
         return self._generator
@@ -537,53 +567,5 @@ def _prompt_items(prompts: object) -> list:
 
 # -- loading pieces --------------------------------------------------------------------------------
 def _options(backend: str | None) -> GeneratorOptions:
-    from arvid.runtime import backend_names
-
-    if not backend:
-        return GeneratorOptions()
-    if backend.split("+")[0] not in backend_names():
-        import arvid.export  # noqa: F401  engines (ort, aoti, ...) register as chunk executors on import
-    return GeneratorOptions.from_variant(backend)
-
-
-def _check_sources(files, preset: Preset, *, need_vae: bool, need_text: bool) -> None:
-    if files is None:
-        if need_vae and preset.name != "tiny":
-            raise ValueError("video output needs VAE weights: pass a model directory (--model DIR), or use tiny")
-        return
-    if need_text and files.text_encoder is None:
-        raise ValueError(f"{files.root}: no text encoder found (models_t5_umt5-xxl-enc-bf16.pth or text_encoder/)")
-    if need_text and files.tokenizer is None:
-        want = "google/umt5-xxl/" if files.layout == "wan" else "tokenizer/"
-        raise ValueError(f"{files.root}: no tokenizer directory ({want})")
-    if need_vae and files.vae is None:
-        raise ValueError(f"{files.root}: no VAE found (Wan2.1_VAE.pth or vae/)")
-
-
-def load_text_encoder_for(files, preset: Preset, device, dtype, placement: str, seed: int) -> Any:
-    """The umT5 text encoder of a model directory's files (the tiny random one for the tiny preset
-    without files; ``None``, with a note, for another preset without files)."""
-    from arvid.runtime.text_encoder import TextEncoder
-
-    kw = dict(text_len=preset.model.text_len, device=device, dtype=dtype, placement=placement)
-    if files is None:
-        if preset.name != "tiny":
-            print("no model directory: prompts get deterministic stand-in embeddings", file=sys.stderr)
-            return None
-        enc = TextEncoder.tiny_random(preset.model.text_dim, seed=seed, **kw)
-    elif files.layout == "diffusers":
-        enc = TextEncoder.from_pretrained(files.text_encoder, files.tokenizer, **kw)
-    else:
-        enc = TextEncoder.from_wan_checkpoint(files.text_encoder, files.tokenizer, **kw)
-    if enc.dim != preset.model.text_dim:
-        raise ValueError(f"the text encoder gives {enc.dim}-dim embeddings, the DiT takes {preset.model.text_dim}")
-    return enc
-
-
-def load_vae_for(files, preset: Preset, device, dtype):
-    """The VAE of a model directory's files (``None``: the tiny random VAE of the tiny preset)."""
-    from arvid.runtime.vae import load_vae, tiny_vae
-
-    if files is None:
-        return tiny_vae(device=device, dtype=dtype)
-    return load_vae(files.vae, device=device, dtype=dtype)
+    # engines (ort, aoti, ...) are registered by name in arvid.runtime.executors: no import needed here
+    return GeneratorOptions.from_variant(backend) if backend else GeneratorOptions()

@@ -414,40 +414,22 @@ def _cuda_graph_runner_class():
         def _capture(self, plan) -> torch.cuda.CUDAGraph:
             import time
 
+            from arvid.runtime.graphs import capture_graph
+
             t0 = time.perf_counter()
             self._in_graph = True
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                self._body(plan)  # warm-up: the package's first run, allocator
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
-                self._body(plan)
+            try:  # one warm-up: the package's first run, the allocator
+                graph = capture_graph(lambda: self._body(plan), pool=self._pool, warmups=1)
+            finally:
+                self._in_graph = False
             self._pool = graph.pool()
-            self._in_graph = False
             self.graphs[plan.write_start] = graph
-            torch.cuda.synchronize()
             self.capture_seconds += time.perf_counter() - t0
             return graph
 
     return CudaGraphRunner
 
 
-def _register() -> None:
-    global _CudaGraphRunner
-    from arvid.runtime.chunk_runner import Executor, register_executor
-
-    _CudaGraphRunner = _cuda_graph_runner_class()
-    register_executor(
-        Executor(
-            "aoti",
-            "AOTInductor packages of the exported chunk step (C++ kernels on the CPU, Triton on CUDA)",
-            aoti_executor,
-            flags=("chunk", "graphs"),
-        )
-    )
-
-
-_CudaGraphRunner = None
-_register()
+# Registered with the runtime by name ("aoti" -> "arvid.export.aoti:aoti_executor" in
+# arvid/runtime/executors.py): this module is imported on the first aoti run, not on every start.
+_CudaGraphRunner = _cuda_graph_runner_class()

@@ -245,35 +245,3 @@ def trt_executor(model, stream, *, latent_size, batch_size, flags=frozenset(), *
     )
     graphs = ort_graphs(model, stream, latent_size, batch_size, flags=set(flags), log=log, open_graph=opener, **options)
     return _graph_runner(model, stream, latent_size, batch_size, graphs)
-
-
-def register() -> bool:
-    """Register ``ort`` and ``trt`` with the runtime's executor registry; False where the runtime has none."""
-    try:
-        from arvid.runtime.chunk_runner import Executor, get_executor, register_executor
-    except ImportError:
-        return False
-    if get_executor("ort") is None:
-        register_executor(
-            Executor(
-                "ort",
-                "the exported ONNX graphs run by ONNX Runtime (CPU provider; CUDA with onnxruntime-gpu); "
-                "+int8 / +fp8: modelopt Q/DQ graphs, +chunk: the whole-chunk graph",
-                ort_executor,
-                flags=("int8", "fp8", "chunk"),
-            )
-        )
-    if get_executor("trt") is None:
-        register_executor(
-            Executor(
-                "trt",
-                "the exported ONNX graphs built into strongly typed TensorRT 10/11 engines (CUDA only); "
-                "+int8 / +fp8: engines of the modelopt Q/DQ graphs, +chunk: the whole-chunk graph",
-                trt_executor,
-                flags=("int8", "fp8", "chunk"),
-            )
-        )
-    return True
-
-
-register()

@@ -1,11 +1,13 @@
 """Attention backends: a small registry with precondition checks and an explicit choice per run.
 
-Each backend owns the KV cache its attention reads (``make_cache``, see ``kv_cache.py``) and, for
-the ring-buffer backends, provides the two per-layer operations of the streaming self-attention
-over explicit tensors (never a model module):
+Each backend states its own preconditions (device, dtype, KV-cache dtype: ``unavailable``) and the
+storage it reads (``cache``: the ring of ``kv_cache.py`` or the eager baseline's ``concat_cache.py``,
+built by ``kv_cache.make_cache``, never by the backend) and, for the ring-buffer backends, provides
+the two per-layer operations of the streaming self-attention over explicit tensors (never a model
+module):
 
 ``append(q, k, v, norm, rope, layer, plan) -> q_rot``
-    q/k RMSNorm (:class:`QKNorm`), 3D RoPE (:class:`~arvid.runtime.rope.RopeInput`), and the
+    q/k RMSNorm (:class:`~arvid.runtime.rope.QKNorm`), 3D RoPE (:class:`~arvid.runtime.rope.RopeInput`), and the
     write of K (rotated) and V into the plan's slots of one layer's ring buffer
     (:class:`~arvid.kernels.layouts.RingLayer`); returns the rotated queries ``[B, L, H, D]``.
 ``attend(q_rot, layer, plan) -> out``
@@ -24,53 +26,39 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
+from arvid.kernels import has_sm89
 from arvid.kernels.fp8 import quantize_fp8_per_token_head_ref
-from arvid.kernels.qk_norm_rope_append import rms_norm_across_heads_ref
-from arvid.kernels.rope_3d import apply_rope_3d_ref
+
+from .rope import QKNorm, RopeInput, qk_norm_rope
 
 if TYPE_CHECKING:
     from arvid.kernels.layouts import RingLayer
 
     from .kv_cache import ForwardPlan
-    from .rope import RopeInput
 
-
-@dataclass(frozen=True)
-class QKNorm:
-    """The q/k RMSNorm of one self-attention layer: Wan normalises over all ``H*D`` features."""
-
-    q_weight: torch.Tensor  # [H*D]
-    k_weight: torch.Tensor  # [H*D]
-    eps: float
-
-
-def qk_norm_rope(
-    q: torch.Tensor, k: torch.Tensor, norm: QKNorm | None, rope: RopeInput
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """q/k RMSNorm then 3D RoPE in plain PyTorch: what the fused append kernel does in one pass.
-
-    ``norm=None``: q/k come normalised already (sequence parallel norms its local tokens over all
-    heads before the all-to-all, ``parallel.py``); only RoPE runs.
-    """
-    cos, sin = rope.per_token
-    if norm is not None:
-        q = rms_norm_across_heads_ref(q, norm.q_weight, norm.eps)
-        k = rms_norm_across_heads_ref(k, norm.k_weight, norm.eps)
-    return apply_rope_3d_ref(q, cos, sin), apply_rope_3d_ref(k, cos, sin)
+__all__ = ["AttentionBackend", "QKNorm", "backend_names", "default_backend", "get_backend", "register_backend"]
 
 
 @dataclass(frozen=True)
 class AttentionBackend:
+    """One attention backend: what it computes and what it needs to run.
+
+    ``unavailable(device, dtype, kv_dtype=None)`` states the backend's own preconditions: why it cannot
+    run with a model on ``device`` in ``dtype`` and a KV cache of ``kv_dtype`` (None: the model's), or
+    None where it can. ``cache`` names the storage it reads (``"ring"``: :class:`~arvid.runtime.kv_cache.RingKVCache`,
+    ``"concat"``: the eager baseline's :class:`~arvid.runtime.concat_cache.ConcatKVCache`); the backend
+    never builds it (:func:`arvid.runtime.kv_cache.make_cache` does).
+    """
+
     name: str
     description: str
-    unavailable: Callable[[torch.device, torch.dtype], str | None]  # why it cannot run here, or None
-    # make_cache(model_cfg, stream_cfg, *, batch_size, patch_grid, device, dtype, kv_dtype) -> KVCache
-    make_cache: Callable[..., Any]
+    unavailable: Callable[..., str | None]  # (device, dtype, kv_dtype=None) -> why it cannot run here, or None
+    cache: str = "ring"
     append: Callable[..., torch.Tensor] | None = None
     attend: Callable[..., torch.Tensor] | None = None
     # True: attend reads the valid length from the plan's device scalars, so one captured graph
@@ -92,12 +80,16 @@ def backend_names() -> list[str]:
     return list(_BACKENDS)
 
 
-def get_backend(name: str, device: torch.device | str, dtype: torch.dtype) -> AttentionBackend:
-    """Look up a backend and check that it can run on ``device`` / ``dtype`` (clear error if not)."""
+def get_backend(
+    name: str, device: torch.device | str, dtype: torch.dtype, *, kv_dtype: torch.dtype | None = None
+) -> AttentionBackend:
+    """Look up a backend and check that it can run on ``device`` / ``dtype`` with a ``kv_dtype`` cache
+    (clear error naming the backend and the reason if not)."""
     if name not in _BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; choose one of {backend_names()}")
     backend = _BACKENDS[name]
-    reason = backend.unavailable(torch.device(device), dtype)
+    device = torch.device(device)
+    reason = backend.unavailable(device, dtype) if kv_dtype is None else backend.unavailable(device, dtype, kv_dtype)
     if reason:
         raise ValueError(f"attention backend {name!r} cannot run here: {reason}")
     return backend
@@ -111,14 +103,21 @@ def default_backend(device: torch.device | str, dtype: torch.dtype) -> str:
     return "sdpa"
 
 
-def _always(device: torch.device, dtype: torch.dtype) -> str | None:
+def _ring_kv_dtype(dtype: torch.dtype, kv_dtype: torch.dtype | None) -> str | None:
+    """The ring stores K/V in the model's dtype or as FP8 e4m3 with per-token-head scales."""
+    if kv_dtype not in (None, dtype, torch.float8_e4m3fn):
+        return f"the KV cache dtype must be the model's ({dtype}) or torch.float8_e4m3fn, got {kv_dtype}"
     return None
 
 
-def _ring_cache(model_cfg, stream_cfg, *, backend_name: str, **kwargs):
-    from .kv_cache import RingKVCache
+def _model_dtype_cache_only(dtype: torch.dtype, kv_dtype: torch.dtype | None) -> str | None:
+    if kv_dtype not in (None, dtype):
+        return f"it keeps the KV cache in the model's dtype only ({dtype}), got {kv_dtype}: no FP8 KV cache (+fp8kv)"
+    return None
 
-    return RingKVCache(model_cfg, stream_cfg, backend=_BACKENDS[backend_name], **kwargs)
+
+def _ring_anywhere(device: torch.device, dtype: torch.dtype, kv_dtype: torch.dtype | None = None) -> str | None:
+    return _ring_kv_dtype(dtype, kv_dtype)
 
 
 # -- sdpa: plain PyTorch ops over the ring buffer ---------------------------------------------
@@ -166,8 +165,7 @@ register_backend(
     AttentionBackend(
         name="sdpa",
         description="ring-buffer cache; torch RMSNorm/RoPE/index write + scaled_dot_product_attention on a view",
-        unavailable=_always,
-        make_cache=lambda *a, **kw: _ring_cache(*a, backend_name="sdpa", **kw),
+        unavailable=_ring_anywhere,
         append=sdpa_append,
         attend=sdpa_attend,
     )
@@ -175,7 +173,7 @@ register_backend(
 
 
 # -- triton: fused append + sink/window attention kernels -------------------------------------
-def _triton_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
+def _triton_unavailable(device: torch.device, dtype: torch.dtype, kv_dtype: torch.dtype | None = None) -> str | None:
     from arvid.kernels import triton_interpreting, triton_unavailable_reason
 
     reason = triton_unavailable_reason()
@@ -187,7 +185,14 @@ def _triton_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
         return f"Triton kernels do not run on {device.type}"
     if dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return f"dtype {dtype} is not supported (float16, bfloat16, float32)"
-    return None
+    if kv_dtype == torch.float8_e4m3fn and device.type == "cuda" and not has_sm89(device):
+        # the kernels' e4m3 conversions need sm_89 (the interpreter on the CPU has no such limit)
+        cap = torch.cuda.get_device_capability(device)
+        return (
+            f"an FP8 KV cache needs an sm_89+ GPU (compute capability >= 8.9: Ada, Hopper, Blackwell); "
+            f"{torch.cuda.get_device_name(device)} has compute capability {cap[0]}.{cap[1]}"
+        )
+    return _ring_kv_dtype(dtype, kv_dtype)
 
 
 def triton_append(
@@ -220,7 +225,6 @@ register_backend(
         name="triton",
         description="ring-buffer cache; fused q/k-norm + RoPE + cache-write kernel, one sink+window attention kernel",
         unavailable=_triton_unavailable,
-        make_cache=lambda *a, **kw: _ring_cache(*a, backend_name="triton", **kw),
         append=triton_append,
         attend=triton_attend,
         kv_len_on_device=True,
@@ -244,14 +248,14 @@ def _flash_module():
     return None
 
 
-def _flash_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
+def _flash_unavailable(device: torch.device, dtype: torch.dtype, kv_dtype: torch.dtype | None = None) -> str | None:
     if _flash_module() is None:
         return "flash-attn is not installed (pip install flash-attn; FA3's flash_attn_interface on Hopper)"
     if device.type != "cuda":
         return f"flash-attn runs on CUDA, the model is on {device.type}"
     if dtype not in (torch.float16, torch.bfloat16):
         return f"flash-attn takes float16 or bfloat16, not {dtype}"
-    return None
+    return _model_dtype_cache_only(dtype, kv_dtype)  # flash-attn reads the cache in the model's dtype
 
 
 def flash_append(
@@ -266,12 +270,6 @@ def flash_append(
     if q.is_cuda and _triton_unavailable(q.device, q.dtype) is None:
         return triton_append(q, k, v, norm, rope, layer, plan)
     return sdpa_append(q, k, v, norm, rope, layer, plan)
-
-
-def _flash_cache(*args, kv_dtype=None, dtype=None, **kwargs):
-    if kv_dtype not in (None, dtype):
-        raise ValueError("backend 'flash' reads the cache in the model's dtype: no FP8 KV cache (+fp8kv)")
-    return _ring_cache(*args, backend_name="flash", dtype=dtype, **kwargs)
 
 
 def flash_attend(q: torch.Tensor, layer: RingLayer, plan: ForwardPlan) -> torch.Tensor:
@@ -290,7 +288,6 @@ register_backend(
         name="flash",
         description="ring-buffer cache; flash-attn's flash_attn_with_kvcache on the valid prefix (cache_seqlens)",
         unavailable=_flash_unavailable,
-        make_cache=lambda *a, **kw: _flash_cache(*a, **kw),
         append=flash_append,
         attend=flash_attend,
         kv_len_on_device=True,
@@ -298,23 +295,16 @@ register_backend(
 )
 
 
-def _concat_cache(model_cfg, stream_cfg, *, batch_size, patch_grid, device, dtype, kv_dtype=None):
-    from .concat_cache import ConcatKVCache
-
-    if kv_dtype not in (None, dtype):
-        raise ValueError("backend 'eager' keeps the KV cache in the model's dtype only")
-    return ConcatKVCache(
-        model_cfg, stream_cfg, batch_size=batch_size, tokens_per_frame=patch_grid[0] * patch_grid[1],
-        device=device, dtype=dtype,
-    )  # fmt: skip
+def _eager_unavailable(device: torch.device, dtype: torch.dtype, kv_dtype: torch.dtype | None = None) -> str | None:
+    return _model_dtype_cache_only(dtype, kv_dtype)
 
 
 register_backend(
     AttentionBackend(
         name="eager",
         description="reference algorithm: temporal-order cache rolled by copying, clone + concat per call",
-        unavailable=_always,
-        make_cache=_concat_cache,
+        unavailable=_eager_unavailable,
+        cache="concat",
         capturable=False,
     )
 )

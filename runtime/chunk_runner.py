@@ -25,15 +25,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
 from .attention import AttentionBackend
-from .chunk_step import FunctionalChunk, FunctionalStep, denoise_step
+from .chunk_step import chunk_loop, denoise_and_renoise, denoise_step
 from .config import StreamConfig
-from .kv_cache import KVCache, PlanTensors, RingPlanner, recache_spans
+from .graphs import capture_graph
+from .kv_cache import KVCache, PlanTensors, RingPlanner
 from .model import CausalWanModel, sinusoidal_embedding
 from .scheduler import FlowMatchScheduler
 
@@ -41,6 +41,7 @@ from .scheduler import FlowMatchScheduler
 class ChunkExecutor(Protocol):
     """What the generator asks of an executor."""
 
+    name: str  # the backend or engine, for reports (set by build_executor)
     capture_seconds: float  # warm-up + capture time spent so far (0 where nothing is captured)
     last_host_ms: float  # host time of the last run_chunk (launches / replays, no sync)
 
@@ -99,6 +100,7 @@ class ChunkRunner:
             raise ValueError(f"CUDA graphs need a CUDA device; the model is on {device}")
         if granularity not in ("chunk", "step"):
             raise ValueError(f"graph granularity must be 'chunk' or 'step', got {granularity!r}")
+        self.name = backend.name
         self.model, self.cache, self.stream = model, cache, stream
         self.scheduler = sched = FlowMatchScheduler(stream)
         self.cuda_graphs, self.granularity = cuda_graphs, granularity
@@ -152,23 +154,27 @@ class ChunkRunner:
 
     # -- the chunk ---------------------------------------------------------------------------
     def _step(self, plan, si: int) -> None:
-        """Denoising step ``si`` (forward, x0, re-noise), or with ``si == len(scheduler)`` the
-        clean-context update that overwrites the chunk's slots with the K/V of its clean output."""
+        """Denoising step ``si`` (forward, x0, re-noise: :func:`~arvid.runtime.chunk_step.denoise_and_renoise`),
+        or with ``si == len(scheduler)`` the clean-context update that overwrites the chunk's slots with
+        the K/V of its clean output: :func:`~arvid.runtime.chunk_step.chunk_loop` one step at a time, on
+        static buffers (step ``si`` reads ``x_steps[si]``, writes ``x0_out`` and ``x_steps[si + 1]``)."""
         sched = self.scheduler
         if si == len(sched):
-            denoise_step(
-                self.model, self.x0_out, 0.0, self.text_kv, self.cache, plan, frame_offset=plan.frame_offset,
-                t=self.t_context,
-            )  # fmt: skip
+            self._forward(plan, self.x0_out, si)
             return
-        x = self.x_steps[si]
-        x0 = denoise_step(
-            self.model, x, sched.sigmas[si], self.text_kv, self.cache, plan, frame_offset=plan.frame_offset,
-            t=self.t_steps[si],
-        )  # fmt: skip
+        renoise = self.renoise[si] if si + 1 < len(sched) else None
+        x0, x_next = denoise_and_renoise(sched, lambda x, i: self._forward(plan, x, i), self.x_steps[si], si, renoise)
         self.x0_out.copy_(x0)
-        if si + 1 < len(sched):
-            self.x_steps[si + 1].copy_(sched.add_noise(x0, self.renoise[si], sched.sigmas[si + 1]))
+        if x_next is not None:
+            self.x_steps[si + 1].copy_(x_next)
+
+    def _forward(self, plan, x: torch.Tensor, si: int) -> torch.Tensor:
+        """One forward of the chunk on the backend's cache: step ``si``, or the clean-context pass."""
+        if si == len(self.scheduler):
+            sigma, t = 0.0, self.t_context
+        else:
+            sigma, t = self.scheduler.sigmas[si], self.t_steps[si]
+        return denoise_step(self.model, x, sigma, self.text_kv, self.cache, plan, frame_offset=plan.frame_offset, t=t)
 
     def run_plan(self, plan, step: int | None = None) -> None:
         """Run an activated plan's chunk work eagerly on the static buffers: what a graph captures.
@@ -248,20 +254,12 @@ class ChunkRunner:
 
     def _capture(self, key: tuple[int, int, int], plan) -> torch.cuda.CUDAGraph:
         t0 = time.perf_counter()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
         step = None if key[2] < 0 else key[2]
-        with torch.cuda.stream(side):
-            for _ in range(2):  # warm-up before capture: autotuning, workspaces, allocator
-                self.run_plan(plan, step)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            self.run_plan(plan, step)
+        # two warm-ups: autotuning, workspaces, allocator
+        graph = capture_graph(lambda: self.run_plan(plan, step), pool=self._pool, warmups=2)
         self._pool = graph.pool()
         self.graphs[key] = graph
         self._graph_rope_version = self.model.rope.version  # prepare() keeps graphs of these tables
-        torch.cuda.synchronize()
         self.capture_seconds += time.perf_counter() - t0
         return graph
 
@@ -384,16 +382,17 @@ class GraphRunner:
         if self.chunk is not None:
             stacked = torch.stack([r.to(self.device, torch.float32) for r in renoise])
             x0, new_k, new_v = self.chunk(x, stacked, *state)
-        else:
-            sched = self.scheduler
-            for si in range(len(sched)):
-                x0, _, _ = self.step(x, self.t_freq[si], self.sigmas[si], *state)
-                if si + 1 < len(sched):
-                    x = sched.add_noise(x0, renoise[si].to(self.device, torch.float32), sched.sigmas[si + 1])
+            return x0, new_k, new_v
+
+        def clean(x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             # A copy: an engine may hand out its output buffer, which its next call overwrites.
             x0 = x0.clone()
             _, new_k, new_v = self.step(x0, self.t_freq_context, self.sigma_zero, *state)
-        return x0, new_k, new_v
+            return x0, new_k, new_v
+
+        forward = lambda x, si: self.step(x, self.t_freq[si], self.sigmas[si], *state)[0]
+        renoise = [r.to(self.device, torch.float32) for r in renoise]
+        return chunk_loop(self.scheduler, forward, clean, x, renoise)
 
     def recache(self, switch_frame: int, history: torch.Tensor) -> None:
         plan = self.planner.plan_recache(switch_frame)
@@ -403,53 +402,3 @@ class GraphRunner:
         x = _history_span(history, switch_frame, self.stream, plan.frame_start, n).contiguous()
         _, new_k, new_v = self.recache_steps[n](x, self._t_freq(0.0, n), self.sigma_zero, *self._state(plan))
         self._write(plan, new_k, new_v)
-
-
-# -- executors beyond the attention backends (engines) ----------------------------------------
-@dataclass(frozen=True)
-class Executor:
-    name: str
-    description: str
-    # factory(model, stream, *, latent_size, batch_size, flags: frozenset[str], **options) -> ChunkExecutor
-    factory: Callable[..., Any]
-    flags: tuple[str, ...] = ()  # variant flags the engine understands, e.g. ("int8", "fp8")
-
-
-_EXECUTORS: dict[str, Executor] = {}
-
-
-def register_executor(executor: Executor) -> Executor:
-    _EXECUTORS[executor.name] = executor
-    return executor
-
-
-def executor_names() -> list[str]:
-    return list(_EXECUTORS)
-
-
-def get_executor(name: str) -> Executor | None:
-    return _EXECUTORS.get(name)
-
-
-def _functional_executor(model, stream, *, latent_size, batch_size, flags=frozenset(), **options):
-    """The exported graphs' functional step, run eagerly by PyTorch: the reference for every engine."""
-    if options:
-        raise ValueError(f"executor 'functional' takes no options, got {sorted(options)}")
-    param = model.patch_embedding.weight
-    step = FunctionalStep(model)
-    spans = dict.fromkeys(recache_spans(stream), step)
-    return GraphRunner(
-        model.cfg, stream, latent_size=latent_size, batch_size=batch_size, device=param.device, dtype=param.dtype,
-        step=step, chunk=FunctionalChunk(model, stream, batch_size) if "chunk" in flags else None,
-        recache_steps=spans, rope_positions=model.rope.positions,
-    )  # fmt: skip
-
-
-register_executor(
-    Executor(
-        "functional",
-        "the export graphs' functional chunk step (cache in, new K/V out), run eagerly by PyTorch",
-        _functional_executor,
-        flags=("chunk",),
-    )
-)

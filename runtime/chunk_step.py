@@ -1,10 +1,11 @@
 """The chunk step: one DiT forward over explicit state, and the whole chunk built from it.
 
-:func:`denoise_step` is the one function every executor runs: latents, timesteps (or their
+:func:`denoise_step` is the one forward every executor runs: latents, timesteps (or their
 sinusoid), the text K/V, a KV cache and the plan's frame offset in; x0 out, and the forward's own
-K/V stored by the cache (written in place by a ring cache, collected by a functional one). Eager
-runs, CUDA-graph capture, ``torch.compile``, ONNX, AOTInductor and TensorRT all run it, so parity
-with the eager baseline carries over to every artifact.
+K/V stored by the cache (written in place by a ring cache, collected by a functional one).
+:func:`chunk_loop` is the one chunk built from it (denoising steps -> re-noise -> clean-context
+pass). Eager runs, CUDA-graph capture, ``torch.compile``, ONNX, AOTInductor and TensorRT all run
+them, so parity with the eager baseline carries over to every artifact.
 
 :class:`FunctionalStep` and :class:`FunctionalChunk` are that function with the cache as explicit
 tensors (``FunctionalKVCache``): everything in, ``(x0, new_k, new_v)`` out, no in-place writes,
@@ -14,6 +15,9 @@ reference every engine is compared with (executor ``functional``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
 import torch
 from torch import nn
 
@@ -21,6 +25,8 @@ from .config import StreamConfig
 from .kv_cache import FunctionalKVCache, KVCache
 from .model import CausalWanModel, sinusoidal_embedding
 from .scheduler import FlowMatchScheduler
+
+_T = TypeVar("_T")
 
 
 def denoise_step(
@@ -43,6 +49,48 @@ def denoise_step(
     """
     flow = model(x, t, text_kv, frame_offset=frame_offset, cache=cache, plan=plan, t_freq=t_freq)
     return FlowMatchScheduler.flow_to_x0(x, flow, sigma)
+
+
+def denoise_and_renoise(
+    scheduler: FlowMatchScheduler,
+    forward: Callable[[torch.Tensor, int], torch.Tensor],
+    x: torch.Tensor,
+    si: int,
+    renoise: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Denoising step ``si`` of a chunk: ``x0 = forward(x, si)``, then, unless it is the last step,
+    re-noise ``x0`` to the next step's sigma with ``renoise`` ``[B, F, C, H, W]``.
+
+    Returns ``(x0, x of step si + 1)`` (``None`` after the last step). One step of :func:`chunk_loop`:
+    runners that run (or capture) a chunk step by step call it directly.
+    """
+    x0 = forward(x, si)
+    if si + 1 >= len(scheduler):
+        return x0, None
+    return x0, scheduler.add_noise(x0, renoise, scheduler.sigmas[si + 1])
+
+
+def chunk_loop(
+    scheduler: FlowMatchScheduler,
+    forward: Callable[[torch.Tensor, int], torch.Tensor],
+    clean: Callable[[torch.Tensor], _T],
+    x: torch.Tensor,
+    renoise: Sequence[torch.Tensor],
+) -> _T:
+    """The chunk, written once (LongLive's Algorithm 2): every denoising step (:func:`denoise_and_renoise`)
+    from the chunk's noise ``x``, re-noising between steps with ``renoise[si]``, then the clean-context
+    pass ``clean(x0)`` on the last x0, whose result is returned.
+
+    ``forward(x, si)`` is one DiT forward at step ``si`` returning x0; what it runs on (a ring cache
+    written in place, a functional cache, an engine's graph) is the caller's. Every executor runs
+    this: :class:`~arvid.runtime.chunk_runner.ChunkRunner` (eager and CUDA graphs, one step at a
+    time), :class:`~arvid.runtime.chunk_runner.GraphRunner` (engines) and :class:`FunctionalChunk`
+    (what exporters trace).
+    """
+    x0 = x
+    for si in range(len(scheduler)):
+        x0, x = denoise_and_renoise(scheduler, forward, x, si, renoise[si] if si + 1 < len(scheduler) else None)
+    return clean(x0)
 
 
 def _text_kv(text_k: torch.Tensor, text_v: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -105,12 +153,18 @@ class FunctionalChunk(nn.Module):
     def forward(self, x, renoise, text_k, text_v, cache_k, cache_v, write_start, kv_len, frame_offset):
         sched, text_kv = self.scheduler, _text_kv(text_k, text_v)
         t_freq, t_ctx = self.t_freq.to(x.device), self.t_freq_context.to(x.device)
-        x0 = x
-        for si, sigma in enumerate(sched.sigmas):
+
+        def forward(x: torch.Tensor, si: int) -> torch.Tensor:
+            # the denoising steps' own K/V are not kept: each step attends to them directly
             cache = FunctionalKVCache(cache_k, cache_v, write_start, kv_len)
-            x0 = denoise_step(self.model, x, sigma, text_kv, cache, None, frame_offset=frame_offset, t_freq=t_freq[si])
-            if si + 1 < len(sched):
-                x = sched.add_noise(x0, renoise[si], sched.sigmas[si + 1])
-        cache = FunctionalKVCache(cache_k, cache_v, write_start, kv_len)
-        denoise_step(self.model, x0, 0.0, text_kv, cache, None, frame_offset=frame_offset, t_freq=t_ctx)
-        return (x0, *cache.new_kv())
+            sigma = sched.sigmas[si]
+            return denoise_step(
+                self.model, x, sigma, text_kv, cache, None, frame_offset=frame_offset, t_freq=t_freq[si]
+            )
+
+        def clean(x0: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            cache = FunctionalKVCache(cache_k, cache_v, write_start, kv_len)
+            denoise_step(self.model, x0, 0.0, text_kv, cache, None, frame_offset=frame_offset, t_freq=t_ctx)
+            return (x0, *cache.new_kv())
+
+        return chunk_loop(sched, forward, clean, x, renoise)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .attention import qk_norm_rope
 from .config import ModelConfig, StreamConfig
 from .devices import check_fits
+from .rope import qk_norm_rope
 
 
 @dataclass

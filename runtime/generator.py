@@ -11,6 +11,7 @@ and the self-attention cache is re-built from the last frames (KV re-cache, see
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -18,9 +19,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .attention import backend_names, default_backend, get_backend
-from .chunk_runner import ChunkExecutor, ChunkRunner, executor_names, get_executor
+from .chunk_runner import ChunkExecutor
 from .config import StreamConfig
+from .executors import ExecutorOptions, build_executor
 from .model import CausalWanModel
 from .prompts import align_switch_frames
 from .scheduler import FlowMatchScheduler
@@ -104,16 +105,15 @@ class StreamingGenerator:
     stream : streaming settings (defaults: LongLive's).
     latent_size : ``(H, W)`` of the latents, e.g. ``(60, 104)`` for 832x480 video.
     batch_size : videos generated together.
-    backend : an attention backend (``"eager"``, the reference-style baseline; ``"sdpa"``;
-        ``"triton"``), an engine registered with ``register_executor`` (``"functional"``, and with
-        ``arvid.export`` imported ``"ort"``, ``"aoti"``, ...), or ``None`` for the fastest attention
-        backend that runs on the model's device.
-    cuda_graphs : capture each chunk's work (4 denoising forwards, re-noising, clean-context
-        update) as a CUDA graph and replay it (see ``chunk_runner.py``). Without it the same static
-        code runs eagerly.
-    graph_granularity : ``"chunk"`` (one graph per chunk) or ``"step"`` (one per forward).
-    kv_cache_dtype : ``torch.float8_e4m3fn`` for an FP8 KV cache (ring backends), else the model's.
-    engine_flags, engine_options : passed to an engine's factory (e.g. ``{"int8"}`` for ``ort+int8``).
+    executor : what runs the chunks, built by :func:`~arvid.runtime.executors.build_executor` for this
+        model, stream, latent size and batch size. Without it the generator builds one from ``backend``.
+    backend : a variant string (``"sdpa"``, ``"triton+graphs+fp8kv"``, ``"aoti+chunk"``; see
+        ``executors.py``), :class:`~arvid.runtime.executors.ExecutorOptions`, or ``None`` for the
+        fastest attention backend that runs on the model's device.
+    cuda_graphs, graph_granularity, kv_cache_dtype, engine_flags : the variant's words as keywords
+        (``+graphs`` / ``+stepgraphs``, ``+fp8kv``, an engine's flags), kept for callers of the
+        keyword API; they add to ``backend``.
+    engine_options : passed to an engine's factory (e.g. ``{"package_dirs": ...}`` for ``aoti``).
     sequence_parallel : run every forward Ulysses sequence parallel over this group (``parallel.py``):
         each rank's cache holds its heads only; the inputs of :meth:`stream` are rank 0's on every
         rank (broadcast). Attention backends only, no CUDA graphs.
@@ -126,7 +126,8 @@ class StreamingGenerator:
         *,
         latent_size: tuple[int, int],
         batch_size: int = 1,
-        backend: str | None = None,
+        executor: ChunkExecutor | None = None,
+        backend: str | ExecutorOptions | None = None,
         cuda_graphs: bool = False,
         graph_granularity: str = "chunk",
         kv_cache_dtype: torch.dtype | None = None,
@@ -143,10 +144,12 @@ class StreamingGenerator:
         for i, n in enumerate(latent_size):
             check_int(n, f"latent_size[{i}]", minimum=1)
         check_int(batch_size, "batch_size", minimum=1)
-        if backend is not None and not isinstance(backend, str):
+        if backend is not None and not isinstance(backend, (str, ExecutorOptions)):
             raise TypeError(f"backend must be a backend or engine name (str) or None, got {type(backend).__name__}")
         if kv_cache_dtype is not None and not isinstance(kv_cache_dtype, torch.dtype):
             raise TypeError(f"kv_cache_dtype must be a torch.dtype or None, got {type(kv_cache_dtype).__name__}")
+        if graph_granularity not in ("chunk", "step"):
+            raise ValueError(f"graph granularity must be 'chunk' or 'step', got {graph_granularity!r}")
         self.model = model
         self.sequence_parallel = sequence_parallel
         self.stream_cfg = stream or StreamConfig()
@@ -159,40 +162,16 @@ class StreamingGenerator:
             raise ValueError(f"latent size {h}x{w} is not divisible by the patch size {ph}x{pw}")
         self.latent_size = (h, w)
         self.batch_size = batch_size
-        name = backend or default_backend(self.device, self.dtype)
-        engine = get_executor(name)
-        if sequence_parallel is not None and (engine is not None or cuda_graphs):
-            raise ValueError("sequence parallel runs the attention backends eagerly: no engines, no CUDA graphs yet")
-        if engine is not None:
-            if cuda_graphs or kv_cache_dtype is not None:
-                raise ValueError(f"engine {name!r}: CUDA graphs and the KV-cache dtype are the engine's own options")
-            self.backend_name = name
-            self.executor: ChunkExecutor = engine.factory(
-                model, self.stream_cfg, latent_size=self.latent_size, batch_size=batch_size,
-                flags=frozenset(engine_flags), **(engine_options or {}),
+        if executor is None:
+            opts = _keyword_options(backend, cuda_graphs, graph_granularity, kv_cache_dtype, self.dtype, engine_flags)
+            executor = build_executor(
+                opts, model, self.stream_cfg, latent_size=self.latent_size, batch_size=batch_size,
+                sequence_parallel=sequence_parallel, **(engine_options or {}),
             )  # fmt: skip
-            return
-        if name not in backend_names():
-            raise ValueError(
-                f"unknown attention backend or engine {name!r}; choose one of {backend_names() + executor_names()}"
-            )
-        if engine_flags or engine_options:
-            raise ValueError(f"attention backend {name!r} takes no engine options")
-        attn = get_backend(name, self.device, self.dtype)
-        self.backend_name = attn.name
-        make_cache = (
-            attn.make_cache
-            if sequence_parallel is None
-            else lambda *a, **kw: sequence_parallel.make_cache(attn, *a, **kw)
-        )
-        cache = make_cache(
-            model.cfg, self.stream_cfg, batch_size=batch_size, patch_grid=(h // ph, w // pw),
-            device=self.device, dtype=self.dtype, kv_dtype=kv_cache_dtype,
-        )  # fmt: skip
-        self.executor = ChunkRunner(
-            model, cache, attn, self.stream_cfg, latent_size=self.latent_size, batch_size=batch_size,
-            cuda_graphs=cuda_graphs, granularity=graph_granularity,
-        )  # fmt: skip
+        elif backend is not None or cuda_graphs or kv_cache_dtype is not None or engine_flags or engine_options:
+            raise ValueError("give an executor or the options to build one (backend, ...), not both")
+        self.executor: ChunkExecutor = executor
+        self.backend_name: str = getattr(executor, "name", type(executor).__name__)
 
     # -- what benchmarks read ----------------------------------------------------------------
     @property
@@ -399,3 +378,31 @@ class StreamingGenerator:
                 f"renoise must be [num_chunks, steps - 1, B, chunk, C, H, W] = {want}, got {tuple(renoise.shape)}"
             )
         return lambda ci, si: renoise[ci, si]
+
+
+def _keyword_options(
+    backend: str | ExecutorOptions | None,
+    cuda_graphs: bool,
+    granularity: str,
+    kv_cache_dtype: torch.dtype | None,
+    model_dtype: torch.dtype,
+    engine_flags: frozenset[str] | set[str],
+) -> ExecutorOptions | str | None:
+    """``backend`` with the keyword arguments' words added (``cuda_graphs`` -> ``+graphs`` ...)."""
+    if not (cuda_graphs or kv_cache_dtype not in (None, model_dtype) or engine_flags):
+        return backend
+    opts = ExecutorOptions.from_variant(backend) if isinstance(backend, str) else backend or ExecutorOptions()
+    if opts.engine is not None and (cuda_graphs or kv_cache_dtype is not None):
+        raise ValueError(f"engine {opts.backend!r}: CUDA graphs and the KV-cache dtype are the engine's own options")
+    if kv_cache_dtype not in (None, model_dtype, torch.float8_e4m3fn):
+        raise ValueError(
+            f"attention backend {opts.backend!r} cannot run here: the KV cache dtype must be the model's "
+            f"({model_dtype}) or torch.float8_e4m3fn, got {kv_cache_dtype}"
+        )
+    return dataclasses.replace(
+        opts,
+        graphs=opts.graphs or (cuda_graphs and granularity == "chunk"),
+        stepgraphs=opts.stepgraphs or (cuda_graphs and granularity == "step"),
+        fp8kv=opts.fp8kv or kv_cache_dtype == torch.float8_e4m3fn,
+        engine_flags=opts.engine_flags | frozenset(engine_flags),
+    )

@@ -31,12 +31,13 @@ import torch.nn.functional as F
 
 from arvid.kernels.layouts import PlanTensors, RingLayer
 
+from .concat_cache import ConcatKVCache
 from .config import ModelConfig, StreamConfig
-from .devices import check_fits, require_sm89
+from .devices import check_fits
+from .rope import QKNorm, RopeInput, qk_norm_rope
 
 if TYPE_CHECKING:
-    from .attention import AttentionBackend, QKNorm
-    from .rope import RopeInput
+    from .attention import AttentionBackend
 
 
 @dataclass
@@ -164,8 +165,42 @@ def recache_spans(stream: StreamConfig) -> list[int]:
     return sorted(spans)
 
 
+def make_cache(
+    backend: AttentionBackend,
+    model_cfg: ModelConfig,
+    stream_cfg: StreamConfig,
+    *,
+    batch_size: int,
+    patch_grid: tuple[int, int],
+    device: torch.device | str,
+    dtype: torch.dtype,
+    kv_dtype: torch.dtype | None = None,
+) -> KVCache:
+    """The cache ``backend`` reads (its ``cache``: the ring, or the eager baseline's concat cache).
+
+    ``patch_grid`` is the latent frame's token grid ``(H / ph, W / pw)``; ``kv_dtype`` None: the
+    model's ``dtype``. Raises ``ValueError`` where the backend's own precondition refuses the KV dtype.
+    """
+    reason = backend.unavailable(torch.device(device), dtype, kv_dtype) if kv_dtype is not None else None
+    if reason:
+        raise ValueError(f"attention backend {backend.name!r} cannot run here: {reason}")
+    if backend.cache == "concat":
+        return ConcatKVCache(
+            model_cfg, stream_cfg, batch_size=batch_size, tokens_per_frame=patch_grid[0] * patch_grid[1],
+            device=device, dtype=dtype,
+        )  # fmt: skip
+    return RingKVCache(
+        model_cfg, stream_cfg, backend=backend, batch_size=batch_size, patch_grid=patch_grid, device=device,
+        dtype=dtype, kv_dtype=kv_dtype,
+    )  # fmt: skip
+
+
 class RingKVCache(RingPlanner):
-    """Per-layer ring buffers written in place by a ring backend's ``append``, read by its ``attend``."""
+    """Per-layer ring buffers written in place by a ring backend's ``append``, read by its ``attend``.
+
+    The cache holds the tensors and the plan; the backend computes (and has checked, through its
+    ``unavailable``, that it can read a cache of ``kv_dtype`` on ``device``).
+    """
 
     def __init__(
         self,
@@ -183,8 +218,6 @@ class RingKVCache(RingPlanner):
         self.backend = backend
         shape = (model_cfg.num_layers, batch_size, self.capacity, model_cfg.num_heads, model_cfg.head_dim)
         kv_dtype = kv_dtype or dtype
-        if kv_dtype not in (dtype, torch.float8_e4m3fn):
-            raise ValueError(f"KV cache dtype must be the model's ({dtype}) or torch.float8_e4m3fn, got {kv_dtype}")
         elems = math.prod(shape)
         scales = 2 * 4 * elems // shape[-1] if kv_dtype == torch.float8_e4m3fn else 0
         check_fits(
@@ -196,8 +229,6 @@ class RingKVCache(RingPlanner):
         self.v = torch.zeros(shape, device=device, dtype=kv_dtype)
         self.k_scale = self.v_scale = None
         if kv_dtype == torch.float8_e4m3fn:
-            if backend.name == "triton" and torch.device(device).type == "cuda":
-                require_sm89(device, "an FP8 KV cache with the triton backend")
             self.k_scale = torch.ones(shape[:-1], device=device, dtype=torch.float32)
             self.v_scale = torch.ones(shape[:-1], device=device, dtype=torch.float32)
         self.layers = [
@@ -261,8 +292,6 @@ class FunctionalKVCache:
         return self._mask
 
     def self_attention(self, layer, q, k, v, norm, rope, plan) -> torch.Tensor:
-        from .attention import qk_norm_rope
-
         q, k = qk_norm_rope(q, k, norm, rope)
         k, v = k.to(self.k.dtype), v.to(self.v.dtype)
         self._new_k.append(k)

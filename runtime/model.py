@@ -2,7 +2,7 @@
 
 Shapes: latents ``x`` are ``[B, F, C, H, W]`` (frame-major, as the streaming runtime keeps
 them), timesteps ``t`` are per frame ``[B, F]``, so every frame gets its own adaLN modulation.
-Self-attention hands its raw q/k/v, its q/k norm weights (:class:`~arvid.runtime.attention.QKNorm`)
+Self-attention hands its raw q/k/v, its q/k norm weights (:class:`~arvid.runtime.rope.QKNorm`)
 and the forward's RoPE input to a KV cache (``kv_cache.py``), which normalises, rotates, stores and
 attends; with no cache the model runs full (global) attention over its own tokens, as the
 bidirectional Wan does. The model owns the one RoPE table (:class:`~arvid.runtime.rope.RopeTables`).
@@ -20,11 +20,10 @@ from torch import nn
 
 from arvid.kernels.qk_norm_rope_append import rms_norm_ref
 
-from .attention import QKNorm, qk_norm_rope
 from .checkpoint import state_dict_mismatch
 from .config import ModelConfig
 from .kv_cache import KVCache
-from .rope import RopeInput, RopeTables
+from .rope import QKNorm, RopeInput, RopeTables, qk_norm_rope
 
 
 def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:

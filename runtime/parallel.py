@@ -34,6 +34,7 @@ import torch.distributed as dist
 from arvid.kernels.qk_norm_rope_append import rms_norm_across_heads_ref
 
 from .config import ModelConfig, StreamConfig
+from .kv_cache import make_cache
 
 
 def check_sequence_parallel(
@@ -328,10 +329,11 @@ class SequenceParallel:
     def make_cache(
         self, backend: Any, model_cfg: ModelConfig, stream_cfg: StreamConfig, **kwargs
     ) -> SequenceParallelCache:
-        """``backend.make_cache`` for this rank's heads, wrapped to run the sequence-parallel attention."""
+        """The backend's cache (:func:`~arvid.runtime.kv_cache.make_cache`) for this rank's heads, wrapped
+        to run the sequence-parallel attention."""
         grid = kwargs["patch_grid"]
         self.local_tokens(stream_cfg.chunk_frames * grid[0] * grid[1])  # every forward is whole chunks
-        return SequenceParallelCache(backend.make_cache(self.local_config(model_cfg), stream_cfg, **kwargs), self)
+        return SequenceParallelCache(make_cache(backend, self.local_config(model_cfg), stream_cfg, **kwargs), self)
 
 
 class SequenceParallelCache:

@@ -1,4 +1,6 @@
-"""The one owner of the 3D RoPE tables, and the per-forward RoPE input the attention backends take.
+"""The one owner of the 3D RoPE tables, the per-forward RoPE input the attention backends take, and the
+q/k RMSNorm + RoPE every attention runs first (:func:`qk_norm_rope`: the model, the caches, sequence
+parallel and the backends all use it, so it lives in this leaf).
 
 Frame positions are absolute latent-frame indices, so a long stream needs a long table: the
 tables start at ``rope_max_positions`` (Wan's 1024) and double on demand, in one place
@@ -13,7 +15,8 @@ from dataclasses import dataclass, field
 import torch
 
 from arvid.kernels.layouts import RopeCosSin
-from arvid.kernels.rope_3d import rope_3d_cos_sin, rope_3d_tables
+from arvid.kernels.qk_norm_rope_append import rms_norm_across_heads_ref
+from arvid.kernels.rope_3d import apply_rope_3d_ref, rope_3d_cos_sin, rope_3d_tables
 
 from .devices import check_fits
 
@@ -80,3 +83,27 @@ class RopeInput:
         if self._per_token is None:
             self._per_token = rope_3d_cos_sin(self.tables.cos, self.tables.sin, self.grid, self.frame_offset)
         return self._per_token
+
+
+@dataclass(frozen=True)
+class QKNorm:
+    """The q/k RMSNorm of one self-attention layer: Wan normalises over all ``H*D`` features."""
+
+    q_weight: torch.Tensor  # [H*D]
+    k_weight: torch.Tensor  # [H*D]
+    eps: float
+
+
+def qk_norm_rope(
+    q: torch.Tensor, k: torch.Tensor, norm: QKNorm | None, rope: RopeInput
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q/k RMSNorm then 3D RoPE in plain PyTorch: what the fused append kernel does in one pass.
+
+    ``norm=None``: q/k come normalised already (sequence parallel norms its local tokens over all
+    heads before the all-to-all, ``parallel.py``); only RoPE runs.
+    """
+    cos, sin = rope.per_token
+    if norm is not None:
+        q = rms_norm_across_heads_ref(q, norm.q_weight, norm.eps)
+        k = rms_norm_across_heads_ref(k, norm.k_weight, norm.eps)
+    return apply_rope_3d_ref(q, cos, sin), apply_rope_3d_ref(k, cos, sin)

@@ -310,3 +310,30 @@ def test_cli_generate_from_model_directory(tmp_path, layout):
     args = ["generate", "--model", str(root), "--preset", "tiny", "--frames", "3", "--quiet", "--out", str(out)]
     assert main(args) == 0
     assert read_video_info(out)[:3] == (9, 64, 64)
+
+
+def test_weight_source_resolves_the_model_directory_once(tmp_path, monkeypatch):
+    """The CLI's preset, label and DiT load share one WeightSource: the directory is found once per run."""
+    import argparse
+
+    from arvid.commands import _common
+    from arvid.runtime import loaders
+
+    root = _write_wan_dir(tmp_path / "wan", _sd(seed=4))
+    calls = []
+    find = loaders.find_model_files
+    monkeypatch.setattr(loaders, "find_model_files", lambda r: calls.append(r) or find(r))
+    args = argparse.Namespace(
+        model=str(root), checkpoint=None, longlive_ckpt=None, longlive_weights="auto", lora=None, lora_alpha=None,
+        lora_rank=None, seed=0, preset="tiny",
+    )  # fmt: skip
+    preset, files = _common.model_preset(args)
+    model = _common.load_model_from_args(args, preset, device="cpu", dtype=torch.float32)
+    assert files.root == root and _common.weights_label(args) == str(root)
+    assert len(calls) == 1
+    _assert_same(model, _sd(seed=4))
+    # the keyword form and the source form are the same loader
+    source = loaders.WeightSource(model_dir=root)
+    _assert_same(load_dit(source=source), _sd(seed=4))
+    with pytest.raises(ValueError, match="not both"):
+        load_dit(source=source, checkpoint=root / "diffusion_pytorch_model.safetensors")

@@ -13,7 +13,6 @@ import torch
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-import arvid.export.executors  # noqa: F401 - registers "ort"
 from arvid.export.manifest import read_manifest
 from arvid.export.qdq import qdq_counts
 from arvid.quant.metrics import sqnr_db

@@ -183,11 +183,12 @@ def _needs_what() -> list[str]:
 
 
 def test_trt_engine_is_registered():
-    import arvid.export  # noqa: F401
-    from arvid.runtime.chunk_runner import get_executor
+    # registered by name in the runtime: no import of arvid.export needed (it is imported on first use)
+    from arvid.runtime.executors import get_executor
 
     ex = get_executor("trt")
     assert ex is not None and set(ex.flags) == {"int8", "fp8", "chunk"}
+    assert ex.factory == "arvid.export.executors:trt_executor" and callable(ex.load())
 
 
 def test_trt_engine_refuses_in_one_line_without_tensorrt_or_cuda():

@@ -35,12 +35,14 @@ def _stand_in(calls: list) -> types.ModuleType:
 
 @pytest.fixture
 def flash_on_cpu(monkeypatch):
-    """The stand-in as ``flash_attn`` and the backend allowed on the CPU; yields the recorded calls."""
+    """The stand-in as ``flash_attn`` and the backend allowed on the CPU in any dtype (its KV-cache
+    precondition kept); yields the recorded calls."""
     calls: list = []
     monkeypatch.setitem(sys.modules, "flash_attn", _stand_in(calls))
     monkeypatch.setitem(sys.modules, "flash_attn_interface", None)
     backend = attn._BACKENDS["flash"]
-    monkeypatch.setitem(attn._BACKENDS, "flash", dataclasses.replace(backend, unavailable=lambda d, t: None))
+    cpu_ok = lambda device, dtype, kv_dtype=None: attn._model_dtype_cache_only(dtype, kv_dtype)
+    monkeypatch.setitem(attn._BACKENDS, "flash", dataclasses.replace(backend, unavailable=cpu_ok))
     return calls
 
 

@@ -20,6 +20,7 @@ from arvid.runtime import StreamConfig, build_model, get_preset
 from arvid.runtime.attention import get_backend
 from arvid.runtime.chunk_runner import ChunkRunner
 from arvid.runtime.chunk_step import FunctionalChunk, FunctionalStep
+from arvid.runtime.kv_cache import make_cache
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -105,8 +106,8 @@ CHUNKS = 7  # fill phase (4 slots at LongLive's settings) and three evictions ar
 def test_chunk_runner_graphs_write_the_replayed_plans_slots(model, monkeypatch, granularity, up_front):
     stream = StreamConfig()
     backend = get_backend("sdpa", "cpu", torch.float32)
-    cache = backend.make_cache(
-        model.cfg, stream, batch_size=1, patch_grid=(HW[0] // 2, HW[1] // 2), device="cpu", dtype=torch.float32
+    cache = make_cache(
+        backend, model.cfg, stream, batch_size=1, patch_grid=(HW[0] // 2, HW[1] // 2), device="cpu", dtype=torch.float32
     )
     runner = ChunkRunner(model, cache, backend, stream, latent_size=HW, batch_size=1, granularity=granularity)
     runner.cuda_graphs = True  # the constructor refuses graphs off CUDA: the stand-ins replace CUDA here

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ._names import PRESET_NAMES, STREAM_DEFAULTS
+# torch-free (arvid.runtime imports its modules lazily): the parser reads the presets and LongLive's
+# stream settings off their one home
+from arvid.runtime.config import PRESETS, StreamConfig
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -63,7 +65,7 @@ def add_common_args(p: argparse.ArgumentParser, *, stream: bool = True) -> None:
     p.add_argument(
         "--preset",
         default="tiny",
-        help=f"model preset: {', '.join(PRESET_NAMES)} (default: tiny; with --model: wan2.1-t2v-1.3b)",
+        help=f"model preset: {', '.join(PRESETS)} (default: tiny; with --model: wan2.1-t2v-1.3b)",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default: bf16 on CUDA, fp32 on the CPU")
@@ -81,7 +83,7 @@ def add_common_args(p: argparse.ArgumentParser, *, stream: bool = True) -> None:
 
 def add_stream_args(p: argparse.ArgumentParser) -> None:
     """One flag per :class:`~arvid.runtime.StreamConfig` field (default: LongLive's shipped settings)."""
-    d = argparse.Namespace(**STREAM_DEFAULTS)  # StreamConfig()'s, without importing torch (see _names)
+    d = StreamConfig()
     g = p.add_argument_group("streaming (LongLive's settings by default)")
     g.add_argument("--chunk-frames", type=positive_int, help=f"latent frames per chunk (default: {d.chunk_frames})")
     g.add_argument(
@@ -156,7 +158,8 @@ def resolved_config(args) -> dict:
     to different paths give identical bytes."""
     out = {}
     for key, value in sorted(vars(args).items()):
-        if key in ("func", *OUTPUT_ONLY_OPTIONS) or callable(value):
+        # "_..." : what a command derived from the options and kept on args (e.g. the parsed variant)
+        if key in ("func", *OUTPUT_ONLY_OPTIONS) or key.startswith("_") or callable(value):
             continue
         out[key] = list(value) if isinstance(value, tuple) else value
     out["stream_config"] = dataclasses.asdict(stream_config(args))
@@ -322,50 +325,38 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lora-rank", type=int, help="expected LoRA rank (an error if the file differs)")
 
 
+def weight_source(args):
+    """The :class:`~arvid.runtime.loaders.WeightSource` of the :func:`add_model_args` flags, made once per
+    run (kept on ``args``): the model directory is resolved once, for the preset, the checks and the load."""
+    from arvid.runtime.loaders import WeightSource
+
+    source = getattr(args, "_weight_source", None)
+    if source is None:
+        source = args._weight_source = WeightSource(
+            model_dir=args.model, checkpoint=args.checkpoint, longlive_ckpt=args.longlive_ckpt,
+            longlive_weights=args.longlive_weights, lora=args.lora, lora_alpha=args.lora_alpha,
+            lora_rank=args.lora_rank, seed=args.seed,
+        )  # fmt: skip
+    return source
+
+
 def model_preset(args):
     """``(preset, model files or None)`` for ``--preset`` / ``--model``: the preset's geometry with, under
     ``--model``, the model directory's DiT config."""
-    from arvid.runtime import get_preset
-    from arvid.runtime.checkpoint import model_config_from_json
-    from arvid.runtime.loaders import find_model_files
-
-    files = find_model_files(args.model) if args.model else None
-    preset = get_preset(args.preset or ("wan2.1-t2v-1.3b" if files else "tiny"))
-    if files is not None:
-        preset = dataclasses.replace(preset, model=model_config_from_json(files.dit_config))
-    return preset, files
+    source = weight_source(args)
+    return source.preset(args.preset), source.files
 
 
 def load_model_from_args(args, preset, *, device, dtype):
     """The DiT for the :func:`add_model_args` flags: :func:`~arvid.runtime.loaders.load_dit`, the only loader."""
-    from arvid.runtime.loaders import load_dit
+    from arvid.runtime import loaders
 
-    return load_dit(
-        model_dir=args.model,
-        config=preset.model,
-        checkpoint=args.checkpoint,
-        longlive_ckpt=args.longlive_ckpt,
-        longlive_weights=args.longlive_weights,
-        lora=args.lora,
-        lora_alpha=args.lora_alpha,
-        lora_rank=args.lora_rank,
-        device=device,
-        dtype=dtype,
-        seed=args.seed,
-    )
+    return loaders.load_dit(source=weight_source(args), config=preset.model, device=device, dtype=dtype)
 
 
 def weights_label(args) -> str:
-    """Where the DiT weights came from, for reports and metadata (:func:`arvid.runtime.loaders.weights_label`)."""
-    from arvid.runtime.loaders import weights_label as label
-
-    return label(
-        model_dir=args.model,
-        checkpoint=args.checkpoint,
-        longlive_ckpt=args.longlive_ckpt,
-        lora=args.lora,
-        seed=args.seed,
-    )
+    """Where the DiT weights came from, for reports and metadata (:attr:`arvid.runtime.loaders.WeightSource.label`)."""
+    return weight_source(args).label
 
 
 def add_parallel_args(p: argparse.ArgumentParser) -> None:
@@ -383,12 +374,7 @@ def add_parallel_args(p: argparse.ArgumentParser) -> None:
 def check_sequence_parallel_options(opts, what: str = "") -> None:
     """Refuse (one line, before any load) options that sequence parallel cannot run: it runs the
     attention backends eagerly, so no engine and no CUDA graphs. ``what`` prefixes the message."""
-    from arvid.runtime.chunk_runner import get_executor
-
-    if opts.graphs or opts.stepgraphs or (opts.backend and get_executor(opts.backend) is not None):
-        raise ValueError(
-            f"{what}--sequence-parallel runs the attention backends eagerly: no engines, no CUDA graphs yet"
-        )
+    opts.check_sequence_parallel(f"{what}--sequence-parallel")
 
 
 def sequence_parallel_from_args(args, preset, stream):

@@ -145,7 +145,7 @@ def _build(args, preset, files, vae_step: bool, device, dtype):
     """``(model, None)`` for the DiT graphs, ``(None, vae)`` for the VAE step."""
     if not vae_step:
         return load_model_from_args(args, preset, device=device, dtype=dtype), None
-    from arvid.pipeline import load_vae_for
+    from arvid.runtime.loaders import load_vae_for
 
     if files is None and preset.name != "tiny":
         raise ValueError("the vae-step graph needs VAE weights: pass --model DIR, or use --preset tiny")

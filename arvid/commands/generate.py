@@ -26,6 +26,7 @@ from ._common import (
     positive_int,
     sequence_parallel_from_args,
     stream_config,
+    weight_source,
 )
 
 
@@ -68,15 +69,21 @@ def add_run_args(p) -> None:
 
 
 def generator_options(args):
-    """``--backend VARIANT`` plus ``--graphs`` / ``--compile`` / ``--fp8kv``: the same words as a variant string."""
+    """``--backend VARIANT`` plus ``--graphs`` / ``--compile`` / ``--fp8kv``: the same words as a variant
+    string, parsed once per run (kept on ``args``; every later check and the load reuse it)."""
     import dataclasses
 
     from arvid.runtime import GeneratorOptions
 
+    cached = getattr(args, "_generator_options", None)
+    if cached is not None:
+        return cached
     opts = GeneratorOptions.from_variant(args.backend) if args.backend else GeneratorOptions()
-    return dataclasses.replace(
+    opts = dataclasses.replace(
         opts, graphs=opts.graphs or args.graphs, compile=opts.compile or args.compile, fp8kv=opts.fp8kv or args.fp8kv
     )
+    args._generator_options = opts
+    return opts
 
 
 def check_run_args(args) -> None:
@@ -103,24 +110,17 @@ def add_output_args(p) -> None:
 # -- loading: the Pipeline (arvid/pipeline.py) does it; the command line only maps its flags ---------
 def pipeline_from_args(args, *, need_vae: bool, need_text: bool = True, sequence_parallel=None):
     """The :class:`~arvid.pipeline.Pipeline` for the command-line arguments (``_common.add_model_args``,
-    :func:`add_run_args`, the stream flags)."""
+    :func:`add_run_args`, the stream flags), on the run's one :func:`~._common.weight_source`."""
     from arvid.pipeline import Pipeline
 
-    return Pipeline.from_pretrained(
-        args.model,  # None: the --preset alone
+    return Pipeline.from_weights(
+        weight_source(args),
         preset=args.preset,
-        checkpoint=args.checkpoint,
-        longlive_ckpt=args.longlive_ckpt,
-        longlive_weights=args.longlive_weights,
-        lora=args.lora,
-        lora_alpha=args.lora_alpha,
-        lora_rank=args.lora_rank,
         device=args.device,
         dtype=args.dtype,
         backend=generator_options(args),
         text_encoder_device=args.text_encoder_device,
         stream_config=stream_config(args),
-        seed=args.seed,
         need_vae=need_vae,
         need_text=need_text,
         sequence_parallel=sequence_parallel,

@@ -106,7 +106,7 @@ def prompt_embeddings(args, files, preset, prompts: list[str], device, dtype) ->
     if files is None or files.text_encoder is None or files.tokenizer is None:
         print(STAND_IN_BANNER, file=sys.stderr)
         return [placeholder_prompt_embeds(p, preset) for p in prompts], "stand-in embeddings (no text encoder)"
-    from arvid.pipeline import load_text_encoder_for  # the one text-encoder loader
+    from arvid.runtime.loaders import load_text_encoder_for  # the one text-encoder loader
 
     encoder = load_text_encoder_for(files, preset, device, dtype, placement="device", seed=args.seed)
     embeds = [encoder.encode(p) for p in prompts]

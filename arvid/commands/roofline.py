@@ -7,13 +7,15 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from arvid.runtime.config import PRESETS
+
 from ._checks import check_output_file
-from ._names import GPU_NAMES, PRECISION_NAMES, PRESET_NAMES
+from ._names import GPU_NAMES, PRECISION_NAMES
 
 
 def register(sub) -> None:
     p = sub.add_parser("roofline", help="FLOPs / bytes per chunk and the FPS ceiling on a named GPU")
-    p.add_argument("--preset", default="wan2.1-t2v-1.3b", help=f"one of {', '.join(PRESET_NAMES)}")
+    p.add_argument("--preset", default="wan2.1-t2v-1.3b", help=f"one of {', '.join(PRESETS)}")
     p.add_argument("--gpu", required=True, help=f"one of {', '.join(GPU_NAMES)}")
     p.add_argument("--precision", default="all", help=f"{', '.join(PRECISION_NAMES)} or all (default: all)")
     p.add_argument("--batch-size", type=int, default=1)
