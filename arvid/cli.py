@@ -13,10 +13,12 @@ import sys
 
 from arvid import __version__
 
-COMMANDS = ["bench", "generate", "roofline", "report", "interactive", "download", "quantize", "quality", "export"]
+COMMANDS = [
+    "bench", "generate", "roofline", "report", "interactive", "download", "quantize", "quality", "export", "serve",
+]  # fmt: skip
 # commands that build generators: `import arvid.export` registers its engines (ort, aoti, trt) as
 # chunk executors, so it runs before them (and only them: it imports torch)
-ENGINE_COMMANDS = {"bench", "generate", "interactive", "quality", "export"}
+ENGINE_COMMANDS = {"bench", "generate", "interactive", "quality", "export", "serve"}
 
 DESCRIPTION = """\
 arvid: streaming autoregressive video diffusion (LongLive, Self-Forcing) on a causal Wan2.1 DiT.
@@ -32,7 +34,8 @@ examples:
   arvid COMMAND --help                           the options of one command
 
 Optional parts install as extras: pip install 'arvid[video]' (text encoder, VAE, mp4), 'arvid[plots]',
-'arvid[hub]' (download), 'arvid[quant]', 'arvid[modelopt]', 'arvid[export]', 'arvid[triton]', 'arvid[all]'."""
+'arvid[hub]' (download), 'arvid[quant]', 'arvid[modelopt]', 'arvid[export]', 'arvid[triton]', 'arvid[serve]',
+'arvid[all]'."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,318 @@
+"""arvid serve end to end: a real server (tiny preset, CPU, two workers) on 127.0.0.1 in this process,
+aiortc clients posting Daydream Scope's offer, headless Chromium (Debian's chromium + chromium-driver,
+installed by .ci/run) playing the page through selenium, and the command itself in a scratch directory
+(health, metrics, SIGTERM). One in-process server for the module: loading it is the slow part."""
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("aiortc")
+pytest.importorskip("aiohttp")
+pytest.importorskip("prometheus_client")
+
+from arvid.cli import build_parser
+from arvid.serve.app import Server, run
+from arvid.serve.client import Client, HTTPError
+from arvid.serve.worker import build_generator
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+A, B = "a red fox running through fresh snow", "a lighthouse in a storm at night"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Running:
+    """A Server on its own event loop in a thread (clients run on the test's loop, as another process would)."""
+
+    def __init__(self, server: Server) -> None:
+        self.server, self.port = server, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.loop = asyncio.new_event_loop()
+        self.stop = asyncio.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(run(self.server, "127.0.0.1", self.port, self.stop))
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if get(self.url + "/health")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"server not ready in {timeout} s: {self.server.load_error}")
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self.thread.join(15)
+
+
+def get(url: str) -> tuple[int, bytes, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read(), r.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), e.headers.get("Content-Type", "")
+
+
+def serve_args(*extra: str):
+    return build_parser().parse_args(["serve", "--preset", "tiny", "--device", "cpu", *extra])
+
+
+@pytest.fixture(scope="module")
+def served():
+    latents: dict[str, list] = {}
+
+    def observe(name, event, chunk):
+        latents.setdefault(name, []).append((dict(event), chunk.clone()))
+
+    args = serve_args()
+    server = Server(lambda device: build_generator(args, device), ["cpu", "cpu"], fps=16, observer=observe)
+    r = Running(server)
+    r.latents = latents
+    r.wait_ready()
+    yield r
+    r.close()
+
+
+def test_health_metrics_and_page(served):
+    status, body, _ = get(served.url + "/health")
+    health = json.loads(body)
+    assert status == 200 and health["status"] == "ready" and health["max_sessions"] == 2
+    status, body, ctype = get(served.url + "/metrics")
+    text = body.decode()
+    assert status == 200 and ctype.startswith("text/plain")
+    for name in ("arvid_chunk_seconds", "arvid_frames_sent_total", "arvid_recache_chunk_seconds",
+                 "arvid_prompt_to_pixel_seconds", "arvid_sessions", "arvid_queue_depth"):  # fmt: skip
+        assert name in text, name
+    status, body, ctype = get(served.url + "/")
+    page = body.decode()
+    assert status == 200 and ctype.startswith("text/html") and "<video" in page
+    assert "src=" not in page and "://" not in page.split("<script>", 1)[1]  # nothing fetched: works offline
+
+
+def test_frames_arrive_a_switch_lands_at_a_chunk_boundary_and_latents_equal_generate(served):
+    """A fixed seed and schedule: the served chunks' latents equal ``Pipeline.generate``'s with the switch
+    where it landed (the same generator, the same noise, the same re-cache). Bad messages on the way get
+    error events, change nothing, and the frames keep coming."""
+
+    async def go():
+        c = Client(served.url)
+        answer = await c.connect([{"text": A, "weight": 1.0}], seed=7, path="/api/v1/webrtc/offer")  # Scope's path
+        await c.wait_for(lambda e: e.get("type") == "chunk")
+        for bad in ("not json", {"prompts": []}, {"paused": "yes"},
+                    {"transition": {"target_prompts": [B], "num_steps": 0}}):  # fmt: skip
+            await c.send(bad)
+        await c.send({"prompts": [{"text": B, "weight": 1.0}]})
+        await c.wait_for(lambda e: len(c.of_type("error")) >= 4)
+        frames_at_errors = len(c.frames)
+        _, hit = await c.wait_for(lambda e: e.get("type") == "chunk" and e["prompts"][0]["text"] == B)
+        await c.wait_for(lambda e: e.get("type") == "chunk" and e["index"] == hit["index"] + 1)
+        await c.close()
+        return answer["sessionId"], hit, c, frames_at_errors
+
+    sid, hit, client, frames_at_errors = asyncio.run(go())
+    pipe = served.server.slots[0].pipe
+    chunk = pipe.stream_config.chunk_frames
+    assert client.frames[-1][1:] == tuple(reversed(pipe.preset.video_size))  # (width, height) of the video
+    errors = [x["message"] for x in client.of_type("error")]
+    assert len(errors) == 4 and "not JSON" in errors[0] and "num_steps" in errors[3]
+    assert len(client.frames) >= frames_at_errors + 10  # the stream went on after the bad messages
+    assert hit["recached"] and hit["frame_start"] == hit["index"] * chunk
+    assert all(k in hit for k in ("dit_ms", "vae_ms", "prompts", "index", "recached", "prompt_to_pixel_ms"))
+    events = [e for e, _ in served.latents[sid]]
+    n = hit["index"] + 2
+    assert [e["recached"] for e in events[:n]] == [i == hit["index"] for i in range(n)]
+    got = torch.cat([x for _, x in served.latents[sid][:n]], dim=1)
+    wait_free(served)  # the session's generator is free again
+    want = pipe.generate([A, B], switch_frames=[hit["frame_start"]], num_frames=n * chunk, seed=7, decode=False)
+    assert torch.equal(got.cpu(), want.latents)
+
+
+def wait_free(served, timeout: float = 5.0) -> float:
+    """Seconds until no session is open (a client that left frees its session within seconds)."""
+    t0 = time.monotonic()
+    while served.server.sessions:
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"sessions still open after {timeout} s: {list(served.server.sessions)}")
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
+def test_sessions_are_limited_a_third_client_gets_503_and_a_freed_slot_serves_again(served):
+    """Two CPU workers: two clients are served, a third gets 503 with a JSON reason (not a hang), and a
+    client after one has left is served."""
+
+    async def go():
+        a, b = Client(served.url), Client(served.url)
+        await a.connect([A])
+        await b.connect([B])
+        # a transition over 2 chunks (slerp): the first step re-caches, the target shows throughout
+        await b.send({"transition": {"target_prompts": [{"text": A, "weight": 1}], "num_steps": 2,
+                                     "temporal_interpolation_method": "slerp"}})  # fmt: skip
+        await asyncio.gather(a.wait_frames(1), b.wait_frames(1))
+        c = Client(served.url)
+        t0 = time.perf_counter()
+        with pytest.raises(HTTPError) as refused:
+            await c.connect([A])
+        refused_s = time.perf_counter() - t0
+        await a.close()
+        t0 = time.perf_counter()
+        while len(served.server.sessions) > 1:
+            assert time.perf_counter() - t0 < 5, "a client that left did not free its session within 5 s"
+            await asyncio.sleep(0.05)
+        freed_s = time.perf_counter() - t0
+        d = Client(served.url)
+        await d.connect([A])
+        await d.wait_frames(1)
+        _, step = await b.wait_for(lambda e: e.get("type") == "chunk" and e["prompts"][0]["text"] == A)
+        await asyncio.gather(b.close(), d.close())
+        return refused.value, refused_s, freed_s, step
+
+    refused, refused_s, freed_s, step = asyncio.run(go())
+    assert step["recached"] and step["transition_left"] == 1
+    assert refused.status == 503 and refused.body["error"] == "busy" and "in use" in refused.body["message"]
+    assert refused_s < 5
+    print(f"503 in {refused_s:.2f} s; a left session freed in {freed_s:.2f} s")
+    wait_free(served)
+    assert b"arvid_sessions_rejected_total 1.0" in get(served.url + "/metrics")[1]
+
+
+def test_offer_checks_body_and_token():
+    """Bad offers are 400 with a reason; ``--token`` asks for the bearer token (no model needed)."""
+    server = Server(lambda device: None, ["cpu"], token="s3cret", warmup=False)
+    r = Running(server)
+    try:
+        r.wait_ready()
+
+        def post(body, token=None):
+            headers = {"Content-Type": "application/json"}
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            req = urllib.request.Request(r.url + "/offer", data=body.encode(), headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    return resp.status, json.loads(resp.read())
+            except urllib.error.HTTPError as e:
+                return e.code, json.loads(e.read())
+
+        assert post("{}")[0] == 401
+        assert post("{}", "wrong")[0] == 401
+        status, body = post("{}", "s3cret")
+        assert status == 400 and "sdp" in body["message"]
+        status, body = post(json.dumps({"sdp": "v=0", "type": "offer", "initialParameters": {}}), "s3cret")
+        assert status == 400 and "initialParameters.prompts" in body["message"]
+        status, body = post("not json", "s3cret")
+        assert status == 400
+    finally:
+        r.close()
+
+
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+@pytest.mark.slow
+def test_the_command_serves_and_stops_on_sigterm_without_a_traceback(tmp_path):
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    arvid = str(Path(sys.executable).parent / "arvid")  # the installed command, as a user runs it
+    cmd = [arvid, "serve", "--preset", "tiny", "--device", "cpu", "--port", str(port), "--no-warmup"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            try:
+                status, body, _ = get(url + "/health")
+                if status == 200:
+                    break
+                assert json.loads(body)["status"] == "loading"  # listening, not ready: 503 while loading
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "not ready in 60 s"
+            time.sleep(0.2)
+        assert b"arvid_ready 1.0" in get(url + "/metrics")[1]
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+        stopped_s = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "stopped (SIGTERM)" in err
+    assert stopped_s < 5, f"SIGTERM took {stopped_s:.1f} s"
+    assert list(tmp_path.iterdir()) == []  # nothing written to the working directory
+
+
+@pytest.mark.slow
+def test_headless_chromium_plays_the_page_and_a_typed_prompt_shows(served, tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    if not (Path(CHROMEDRIVER).exists() and (shutil.which("chromium") or shutil.which("chromium-browser"))):
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    os.environ["SE_AVOID_STATS"] = "true"  # Selenium Manager would otherwise reach the network
+    r = served
+    opts = webdriver.ChromeOptions()
+    flags = ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--mute-audio",
+             "--autoplay-policy=no-user-gesture-required")  # fmt: skip
+    for flag in flags:
+        opts.add_argument(flag)
+    driver = None
+    try:
+        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+        driver.set_page_load_timeout(30)
+        driver.get(r.url + "/")
+        box = driver.find_element(By.ID, "prompt")
+        box.clear()
+        box.send_keys(A)
+        driver.find_element(By.ID, "start").click()
+        wait = WebDriverWait(driver, 45, poll_frequency=0.2)
+        wait.until(lambda d: d.execute_script("return document.getElementById('video').videoWidth") > 0)
+        t1 = driver.execute_script("return document.getElementById('video').currentTime")
+        wait.until(lambda d: d.execute_script("return document.getElementById('video').currentTime") > t1 + 0.5)
+        box.clear()
+        box.send_keys(B, Keys.ENTER)
+
+        def shown(d):
+            last = d.execute_script("return document.body.dataset.lastEvent")
+            return last and json.loads(last).get("prompts", [{}])[0].get("text") == B
+
+        wait.until(shown)
+        shot = tmp_path / "serve_page.png"
+        driver.save_screenshot(str(shot))
+        assert shot.stat().st_size > 1000
+        print(f"screenshot: {shot}")
+        assert "prompt-to-pixel" in driver.find_element(By.ID, "stats").text
+    finally:
+        if driver is not None:
+            driver.quit()  # the browser leaves without a goodbye from the test: the page's pagehide closes
+    print(f"the browser's session freed {wait_free(served, 15):.2f} s after it quit")
