@@ -89,3 +89,22 @@ def test_schedule_switches_at_the_next_boundary_and_transitions_over_n():
     torch.testing.assert_close(steps[0], table["b"] + (table["c"] - table["b"]) / 3)
     assert steps[-1] is table["c"]  # the end is the target exactly
     assert s.shown() == [{"text": "c", "weight": 1.0}]
+
+
+def test_serve_flags_workers_and_sessions():
+    """``--max-sessions`` spreads generators over the workers; ``--gpus`` names CUDA devices that must exist."""
+    from arvid.cli import build_parser
+    from arvid.commands.serve import devices_of
+
+    def parse(*flags):
+        return build_parser().parse_args(["serve", "--device", "cpu", *flags])
+
+    assert devices_of(parse()) == ["cpu"]
+    assert devices_of(parse("--max-sessions", "2")) == ["cpu", "cpu"]
+    args = parse("--gpus", "0,1")
+    assert args.gpus == (0, 1) and args.host == "127.0.0.1" and args.port == 8000
+    if torch.cuda.device_count() < 2:
+        with pytest.raises(ValueError, match="CUDA device"):
+            devices_of(args)
+    else:
+        assert devices_of(parse("--gpus", "0,1", "--max-sessions", "3")) == ["cuda:0", "cuda:1", "cuda:0"]
