@@ -136,7 +136,7 @@ def cmd_serve(args) -> int:
     # Every session, connection and the listener are closed, and nothing is left to write. What remains
     # is the interpreter's final garbage collection over the model, diffusers, transformers and aiortc
     # objects, measured at 2-15 s after a SIGTERM on the shared 2-core machine (a supervisor's grace
-    # period may run out first): end the process now, with status 0.
+    # period may run out first), or a model still loading in its thread: end the process now, status 0.
     import os
 
     sys.stdout.flush()

@@ -18,6 +18,7 @@ import hmac
 import json
 import logging
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -394,9 +395,12 @@ async def run(server: Server, host: str, port: int, stop: asyncio.Event, on_read
     try:
         if on_ready is not None:
             on_ready(runner)
-        loading = asyncio.get_running_loop().run_in_executor(None, server.load_all)
+        # a daemon thread, not the loop's executor: asyncio.run would wait for the executor's threads at
+        # exit, so a SIGTERM during a minutes-long load would wait for the load
+        loading = threading.Thread(target=server.load_all, name="arvid-serve-load", daemon=True)
+        loading.start()
         await stop.wait()
-        if not loading.done():
+        if loading.is_alive():
             log.info("stopping while the model loads")
     finally:
         await runner.cleanup()
