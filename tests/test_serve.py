@@ -89,7 +89,9 @@ def served():
     def observe(name, event, chunk):
         latents.setdefault(name, []).append((dict(event), chunk.clone()))
 
-    args = serve_args()
+    # chunks of one latent frame (4 video frames): on the CPU the tiny VAE's decode is the slow stage, and
+    # the tests wait for chunk boundaries; the settings are LongLive's otherwise (sink 3, attention 12)
+    args = serve_args("--chunk-frames", "1")
     server = Server(lambda device: build_generator(args, device), ["cpu", "cpu"], fps=16, observer=observe)
     r = Running(server)
     r.latents = latents

@@ -255,11 +255,7 @@ class Server:
                 c = parse_message(message)
                 # encoding a prompt runs the text encoder: off the event loop
                 await asyncio.get_running_loop().run_in_executor(None, session.stream.apply, c)
-            except ControlError as e:
-                self.metrics.errors.inc()
-                self.send(session, {"type": "error", "message": str(e)})
-                return
-            except ValueError as e:  # e.g. a prompt the text encoder refuses
+            except ValueError as e:  # a ControlError, or e.g. a prompt the text encoder refuses
                 self.metrics.errors.inc()
                 self.send(session, {"type": "error", "message": str(e)})
                 return

@@ -11,6 +11,7 @@ DiT thread, so memory stays bounded; nothing in a session grows with the stream'
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -162,6 +163,7 @@ class StreamSession:
             except _Stopped:
                 pass
             except BaseException as e:  # reported to the client as an error event and in the server log
+                logging.getLogger("arvid.serve").exception("session %s: generation failed", self.name)
                 self.error = e
                 self._stop.set()
 
@@ -258,6 +260,9 @@ class StreamSession:
             if stream is not None:
                 with torch.cuda.stream(stream):
                     stream.wait_event(item.ready)
+                    # made on the DiT's stream, read on this one: the allocator must not hand its memory
+                    # back to the DiT's stream before this decode is done
+                    item.latents.record_stream(stream)
                     images = to_uint8(decoder.decode(item.latents)[0])  # .cpu() inside waits for the stream
             else:
                 images = to_uint8(decoder.decode(item.latents)[0])
