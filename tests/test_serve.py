@@ -168,9 +168,21 @@ def test_sessions_are_limited_a_third_client_gets_503_and_a_freed_slot_serves_ag
     """Two CPU workers: two clients are served, a third gets 503 with a JSON reason (not a hang), and a
     client after one has left is served."""
 
+    async def patch(path, body):
+        import aiohttp
+
+        async with aiohttp.ClientSession() as http, http.patch(served.url + path, json=body) as r:
+            return r.status
+
     async def go():
         a, b = Client(served.url), Client(served.url)
-        await a.connect([A])
+        sid = (await a.connect([A]))["sessionId"]
+        # trickled ICE candidates (Scope's PATCH): accepted for a session, 404 for none, 400 for garbage
+        line = "candidate:1 1 udp 2122260223 127.0.0.1 9 typ host"
+        assert await patch(f"/api/v1/webrtc/offer/{sid}", {"candidates": [{"candidate": line, "sdpMid": "0",
+                                                                            "sdpMLineIndex": 0}]}) == 204  # fmt: skip
+        assert await patch("/offer/nope", {"candidate": line}) == 404
+        assert await patch(f"/offer/{sid}", {"candidates": [{"candidate": "bogus"}]}) == 400
         await b.connect([B])
         # a transition over 2 chunks (slerp): the first step re-caches, the target shows throughout
         await b.send({"transition": {"target_prompts": [{"text": A, "weight": 1}], "num_steps": 2,

@@ -7,7 +7,7 @@ subprocess) and arvid keeps the signal handling (SIGTERM) instead of uvicorn's; 
 packages fewer (no starlette, pydantic, uvicorn).
 
 Routes: ``GET /`` (the page), ``POST /offer`` and Scope's ``POST /api/v1/webrtc/offer`` (the SDP
-offer/answer), ``GET /health``, ``GET /metrics``.
+offer/answer), ``PATCH`` on either ``/{session_id}`` (trickled ICE candidates), ``GET /health``, ``GET /metrics``.
 """
 
 from __future__ import annotations
@@ -137,6 +137,9 @@ class Server:
         app.router.add_get("/metrics", self.metrics_route)
         app.router.add_post("/offer", self.offer)
         app.router.add_post("/api/v1/webrtc/offer", self.offer)  # Daydream Scope's path
+        # trickle ICE: candidates the client finds after its offer (Scope's clients send them this way)
+        app.router.add_patch("/offer/{session_id}", self.candidates)
+        app.router.add_patch("/api/v1/webrtc/offer/{session_id}", self.candidates)
         app.on_shutdown.append(self._on_shutdown)
         return app
 
@@ -226,6 +229,46 @@ class Server:
         log.info("session %s on %s: %s", sid, slot.name, [p.text for p in prompts])
         web = sys.modules["aiohttp.web"]
         return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "sessionId": sid})
+
+    async def candidates(self, request):
+        """``PATCH /offer/{session_id}``: remote ICE candidates after the offer, as
+        ``{"candidates": [{candidate, sdpMid, sdpMLineIndex}, ...]}`` or one such object; 204."""
+        web = sys.modules["aiohttp.web"]
+        from aiortc.sdp import candidate_from_sdp
+
+        if self.token is not None and not hmac.compare_digest(
+            request.headers.get("Authorization", "").encode(), f"Bearer {self.token}".encode()
+        ):
+            return self._refuse(401, "unauthorized", "this server needs Authorization: Bearer <token>")
+        session = self.sessions.get(request.match_info["session_id"])
+        if session is None:
+            return self._refuse(404, "no_session", "no such session (it ended, or the id is wrong)")
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return self._refuse(400, "bad_request", "the body must be JSON {candidates: [...]}")
+        items = body.get("candidates", [body]) if isinstance(body, dict) else None
+        if not isinstance(items, list):
+            return self._refuse(400, "bad_request", "candidates must be a list of {candidate, sdpMid, sdpMLineIndex}")
+        for i, item in enumerate(items):
+            text = item.get("candidate") if isinstance(item, dict) else None
+            if not isinstance(text, str):
+                return self._refuse(400, "bad_request", f"candidates[{i}].candidate must be the candidate line")
+            if not text:  # the end-of-candidates marker
+                continue
+            line = text.split(":", 1)[1] if text.startswith("candidate:") else text
+            bits = line.split()
+            # "foundation component transport priority address port typ type ...": aiortc's parser asserts
+            # this shape (an AssertionError would be a 500), so it is checked here first
+            if len(bits) < 8 or bits[6] != "typ" or not all(bits[k].isdigit() for k in (1, 3, 5)):
+                return self._refuse(400, "bad_request", f"candidates[{i}] is not an ICE candidate line: {text!r}")
+            try:
+                cand = candidate_from_sdp(line)
+            except ValueError as e:
+                return self._refuse(400, "bad_request", f"candidates[{i}] is not an ICE candidate line: {e}")
+            cand.sdpMid, cand.sdpMLineIndex = item.get("sdpMid"), item.get("sdpMLineIndex")
+            await session.pc.addIceCandidate(cand)
+        return web.Response(status=204)
 
     def _wire(self, session: Session) -> None:
         pc = session.pc
