@@ -172,6 +172,7 @@ async def bench(
     return {
         "kind": "serve",
         "url": url,
+        "client": _client_environment(),
         "server": health,
         "seconds": seconds,
         "fps_target": fps,
@@ -190,6 +191,28 @@ async def bench(
         },
         "realtime_chunks": sum(bool(e.get("realtime")) for e in chunks),
         "chunks": len(chunks),
+    }
+
+
+def _client_environment() -> dict:
+    """Where the measuring client ran: versions and the git state, as ``bench``'s JSON records them."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from arvid.bench.env import git_state
+
+    def ver(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return {
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **{name: ver(name) for name in ("arvid", "aiortc", "aiohttp", "av")},
+        **git_state(),
     }
 
 
