@@ -116,10 +116,11 @@ def test_health_metrics_and_page(served):
     assert "src=" not in page and "://" not in page.split("<script>", 1)[1]  # nothing fetched: works offline
 
 
-def test_frames_arrive_a_switch_lands_at_a_chunk_boundary_and_latents_equal_generate(served):
+def test_frames_switch_reset_pause_and_latents_equal_generate(served):
     """A fixed seed and schedule: the served chunks' latents equal ``Pipeline.generate``'s with the switch
     where it landed (the same generator, the same noise, the same re-cache). Bad messages on the way get
-    error events, change nothing, and the frames keep coming."""
+    error events, change nothing, and the frames keep coming; ``reset_cache`` restarts the stream as
+    ``generate`` starts it; ``paused`` stops the chunks and unpausing brings them back."""
 
     async def go():
         c = Client(served.url)
@@ -133,10 +134,23 @@ def test_frames_arrive_a_switch_lands_at_a_chunk_boundary_and_latents_equal_gene
         frames_at_errors = len(c.frames)
         _, hit = await c.wait_for(lambda e: e.get("type") == "chunk" and e["prompts"][0]["text"] == B)
         await c.wait_for(lambda e: e.get("type") == "chunk" and e["index"] == hit["index"] + 1)
+        # reset_cache: a new stream from the current prompt (its latents are checked below)
+        await c.send({"reset_cache": True})
+        await c.wait_for(lambda e: e.get("type") == "chunk" and e["stream"] == 1 and e["frame_start"] == 2)
+        # paused: once what was generated before has been shown, no chunk comes; unpaused, they come again
+        await c.send({"paused": True})
+        await c.wait_for(lambda e: e.get("type") == "ack" and e["paused"])
+        await asyncio.sleep(1.5)  # at most the chunks in flight (decode hand-off, decoding, buffer) drain
+        paused_at = len(c.of_type("chunk"))
+        await asyncio.sleep(1.0)
+        during_pause = len(c.of_type("chunk")) - paused_at
+        await c.send({"paused": False})
+        await c.wait_for(lambda e: len(c.of_type("chunk")) > paused_at + during_pause)
         await c.close()
-        return answer["sessionId"], hit, c, frames_at_errors
+        return answer["sessionId"], hit, c, frames_at_errors, during_pause
 
-    sid, hit, client, frames_at_errors = asyncio.run(go())
+    sid, hit, client, frames_at_errors, during_pause = asyncio.run(go())
+    assert during_pause == 0
     pipe = served.server.slots[0].pipe
     chunk = pipe.stream_config.chunk_frames
     assert client.frames[-1][1:] == tuple(reversed(pipe.preset.video_size))  # (width, height) of the video
@@ -152,6 +166,10 @@ def test_frames_arrive_a_switch_lands_at_a_chunk_boundary_and_latents_equal_gene
     wait_free(served)  # the session's generator is free again
     want = pipe.generate([A, B], switch_frames=[hit["frame_start"]], num_frames=n * chunk, seed=7, decode=False)
     assert torch.equal(got.cpu(), want.latents)
+    # after reset_cache the stream is generate's from the start, under the prompt then current
+    restarted = [x for e, x in served.latents[sid] if e["stream"] == 1][:3]
+    want = pipe.generate(B, num_frames=3 * chunk, seed=7, decode=False)
+    assert torch.equal(torch.cat(restarted, dim=1).cpu(), want.latents)
 
 
 def wait_free(served, timeout: float = 5.0) -> float:
