@@ -4,6 +4,7 @@ installed by .ci/run) playing the page through selenium, and the command itself 
 (health, metrics, SIGTERM). One in-process server for the module: loading it is the slow part."""
 
 import asyncio
+import itertools
 import json
 import os
 import shutil
@@ -245,6 +246,43 @@ def test_serve_bench_measures_a_running_server(served):
     assert "prompt-to-pixel" in text and "inter-frame interval" in text
     json.dumps(r)  # the --json file
     wait_free(served)
+
+
+def test_generation_waits_for_a_slow_client_and_overlaps_dit_with_decode(served):
+    """No WebRTC: a session whose frames nobody takes stops generating once its bounded buffer is full
+    (memory stays bounded), and the DiT of chunk i+1 ran while chunk i was being decoded."""
+    from arvid.serve.control import WeightedPrompt
+    from arvid.serve.worker import StreamSession
+
+    slot = served.server.slots[1]
+    assert slot.session is None
+    slot.session = "held by this test"  # no client may take this generator meanwhile
+    chunks = []
+    s = StreamSession(slot.pipe, [WeightedPrompt(A, 1.0)], seed=0, fps=16, observer=lambda n, e, x: chunks.append(e))
+    try:
+        s.start()
+        deadline = time.monotonic() + 20
+        while not s.frames.full():
+            assert time.monotonic() < deadline and s.error is None, s.error
+            time.sleep(0.05)
+        time.sleep(1.0)  # a generator that did not wait would have made several more chunks by now
+        made = len(chunks)
+        time.sleep(1.0)
+        assert len(chunks) == made  # waiting: nothing more is generated while nobody takes frames
+        # bounded: the buffer's frames, one chunk being decoded or handed over, one finished by the DiT
+        assert made <= 3 + s.frames.maxsize // 4, made
+        for _ in range(s.frames.maxsize * 3):  # drain three buffers' worth: generation goes on
+            s.frames.get(timeout=20)
+        assert len(chunks) > made
+    finally:
+        s.stop()
+        slot.session = None
+    decoded = [e for e in chunks if "_vae_span" in e]
+    overlaps = sum(
+        nxt["_dit_span"][0] < cur["_vae_span"][1] and cur["_vae_span"][0] < nxt["_dit_span"][1]
+        for cur, nxt in itertools.pairwise(decoded)
+    )
+    assert overlaps >= 1, "no DiT ran while the previous chunk was decoded"
 
 
 def test_offer_checks_body_and_token():

@@ -213,6 +213,7 @@ class StreamSession:
                         "transition_left": self.schedule.transition_left,
                         "recached": bool(c.recached),
                         "dit_ms": round(dit_ms, 3),
+                        "_dit_span": (t0, t0 + dit_ms / 1e3),  # perf_counter times (not sent): overlap checks
                     }
                     if c.recached and self._switch_at is not None:
                         event["_prompt_at"] = self._switch_at  # server-side prompt-to-pixel (not sent)
@@ -269,6 +270,7 @@ class StreamSession:
             vae_ms = (time.perf_counter() - t0) * 1e3
             event = item.event
             event["vae_ms"] = round(vae_ms, 3)
+            event["_vae_span"] = (t0, t0 + vae_ms / 1e3)
             event["frames"] = len(images)
             # real time: the slower of the two overlapped stages keeps up with the video's frame rate
             event["realtime"] = max(event["dit_ms"], vae_ms) <= chunk_s * 1e3
