@@ -1,6 +1,7 @@
 """arvid serve's control messages (Daydream Scope's) and prompt blends: no server, no model."""
 
 import json
+import sys
 
 import pytest
 import torch
@@ -108,3 +109,11 @@ def test_serve_flags_workers_and_sessions():
             devices_of(args)
     else:
         assert devices_of(parse("--gpus", "0,1", "--max-sessions", "3")) == ["cuda:0", "cuda:1", "cuda:0"]
+
+
+def test_serve_without_the_extra_names_it(monkeypatch, capsys):
+    from arvid.cli import main
+
+    monkeypatch.setitem(sys.modules, "aiortc", None)  # import raises ModuleNotFoundError
+    assert main(["serve", "--device", "cpu"]) == 2
+    assert "arvid serve: error: arvid serve needs aiortc: pip install 'arvid[serve]'" in capsys.readouterr().err

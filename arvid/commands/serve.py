@@ -6,9 +6,7 @@ received FPS, frame pacing, prompt-to-pixel latency, stalls) in ``bench``'s JSON
 
 from __future__ import annotations
 
-import argparse
-
-from ._common import add_common_args, add_model_args, int_list, model_preset, positive_int, stream_config
+from ._common import add_common_args, add_model_args, int_list, model_preset, positive_int, seed_int, stream_config
 from .generate import add_run_args, check_run_args
 
 
@@ -60,7 +58,7 @@ def register(sub) -> None:
     b.add_argument("--seconds", type=float, default=10.0, help="how long to receive (default: 10)")
     b.add_argument("--prompt", action="append", help="prompts: the first at the start, the others on the schedule")
     b.add_argument("--switch-every", type=float, default=2.0, help="seconds between prompt switches (default: 2)")
-    b.add_argument("--seed", type=int, default=0, help="initialParameters.seed (default: 0)")
+    b.add_argument("--seed", type=seed_int, default=0, help="initialParameters.seed (default: 0)")
     b.add_argument("--token", help="bearer token of the server's --token")
     b.add_argument("--json", help="write the results to this JSON file")
     b.set_defaults(func=cmd_serve_bench)
@@ -166,6 +164,3 @@ def cmd_serve_bench(args) -> int:
         atomic_write(args.json, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         print(f"wrote {args.json}")
     return 0
-
-
-_ = argparse  # the parser's types come from _common
