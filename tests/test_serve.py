@@ -138,20 +138,21 @@ def test_frames_switch_reset_pause_and_latents_equal_generate(served):
         # reset_cache: a new stream from the current prompt (its latents are checked below)
         await c.send({"reset_cache": True})
         await c.wait_for(lambda e: e.get("type") == "chunk" and e["stream"] == 1 and e["frame_start"] == 2)
-        # paused: once what was generated before has been shown, no chunk comes; unpaused, they come again
+        # paused: the DiT finishes the chunk it is on, if any, and generates no more; unpaused, it goes on
         await c.send({"paused": True})
         await c.wait_for(lambda e: e.get("type") == "ack" and e["paused"])
-        await asyncio.sleep(1.5)  # at most the chunks in flight (decode hand-off, decoding, buffer) drain
-        paused_at = len(c.of_type("chunk"))
-        await asyncio.sleep(1.0)
-        during_pause = len(c.of_type("chunk")) - paused_at
+        generated = served.latents[answer["sessionId"]]  # the observer's list, one entry per DiT chunk
+        at_pause = len(generated)
+        await asyncio.sleep(1.5)
+        during_pause = len(generated) - at_pause
+        shown = len(c.of_type("chunk"))
         await c.send({"paused": False})
-        await c.wait_for(lambda e: len(c.of_type("chunk")) > paused_at + during_pause)
+        await c.wait_for(lambda e: len(c.of_type("chunk")) > shown)
         await c.close()
         return answer["sessionId"], hit, c, frames_at_errors, during_pause
 
     sid, hit, client, frames_at_errors, during_pause = asyncio.run(go())
-    assert during_pause == 0
+    assert during_pause <= 1, f"{during_pause} chunks generated while paused"
     pipe = served.server.slots[0].pipe
     chunk = pipe.stream_config.chunk_frames
     assert client.frames[-1][1:] == tuple(reversed(pipe.preset.video_size))  # (width, height) of the video
@@ -265,10 +266,14 @@ def test_generation_waits_for_a_slow_client_and_overlaps_dit_with_decode(served)
         while not s.frames.full():
             assert time.monotonic() < deadline and s.error is None, s.error
             time.sleep(0.05)
-        time.sleep(1.0)  # a generator that did not wait would have made several more chunks by now
-        made = len(chunks)
-        time.sleep(1.0)
-        assert len(chunks) == made  # waiting: nothing more is generated while nobody takes frames
+        # waiting: the count stops growing while nobody takes frames (a generator that did not wait makes
+        # a chunk every few tenths of a second here)
+        made, stable_since = len(chunks), time.monotonic()
+        while time.monotonic() - stable_since < 1.0:
+            assert time.monotonic() < deadline, f"still generating with a full buffer: {len(chunks)} chunks"
+            if len(chunks) != made:
+                made, stable_since = len(chunks), time.monotonic()
+            time.sleep(0.05)
         # bounded: the buffer's frames, one chunk being decoded or handed over, one finished by the DiT
         assert made <= 3 + s.frames.maxsize // 4, made
         for _ in range(s.frames.maxsize * 3):  # drain three buffers' worth: generation goes on
