@@ -377,7 +377,7 @@ def test_headless_chromium_plays_the_page_and_a_typed_prompt_shows(served, tmp_p
     r = served
     opts = webdriver.ChromeOptions()
     flags = ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--mute-audio",
-             "--autoplay-policy=no-user-gesture-required")  # fmt: skip
+             "--autoplay-policy=no-user-gesture-required", "--window-size=1000,1000")  # fmt: skip
     for flag in flags:
         opts.add_argument(flag)
     driver = None
