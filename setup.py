@@ -19,7 +19,7 @@ CORE = [
     "safetensors",
     "psutil",
     "tqdm",
-    "pyyaml>=6",  # config files (arvid/pipeline.py)
+    "pyyaml>=6",  # --config YAML files (runtime/config_file.py)
 ]
 
 EXTRAS = {

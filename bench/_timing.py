@@ -1,4 +1,5 @@
-"""What the kernel micro-benchmarks share: the LongLive shapes, the result row, timing, printing, JSON."""
+"""What the benchmarks share: the LongLive shapes, the result row, timing, printing, JSON (the kernel
+micro-benchmarks), and the device synchronisation every timer needs (the stream bench, the estimate)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,12 @@ class Row:
     ratio: float | None = None  # append rows: append ms / triton attention ms
     note: str = ""
     extra: dict = field(default_factory=dict)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for ``device``'s queued work (CUDA runs asynchronously; a CPU has nothing queued)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def time_ms(fn: Callable[[], object], device: torch.device, warmup: int = 5, iters: int = 20) -> float:

@@ -1,10 +1,10 @@
-"""Reports from ``arvid bench --json`` runs: Markdown, HTML, PNG plots, A/B comparisons of two runs,
-and the results table of the README.
+"""Reports from ``arvid bench`` runs: the tables ``arvid bench`` prints, Markdown, HTML, PNG plots,
+A/B comparisons of two runs, and the results table of the README.
 
-A run's JSON (schema ``arvid.stream_bench/2``, see ``stream_bench.py``) is the source of truth;
-everything here only re-formats or compares it (``/1`` reports are upgraded on load). Committed
-GPU runs live in ``bench/results/`` (see the README there) and :func:`update_readme_results`
-rebuilds the README's results table from them.
+A run's JSON (schema ``arvid.stream_bench/2``, see ``schema.py``; written by ``stream_bench.py``)
+is the source of truth; everything here only formats or compares it (``/1`` reports are upgraded
+on load). Committed GPU runs live in ``bench/results/`` (see the README there) and
+:func:`update_readme_results` rebuilds the README's results table from them.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ from arvid.runtime.files import atomic_write, read_text
 from arvid.runtime.optional import require
 
 from .roofline import measured_over_ceiling
+from .schema import SCHEMA, SCHEMAS, switch_chunks
 from .stats import bootstrap_ratio_ci, mann_whitney, summarize
-from .stream_bench import SCHEMA, format_table, switch_chunks
 
-SCHEMAS = ("arvid.stream_bench/1", SCHEMA)  # /1: before the spread statistics; upgraded on load
 README_START = "<!-- results:start -->"
 README_END = "<!-- results:end -->"
 ALPHA = 0.05  # significance level of the A/B comparison
@@ -75,6 +74,77 @@ def load_report(path: str | Path) -> dict:
         got = report.get("schema") if isinstance(report, dict) else type(report).__name__
         raise ValueError(f"{path}: not an arvid.stream_bench report (schema {got!r}; known: {', '.join(SCHEMAS)})")
     return upgrade_report(report)
+
+
+# -- the table `arvid bench` prints -------------------------------------------------------------
+def _fmt(x: float | None, spec: str = ".2f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:,.1f}"
+
+
+def format_table(report: dict) -> str:
+    """Two Markdown tables (latency statistics; FPS, memory and set-up), the warnings, and the method."""
+    env = report["environment"]
+    git = (env.get("git_commit") or "unknown")[:12] + (" (dirty)" if env.get("git_dirty") else "")
+    lines = [
+        f"arvid bench: preset {report['preset']}, {report['dtype']}, batch {report['batch_size']}, "
+        f"{report['latent_frames']} latent frames = {report['chunks']} chunks "
+        f"({report['warmup_chunks']} warm-up chunks excluded), {report['rounds']} round(s), "
+        f"switches at {report['switch_frames'] or 'none'}",
+        f"device: {env['device_name']} ({env['device']}), {env.get('torch_threads', '?')} thread(s), "
+        f"load {env.get('load_average') or '?'}; torch {env['torch']}, triton {env['triton']}, "
+        f"CUDA {env['cuda']}, driver {env['driver']}; arvid {env.get('arvid', '?')}, commit {git}",
+        "",
+        "| variant | p50 ms | mean ms | std | CV | CV steady | IQR | p90 | p99 | video FPS (DiT, p50) "
+        "| vs baseline (p50) | max diff |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for v in report["variants"]:
+        lines.append(
+            f"| {v['backend']} | {v['chunk_ms_p50']:.2f} | {v['chunk_ms_mean']:.2f} | {v['chunk_ms_std']:.2f} "
+            f"| {v['chunk_ms_cv']:.1%} | {v['chunk_ms_cv_steady']:.1%} | {v['chunk_ms_iqr']:.2f} "
+            f"| {v['chunk_ms_p90']:.2f} | {v['chunk_ms_p99']:.2f} "
+            f"| {v['video_fps_dit_only']:.2f} | {v['speedup_vs_baseline']:.2f}x | {v['max_abs_diff_vs_baseline']:.1e} |"
+        )
+    lines += [
+        "",
+        "| variant | first chunk ms | capture s | host ms p50 | VAE ms p50 | video FPS end to end | peak MiB "
+        "| cache MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for v in report["variants"]:
+        lines.append(
+            f"| {v['backend']} | {v['first_chunk_ms']:.1f} | {v['capture_seconds']:.2f} | {_fmt(v['host_ms_p50'])} "
+            f"| {_fmt(v['vae_ms_p50'])} | {_fmt(v['video_fps_end_to_end'])} | {_mib(v['peak_memory_bytes'])} "
+            f"| {_mib(v['cache_bytes'])} |"
+        )
+    if report.get("sequence_parallel", 1) > 1:
+        lines += [
+            "",
+            f"sequence parallel over {report['sequence_parallel']} ranks (chunk latency: the whole job's, max over "
+            "ranks)",
+            "",
+            "| variant | whole-job p50 ms | per-rank p50 ms | comm ms/chunk (mean over ranks) |",
+            "|---|---:|---|---:|",
+        ]
+        for v in report["variants"]:
+            spv = v["sequence_parallel"]
+            ranks = ", ".join(f"{ms:.2f}" for ms in spv["rank_chunk_ms_p50"])
+            lines.append(
+                f"| {v['backend']} | {spv['job_chunk_ms_p50']:.2f} | {ranks} | {spv['comm_ms_per_chunk']:.2f} |"
+            )
+    lines.append(
+        f"\npeak memory: {report['variants'][0]['memory_kind']}; CV steady: over the chunks with a full cache "
+        "and no prompt switch (the noise, not the extra work of fill-phase or re-cache chunks)"
+    )
+    lines += [f"WARNING: {w}" for w in report.get("warnings", [])]
+    # Plain text in the terminal, Markdown and HTML alike; reports written before it was plain kept
+    # reStructuredText literals (``warmup``), shown here without their backticks.
+    lines += ["", " ".join(report["methodology"].split("\n\n")[1].replace("``", "").split())]
+    return "\n".join(lines)
 
 
 # -- Markdown ----------------------------------------------------------------------------------

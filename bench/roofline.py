@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 from arvid.runtime import ModelConfig, Preset, StreamConfig, get_preset
 
+from .schema import SCHEMAS
+
 TERA = 1e12
 GIGA = 1e9
 
@@ -331,7 +333,7 @@ def wan_vae_decode_work(
         "parameters": weights,
         "source": "counted from the Wan2.1 VAE decoder architecture, bf16",
         # per decoded latent frame of one video: each convolution's shape and how often it runs
-        # (stream_bench.estimate_seconds times them, as small convolutions run far below a matmul's rate)
+        # (estimate.vae_chunk_seconds times them, as small convolutions run far below a matmul's rate)
         "convs": [(*k, n) for k, n in convs.items()],
     }
 
@@ -502,7 +504,7 @@ def measured_over_ceiling(report: dict, gpu: str | None = None, precision: str |
     mean time over exactly the timed chunks (fill-phase chunks are cheaper), without the
     prompt-switch re-cache forwards: with switches the fraction is slightly pessimistic.
     """
-    if report.get("schema") not in ("arvid.stream_bench/1", "arvid.stream_bench/2"):
+    if report.get("schema") not in SCHEMAS:
         raise ValueError(f"not an arvid.stream_bench report (schema {report.get('schema')!r})")
     gpu = gpu or gpu_key_for_device(report.get("environment", {}).get("device_name"))
     precision = precision or _DTYPE_TO_PRECISION.get(report["dtype"])

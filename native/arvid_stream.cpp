@@ -27,12 +27,15 @@
 #include <string>
 #include <vector>
 
-#include "json.h"
+#include <nlohmann/json.hpp>
+
 #include "safetensors.h"
 #include "stream_plan.h"
 
 namespace arvid {
 namespace {
+
+using nlohmann::json;
 
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -116,13 +119,11 @@ struct Geometry {
   std::string device = "cpu";
 };
 
-std::vector<int64_t> spec_shape(const Json& spec, const std::string& name, at::ScalarType* dtype = nullptr) {
-  for (const Json& t : spec.at("inputs").items()) {
-    if (t.at("name").as_string() != name) continue;
-    std::vector<int64_t> s;
-    for (const Json& d : t.at("shape").items()) s.push_back(d.as_int());
-    if (dtype) *dtype = name_to_torch(t.at("dtype").as_string());
-    return s;
+std::vector<int64_t> spec_shape(const json& spec, const std::string& name, at::ScalarType* dtype = nullptr) {
+  for (const json& t : spec.at("inputs")) {
+    if (t.at("name").get<std::string>() != name) continue;
+    if (dtype) *dtype = name_to_torch(t.at("dtype").get<std::string>());
+    return t.at("shape").get<std::vector<int64_t>>();
   }
   throw std::runtime_error("the graph spec has no input '" + name + "'");
 }
@@ -135,40 +136,39 @@ struct Packages {
   std::map<int, std::unique_ptr<Graph>> recache;  // by number of frames
 };
 
-StreamSettings parse_stream(const Json& j) {
+StreamSettings parse_stream(const json& j) {
   StreamSettings s;
-  s.chunk_frames = static_cast<int>(j.at("chunk_frames").as_int());
-  s.sink_frames = static_cast<int>(j.at("sink_frames").as_int());
-  s.attention_frames = static_cast<int>(j.at("attention_frames").as_int());
-  s.denoising_steps.clear();
-  for (const Json& d : j.at("denoising_steps").items()) s.denoising_steps.push_back(static_cast<int>(d.as_int()));
-  s.num_train_timesteps = static_cast<int>(j.at("num_train_timesteps").as_int());
-  s.shift = j.at("shift").as_number();
-  s.context_noise = j.at("context_noise").as_number();
-  s.global_sink = j.at("global_sink").as_bool();
+  s.chunk_frames = j.at("chunk_frames").get<int>();
+  s.sink_frames = j.at("sink_frames").get<int>();
+  s.attention_frames = j.at("attention_frames").get<int>();
+  s.denoising_steps = j.at("denoising_steps").get<std::vector<int>>();
+  s.num_train_timesteps = j.at("num_train_timesteps").get<int>();
+  s.shift = j.at("shift").get<double>();
+  s.context_noise = j.at("context_noise").get<double>();
+  s.global_sink = j.at("global_sink").get<bool>();
   s.validate();
   return s;
 }
 
 void load_dir(Packages& pk, const std::string& dir, bool first) {
   const std::string mpath = dir + "/export.json";
-  Json m;
+  json m;
   try {
-    m = Json::parse(read_text(mpath));
+    m = json::parse(read_text(mpath));
   } catch (const std::exception& e) {
     throw std::runtime_error(mpath + ": not a readable export manifest (" + e.what() + ")");
   }
   try {
-    if (!m.contains("format") || m.at("format").as_string() != "aoti")
+    if (!m.contains("format") || m.at("format").get<std::string>() != "aoti")
       throw std::runtime_error("not an AOTInductor export (format is not 'aoti')");
-    const std::string dev = m.at("device").at("device").as_string();
+    const std::string dev = m.at("device").at("device").get<std::string>();
     const std::string dev_type = dev.substr(0, dev.find(':'));
     if (dev_type == "cuda" && !torch::cuda::is_available())
       throw std::runtime_error("the packages were built for " + dev + " and no CUDA device is available");
     if (dev_type != "cuda" && dev_type != "cpu") throw std::runtime_error("unsupported package device " + dev);
     StreamSettings stream = parse_stream(m.at("stream_config"));
-    const std::string weights = m.at("weights_sha256").as_string();
-    const Json& spec = m.at("spec");
+    const std::string weights = m.at("weights_sha256").get<std::string>();
+    const json& spec = m.at("spec");
     Geometry g;
     g.device = dev;
     auto x = spec_shape(spec, "x");
@@ -178,10 +178,10 @@ void load_dir(Packages& pk, const std::string& dir, bool first) {
     g.batch = x[0], g.channels = x[2], g.height = x[3], g.width = x[4];
     g.layers = cache[0], g.capacity = cache[2], g.heads = cache[3], g.head_dim = cache[4];
     g.text_len = text[3];
-    g.rope_positions = m.at("rope_positions").as_int();
+    g.rope_positions = m.at("rope_positions").get<int64_t>();
     if (g.capacity % stream.attention_frames) throw std::runtime_error("cache size is not a multiple of attention_frames");
     g.tokens_per_frame = g.capacity / stream.attention_frames;
-    const std::string kind = m.at("graph").as_string();
+    const std::string kind = m.at("graph").get<std::string>();
     if (kind == "step") g.freq_dim = spec_shape(spec, "t_freq").at(2);
     if (first) {
       pk.stream = stream, pk.geo = g, pk.weights = weights;
@@ -196,11 +196,11 @@ void load_dir(Packages& pk, const std::string& dir, bool first) {
       pk.geo.rope_positions = std::min(pk.geo.rope_positions, g.rope_positions);
       if (g.freq_dim) pk.geo.freq_dim = g.freq_dim;
     }
-    for (const Json& p : m.at("packages").items()) {
+    for (const json& p : m.at("packages")) {
       auto gr = std::make_unique<Graph>();
       gr->kind = kind;
-      gr->num_frames = static_cast<int>(p.at("num_frames").as_int());
-      gr->path = dir + "/" + p.at("file").as_string();
+      gr->num_frames = p.at("num_frames").get<int>();
+      gr->path = dir + "/" + p.at("file").get<std::string>();
       if (!std::ifstream(gr->path)) throw std::runtime_error("package " + gr->path + " is missing");
       try {
         gr->loader = std::make_unique<torch::inductor::AOTIModelPackageLoader>(gr->path, "model", /*run_single_threaded=*/false);
@@ -216,6 +216,8 @@ void load_dir(Packages& pk, const std::string& dir, bool first) {
         pk.recache[f] = std::move(gr);
       } else throw std::runtime_error("unknown graph kind '" + kind + "'");
     }
+  } catch (const json::exception& e) {  // a missing key or a value of the wrong type
+    throw std::runtime_error(mpath + ": " + e.what());
   } catch (const std::runtime_error& e) {
     const std::string w = e.what();
     if (w.rfind(dir, 0) == 0 || w.rfind("package ", 0) == 0) throw;

@@ -2,10 +2,9 @@
 
 #include <cstdio>
 #include <fstream>
-#include <sstream>
 #include <stdexcept>
 
-#include "json.h"
+#include <nlohmann/json.hpp>
 
 namespace arvid {
 
@@ -38,30 +37,38 @@ StFile read_safetensors(const std::string& path) {
   if (n > size - 8 || n > (100u << 20)) throw fail("not a safetensors file (header length " + std::to_string(n) + " past the end)");
   std::string header(n, '\0');
   in.read(header.data(), static_cast<std::streamsize>(n));
-  Json h;
+  nlohmann::json h;
   try {
-    h = Json::parse(header);
+    h = nlohmann::json::parse(header);
   } catch (const std::exception& e) {
     throw fail(std::string("bad safetensors header: ") + e.what());
   }
   if (!h.is_object()) throw fail("bad safetensors header: not a JSON object");
+  // nlohmann converts 2.5 to 2 on get<int64_t>(): shapes and offsets must be written as integers
+  auto whole = [](const nlohmann::json& v) -> int64_t {
+    if (!v.is_number_integer()) throw std::runtime_error("expected a whole number, got " + v.dump());
+    return v.get<int64_t>();
+  };
   const uint64_t data_size = size - 8 - n;
   StFile out;
-  for (const auto& [name, v] : h.members()) {
+  for (const auto& [name, v] : h.items()) {
     try {
       if (name == "__metadata__") {
-        for (const auto& [k, s] : v.members()) out.metadata[k] = s.as_string();
+        out.metadata = v.get<std::map<std::string, std::string>>();
         continue;
       }
       StTensor t;
-      t.dtype = v.at("dtype").as_string();
-      for (const Json& s : v.at("shape").items()) {
-        if (s.as_int() < 0) throw std::runtime_error("negative dimension");
-        t.shape.push_back(s.as_int());
+      t.dtype = v.at("dtype").get<std::string>();
+      const auto& shape = v.at("shape");
+      if (!shape.is_array()) throw std::runtime_error("shape must be an array");
+      for (const auto& s : shape) {
+        const int64_t d = whole(s);
+        if (d < 0) throw std::runtime_error("negative dimension");
+        t.shape.push_back(d);
       }
-      const auto& off = v.at("data_offsets").items();
-      if (off.size() != 2) throw std::runtime_error("data_offsets must be [begin, end]");
-      const uint64_t b = off[0].as_int(), e = off[1].as_int();
+      const auto& off = v.at("data_offsets");
+      if (!off.is_array() || off.size() != 2) throw std::runtime_error("data_offsets must be [begin, end]");
+      const uint64_t b = whole(off[0]), e = whole(off[1]);
       const uint64_t want = static_cast<uint64_t>(t.numel()) * st_dtype_size(t.dtype);
       if (e < b || e > data_size) throw std::runtime_error("data_offsets past the end of the file");
       if (e - b != want) throw std::runtime_error("data_offsets hold " + std::to_string(e - b) + " bytes, shape and dtype need " + std::to_string(want));
@@ -70,7 +77,7 @@ StFile read_safetensors(const std::string& path) {
       in.read(reinterpret_cast<char*>(t.data.data()), static_cast<std::streamsize>(want));
       if (!in) throw std::runtime_error("short read");
       out.tensors.emplace(name, std::move(t));
-    } catch (const std::runtime_error& e) {
+    } catch (const std::exception& e) {  // ours, and nlohmann's type / missing-key errors
       throw fail("tensor '" + name + "': " + e.what());
     }
   }
@@ -78,31 +85,16 @@ StFile read_safetensors(const std::string& path) {
 }
 
 void write_safetensors(const std::string& path, const StFile& file) {
-  std::ostringstream h;
-  h << "{";
-  bool first = true;
-  if (!file.metadata.empty()) {
-    h << "\"__metadata__\":{";
-    bool f2 = true;
-    for (const auto& [k, v] : file.metadata) {
-      h << (f2 ? "" : ",") << json_quote(k) << ":" << json_quote(v);
-      f2 = false;
-    }
-    h << "}";
-    first = false;
-  }
+  nlohmann::ordered_json h = nlohmann::ordered_json::object();  // ordered: metadata first, then the data order
+  if (!file.metadata.empty()) h["__metadata__"] = file.metadata;
   uint64_t offset = 0;
   for (const auto& [name, t] : file.tensors) {
     const uint64_t want = static_cast<uint64_t>(t.numel()) * st_dtype_size(t.dtype);
     if (t.data.size() != want) throw std::runtime_error(path + ": tensor '" + name + "' has the wrong byte count");
-    h << (first ? "" : ",") << json_quote(name) << ":{\"dtype\":" << json_quote(t.dtype) << ",\"shape\":[";
-    for (size_t i = 0; i < t.shape.size(); ++i) h << (i ? "," : "") << t.shape[i];
-    h << "],\"data_offsets\":[" << offset << "," << offset + want << "]}";
+    h[name] = {{"dtype", t.dtype}, {"shape", t.shape}, {"data_offsets", {offset, offset + want}}};
     offset += want;
-    first = false;
   }
-  h << "}";
-  std::string header = h.str();
+  std::string header = h.dump();
   while ((header.size() + 8) % 8) header += ' ';  // align the data to 8 bytes, as the format recommends
   const std::string tmp = path + ".tmp";
   {

@@ -14,7 +14,7 @@ namespace arvid {
 struct StTensor {
   std::string dtype;            // "F32", "F64", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"
   std::vector<int64_t> shape;
-  std::vector<uint8_t> data;    // numel * dtype_size(dtype) bytes
+  std::vector<uint8_t> data;    // numel() * st_dtype_size(dtype) bytes
 
   int64_t numel() const;
 };

@@ -1,4 +1,5 @@
-// Unit tests of the libtorch-free pieces: JSON, safetensors round trip and bad files, the ring plan.
+// Unit tests of the libtorch-free pieces: safetensors round trip, its header as written and bad
+// files, the ring plan and the schedule.
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -6,7 +7,6 @@
 #include <stdexcept>
 #include <string>
 
-#include "json.h"
 #include "safetensors.h"
 #include "stream_plan.h"
 
@@ -31,16 +31,23 @@ static bool throws_with(F f, const char* needle) {
   return false;
 }
 
-static void test_json() {
-  Json j = Json::parse(R"({"a": [1, 2.5, -3e2], "b": {"c": "x\"\u00e9"}, "t": true, "n": null})");
-  CHECK(j.at("a").items().size() == 3);
-  CHECK(j.at("a").items()[2].as_number() == -300.0);
-  CHECK(j.at("b").at("c").as_string() == "x\"\xc3\xa9");
-  CHECK(j.at("t").as_bool());
-  CHECK(j.at("n").is_null());
-  CHECK(throws_with([] { Json::parse("{\"a\": }"); }, "json:"));
-  CHECK(throws_with([] { Json::parse("[1, 2] x"); }, "trailing"));
-  CHECK(throws_with([&] { j.at("missing"); }, "missing key 'missing'"));
+// A safetensors file of `header` (its 8-byte length first) and `data_bytes` zero bytes.
+static void write_raw(const std::string& path, const std::string& header, size_t data_bytes) {
+  std::ofstream out(path, std::ios::binary);
+  uint64_t n = header.size();
+  for (int i = 0; i < 8; ++i) out.put(static_cast<char>((n >> (8 * i)) & 0xFF));
+  out << header << std::string(data_bytes, '\0');
+}
+
+static std::string header_of(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  unsigned char len[8];
+  in.read(reinterpret_cast<char*>(len), 8);
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | len[i];
+  std::string h(n, '\0');
+  in.read(h.data(), static_cast<std::streamsize>(n));
+  return h;
 }
 
 static void test_safetensors(const std::string& dir) {
@@ -64,6 +71,14 @@ static void test_safetensors(const std::string& dir) {
   CHECK(g.tensors.at("a").data == a.data);
   CHECK(g.tensors.at("empty").numel() == 0);
   CHECK(g.metadata.at("k") == "v");
+  // The header as the format's other writers lay it out: compact, metadata first, tensors in the
+  // order of their bytes, padded with spaces to 8 bytes.
+  const std::string h = header_of(path);
+  CHECK(h.rfind(
+            R"({"__metadata__":{"k":"v"},"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},)"
+            R"("empty":{"dtype":"I64","shape":[0],"data_offsets":[24,24]}})",
+            0) == 0);
+  CHECK((h.size() + 8) % 8 == 0 && h.find_last_not_of(' ') == h.find_last_of('}'));
   {
     std::ofstream bad(dir + "/bad.safetensors", std::ios::binary);
     bad << "garbage";
@@ -77,6 +92,23 @@ static void test_safetensors(const std::string& dir) {
   }
   CHECK(throws_with([&] { read_safetensors(dir + "/cut.safetensors"); }, "past the end"));
   CHECK(throws_with([&] { read_safetensors(dir + "/nope.safetensors"); }, "cannot open"));
+  // Bad headers: one line naming the file, and the tensor where one is at fault.
+  auto refused = [&](const char* header, size_t data_bytes, const char* needle) {
+    const std::string bad = dir + "/header.safetensors";
+    write_raw(bad, header, data_bytes);
+    return throws_with([&] { read_safetensors(bad); }, needle) &&
+           throws_with([&] { read_safetensors(bad); }, "header.safetensors: ");
+  };
+  CHECK(refused(R"({"a": })", 0, "bad safetensors header"));
+  CHECK(refused(R"({} x)", 0, "bad safetensors header"));
+  CHECK(refused(R"([1, 2])", 0, "not a JSON object"));
+  CHECK(refused(R"({"a":{"dtype":"F32","shape":[2.5],"data_offsets":[0,8]}})", 8, "tensor 'a': expected a whole number"));
+  CHECK(refused(R"({"a":{"dtype":"F32","shape":2,"data_offsets":[0,8]}})", 8, "tensor 'a': shape must be an array"));
+  CHECK(refused(R"({"a":{"dtype":"F32","shape":[2]}})", 8, "data_offsets"));
+  CHECK(refused(R"({"a":{"dtype":7,"shape":[2],"data_offsets":[0,8]}})", 8, "tensor 'a': "));
+  CHECK(refused(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", 8, "negative dimension"));
+  CHECK(refused(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8, "shape and dtype need 12"));
+  CHECK(refused(R"({"__metadata__":{"k":1}})", 0, "tensor '__metadata__': "));
 }
 
 static void test_plan() {
@@ -120,7 +152,6 @@ static void test_schedule() {
 
 int main(int argc, char** argv) {
   const std::string dir = argc > 1 ? argv[1] : ".";
-  test_json();
   test_safetensors(dir);
   test_plan();
   test_schedule();

@@ -1,6 +1,6 @@
 // The host side of the streaming algorithm, without libtorch: stream settings, the ring-buffer
-// plan of runtime/kv_cache.py (RingKVCache._advance/_plan/plan_chunk/plan_recache) and the
-// few-step flow-matching schedule of runtime/scheduler.py. Kept in step with the Python code by
+// plan of runtime/kv_cache.py (RingPlanner._advance/_plan/plan_chunk/plan_recache/commit, which
+// every ring cache inherits) and the few-step flow-matching schedule of runtime/scheduler.py. Kept in step with the Python code by
 // tests/test_native_stream.py, which compares the plans and the schedule printed by
 // `arvid-stream --print-plan` with the Python ones.
 #pragma once

@@ -6,17 +6,19 @@ import statistics
 
 import pytest
 import torch
+from _bench import tiny_report
 
 from arvid.bench.report import (
     README_END,
     README_START,
+    format_table,
     load_report,
     plot_report,
     results_table,
     update_readme_results,
     write_markdown,
 )
-from arvid.bench.stream_bench import format_table, run_stream_bench
+from arvid.bench.stream_bench import run_stream_bench
 from arvid.cli import build_parser
 
 VARIANT_FIELDS = {
@@ -46,10 +48,7 @@ VARIANT_FIELDS = {
 
 @pytest.fixture(scope="module")
 def report():
-    return run_stream_bench(
-        "tiny", device=torch.device("cpu"), dtype=torch.float32, backends=["eager", "sdpa"], frames=12, warmup=1,
-        rounds=2, threads=1,
-    )  # fmt: skip
+    return tiny_report()
 
 
 @pytest.fixture

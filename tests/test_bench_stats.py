@@ -6,7 +6,9 @@ import statistics
 import numpy as np
 import pytest
 import torch
+from _bench import tiny_report
 
+from arvid.bench.estimate import ESTIMATE_LIMIT_S, check_estimate, estimate_seconds
 from arvid.bench.report import (
     compare_runs,
     format_comparison,
@@ -15,15 +17,9 @@ from arvid.bench.report import (
     slower_variants,
     upgrade_report,
 )
-from arvid.bench.stats import bootstrap_ratio_ci, mann_whitney, summarize
-from arvid.bench.stream_bench import (
-    ESTIMATE_LIMIT_S,
-    check_estimate,
-    check_variants,
-    estimate_seconds,
-    noise_warnings,
-    run_stream_bench,
-)
+from arvid.bench.stats import bootstrap_ratio_ci, mann_whitney, noise_warnings, summarize
+from arvid.bench.stream_bench import run_stream_bench
+from arvid.bench.variants import check_variants
 from arvid.cli import main
 from arvid.runtime import GeneratorOptions, get_preset
 from arvid.runtime.loaders import load_dit
@@ -96,7 +92,7 @@ def test_vae_estimate_times_the_presets_own_vae_convolutions(monkeypatch):
     """--vae adds the timed convolutions of the VAE bench builds (tiny: base_dim 8), per latent frame
     and video, rather than the Wan VAE's FLOPs over the matmul rate (issue
     #25: 273 s estimated for a 26 s run of the tiny preset)."""
-    import arvid.bench.stream_bench as sb
+    import arvid.bench.estimate as est
 
     seen = []
 
@@ -104,11 +100,11 @@ def test_vae_estimate_times_the_presets_own_vae_convolutions(monkeypatch):
         seen.append(convs)
         return 0.25
 
-    monkeypatch.setattr(sb, "measured_conv_seconds", fake)
-    assert sb.vae_chunk_seconds("tiny", CPU, torch.float32, chunk_frames=3, batch_size=2) == 0.25 * 3 * 2
+    monkeypatch.setattr(est, "measured_conv_seconds", fake)
+    assert est.vae_chunk_seconds("tiny", CPU, torch.float32, chunk_frames=3, batch_size=2) == 0.25 * 3 * 2
     # the widest convolution is the middle block's to_qkv: 3 x (4 x base_dim)
     assert max(max(c[0], c[1]) for c in seen[0]) == 3 * 32
-    sb.vae_chunk_seconds("wan2.1-t2v-1.3b", CPU, torch.float32)
+    est.vae_chunk_seconds("wan2.1-t2v-1.3b", CPU, torch.float32)
     assert max(max(c[0], c[1]) for c in seen[1]) == 3 * 384
     kw = dict(device=CPU, dtype=torch.float32, variants=2, frames=90, warmup=2, rounds=1, flops_per_s=1e10)
     without = estimate_seconds("tiny", **kw)
@@ -118,7 +114,7 @@ def test_vae_estimate_times_the_presets_own_vae_convolutions(monkeypatch):
 
 
 def test_conv_timing_scales_a_shrunk_convolution_by_its_pixels():
-    from arvid.bench.stream_bench import measured_conv_seconds
+    from arvid.bench.estimate import measured_conv_seconds
 
     small = measured_conv_seconds([(8, 8, 27, 1, 64, 1)], CPU, torch.float32)
     assert 0 < small < 1
@@ -198,9 +194,7 @@ def test_bench_options():
 # -- `arvid report A B` --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def run_a():
-    return run_stream_bench(
-        "tiny", device=CPU, dtype=torch.float32, backends=["eager", "sdpa"], frames=12, warmup=1, rounds=2, threads=1
-    )
+    return tiny_report()
 
 
 def _scaled(report: dict, factor: dict[str, float]) -> dict:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from arvid.bench.report import compare_runs, format_comparison, markdown_to_html
-from arvid.bench.stream_bench import format_table, run_stream_bench
+from arvid.bench.report import compare_runs, format_comparison, format_table, markdown_to_html
+from arvid.bench.stream_bench import run_stream_bench
 from arvid.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

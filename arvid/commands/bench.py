@@ -72,19 +72,17 @@ def register(sub) -> None:
 def cmd_bench(args) -> int:
     import torch
 
-    from arvid.bench.stream_bench import (
+    from arvid.bench.estimate import (
         check_estimate,
         check_host_memory,
-        check_variants,
         default_frames,
         estimate_seconds,
-        format_table,
         measured_matmul_flops,
-        run_stream_bench,
-        split_variant,
-        torch_threads,
         vae_chunk_seconds,
     )
+    from arvid.bench.report import format_table
+    from arvid.bench.stream_bench import run_stream_bench, torch_threads
+    from arvid.bench.variants import check_variants, split_variant
     from arvid.runtime import GeneratorOptions, default_backend
     from arvid.runtime.devices import resolve_device, resolve_dtype
     from arvid.runtime.files import atomic_write
