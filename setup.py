@@ -43,6 +43,9 @@ EXTRAS = {
     "export": ["onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.3", "onnx-ir>=1.1"],
     # the Triton kernels (Linux GPU machines; CUDA builds of torch already bring triton)
     "triton": ["triton>=3.6; platform_system == 'Linux'"],
+    # `arvid serve`: WebRTC (aiortc, on asyncio), its HTTP side (aiohttp: aiortc's own server framework,
+    # see arvid/serve/app.py), /metrics (prometheus-client)
+    "serve": ["aiortc>=1.9", "aiohttp>=3.9", "prometheus-client>=0.20"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 # the test suite runs every path on the CPU (Triton under TRITON_INTERPRET=1, ONNX Runtime, modelopt),
@@ -53,6 +56,7 @@ EXTRAS["dev"] = EXTRAS["all"] + [
     "ruff",
     "peft>=0.13",  # tests: LoRA merge vs the unmerged adapter
     "setuptools>=70.1",  # builds wheels without the separate `wheel` package (tests/test_cli.py)
+    "selenium>=4.11",  # tests/test_serve_browser.py drives Debian's chromium (Service takes the driver's path)
 ]
 
 setup(
@@ -62,7 +66,8 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["arvid", "arvid.commands"] + [f"arvid.{layer}" for layer in LAYERS],
+    packages=["arvid", "arvid.commands", "arvid.serve"] + [f"arvid.{layer}" for layer in LAYERS],
+    package_data={"arvid.serve": ["static/*"]},  # the page at / (plain HTML + JavaScript, no build step)
     package_dir={"arvid": "arvid", **{f"arvid.{layer}": layer for layer in LAYERS}},
     # No upper bound and no CUDA index: a CUDA torch already installed is left alone, and on a CPU
     # machine the README installs torch==2.13.0 (the CPU wheel) in the same pip command.

@@ -13,7 +13,9 @@ import sys
 
 from arvid import __version__
 
-COMMANDS = ["bench", "generate", "roofline", "report", "interactive", "download", "quantize", "quality", "export"]
+COMMANDS = [
+    "bench", "generate", "roofline", "report", "interactive", "download", "quantize", "quality", "export", "serve",
+]  # fmt: skip
 
 DESCRIPTION = """\
 arvid: streaming autoregressive video diffusion (LongLive, Self-Forcing) on a causal Wan2.1 DiT.
@@ -29,7 +31,8 @@ examples:
   arvid COMMAND --help                           the options of one command
 
 Optional parts install as extras: pip install 'arvid[video]' (text encoder, VAE, mp4), 'arvid[plots]',
-'arvid[hub]' (download), 'arvid[quant]', 'arvid[modelopt]', 'arvid[export]', 'arvid[triton]', 'arvid[all]'."""
+'arvid[hub]' (download), 'arvid[quant]', 'arvid[modelopt]', 'arvid[export]', 'arvid[triton]', 'arvid[serve]',
+'arvid[all]'."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,6 +33,9 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "onnxscript": ("onnxscript", "export"),
     "onnx_ir": ("onnx-ir", "export"),
     "triton": ("triton", "triton"),
+    "aiortc": ("aiortc", "serve"),
+    "aiohttp": ("aiohttp", "serve"),
+    "prometheus_client": ("prometheus-client", "serve"),
 }
 
 # Loggers whose import-time lines say nothing actionable: torchao's "Failed to load .../_C_mxfp8..."

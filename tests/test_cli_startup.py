@@ -96,7 +96,7 @@ def test_require_names_the_extra(monkeypatch):
     with pytest.raises(MissingDependencyError, match=r"needs nvidia-modelopt: pip install 'arvid\[modelopt\]'"):
         require("modelopt.torch.quantization", purpose="the modelopt path")
     assert install_hint("unknown_pkg") == "pip install unknown_pkg"
-    extras = {"video", "plots", "hub", "quant", "modelopt", "export", "triton"}  # setup.py's EXTRAS
+    extras = {"video", "plots", "hub", "quant", "modelopt", "export", "triton", "serve"}  # setup.py's EXTRAS
     assert {extra for _, extra in PACKAGES.values()} <= extras
 
 
