@@ -35,7 +35,9 @@ QDQ_OPSET = 19
 
 def dit_graphs(kind: str, model, *, stream, latent_size, batch_size: int = 1, rope_positions: int, spans=None):
     """``[(file stem, module, example inputs, spec)]`` for a DiT graph kind (``spans``: the re-cache
-    span lengths to build, default all of :func:`~arvid.runtime.kv_cache.recache_spans`)."""
+    span lengths to build, default all of :func:`~arvid.runtime.kv_cache.recache_spans`). The example
+    inputs are the graph's ``example_inputs`` method, called only where something runs the graph: at
+    the real size they are larger than the weights."""
     frames = list(spans or recache_spans(stream)) if kind == "recache" else [None]
     out = []
     for f in frames:
@@ -49,7 +51,7 @@ def dit_graphs(kind: str, model, *, stream, latent_size, batch_size: int = 1, ro
             rope_positions=rope_positions,
         )
         stem = kind if f is None else f"recache_f{f}"
-        out.append((stem, g, tuple(g.example_inputs()), g.spec()))
+        out.append((stem, g, g.example_inputs, g.spec()))
     return out
 
 
@@ -163,7 +165,7 @@ def export_graphs(
                 rope_positions=rope_positions,
                 spans=spans,
             )
-            with stage(log, f"building the {kind} graphs and their example inputs"):
+            with stage(log, f"building the {kind} graphs"):
                 items = dit_graphs(kind, model, **geo)
                 if quant:
                     floats = dit_graphs(kind, float_model, **geo)
@@ -172,11 +174,13 @@ def export_graphs(
             path = out_dir / f"{stem}.onnx"
             log(f"exporting {path.name} ({'Q/DQ ' + quant if quant else 'dynamo' if dynamo else 'TorchScript'}) ...")
             if quant:
-                with torch.no_grad():
+                with stage(log, f"{path.name}: example inputs and the float reference"), torch.no_grad():
+                    inputs = inputs()
                     ref = floats[i][1](*inputs)
                 res = export_qdq(graph, inputs, spec, path, scheme=quant, float_reference=ref, opset=opset, log=log)
             else:
-                res = export_onnx(graph, inputs, spec, path, dynamo=dynamo, opset=opset, log=log)
+                trace = graph.placeholder_inputs() if hasattr(graph, "placeholder_inputs") else None
+                res = export_onnx(graph, inputs, spec, path, dynamo=dynamo, opset=opset, trace_inputs=trace, log=log)
             graphs_meta.append(
                 {
                     "artifact": path.name,

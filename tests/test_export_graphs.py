@@ -52,11 +52,37 @@ def test_recache_spans_cover_every_plan():
 
 
 def test_graph_traces_with_torch_export(model):
+    """Traced on uninitialised placeholders (what the exporters trace on, so the 1.3B example cache is never
+    drawn: a trace reads shapes only), the program computes what the eager graph does."""
     graph = build_graph("step", model, latent_size=HW)
+    held = graph.placeholder_inputs()
+    assert [(tuple(t.shape), t.dtype) for t in held] == [(s.shape, s.dtype) for s in graph.spec().inputs]
+    ep = torch.export.export(graph, held, strict=False)
     ins = graph.example_inputs()
-    ep = torch.export.export(graph, ins, strict=False)
     for got, want in zip(ep.module()(*ins), graph(*ins), strict=True):
         assert torch.allclose(got, want, atol=1e-6, rtol=1e-6)
     # functional: no in-place copy into a graph input survives in the exported program
     targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
     assert not any("index_copy" in t or "index_put" in t for t in targets), targets
+
+
+def test_example_cache_is_drawn_in_its_own_dtype():
+    """bf16 example inputs come out in bf16, drawn one layer at a time (no float32 twin of the whole cache),
+    and are the float32 draw rounded: the same numbers as before, a different peak."""
+    m32 = build_model(TINY.model, seed=0)
+    m16 = build_model(TINY.model, seed=0, dtype=torch.bfloat16)
+    a = build_graph("step", m32, latent_size=HW).example_inputs()
+    b = build_graph("step", m16, latent_size=HW).example_inputs()
+    for x, y in zip(a[3:7], b[3:7], strict=True):  # text_k, text_v, cache_k, cache_v
+        assert y.dtype == torch.bfloat16 and torch.equal(x.to(torch.bfloat16), y)
+
+
+def test_parity_is_skipped_where_the_eager_reference_would_take_hours():
+    from arvid.export.parity import too_slow_for_parity
+
+    tiny_step = build_graph("step", build_model(TINY.model, seed=0), latent_size=HW)
+    assert too_slow_for_parity("cpu", torch.bfloat16, tiny_step.flops()) is None
+    assert too_slow_for_parity("cpu", torch.float32, tiny_step.flops()) is None
+    why = too_slow_for_parity("cpu", torch.bfloat16, 28e12)  # the 1.3B step
+    assert why is not None and "on a GPU" in why and "bfloat16" in why
+    assert too_slow_for_parity("cuda", torch.bfloat16, 28e12) is None

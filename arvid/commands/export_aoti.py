@@ -54,6 +54,8 @@ def cmd_export_aoti(args) -> int:
     took = time.perf_counter() - t0
     files = ", ".join(pk["file"] for pk in m["packages"])
     print(f"{args.out}: {files} + export.json ({m['device']['device']}, key {m['key']}; {took:.1f} s)")
+    if "peak_rss_bytes" in m:  # a reused export measured nothing now
+        print(f"  peak RSS {m['peak_rss_bytes'] / 2**30:.2f} GiB (the exporting process)")
     if args.example_inputs:
         write_example_inputs(args, model, p)
     return 0
