@@ -36,6 +36,7 @@ from arvid.runtime.config import StreamConfig
 
 from . import manifest as mf
 from .graphs import recache_graph_spans
+from .kinds import DIT_GRAPH_KINDS
 from .parity import max_abs_diff, relative_l2, too_slow_for_parity
 from .progress import peak_rss_bytes, stage
 
@@ -45,7 +46,6 @@ def _progress(line: str) -> None:
 
 
 FORMAT = "aoti"
-GRAPH_KINDS = ("step", "chunk", "recache")
 
 
 # -- manifest (export/manifest.py writes and reads it) ----------------------------------------
@@ -59,8 +59,8 @@ def read_manifest(out_dir: str | Path) -> dict:
 
 # -- export ------------------------------------------------------------------------------------
 def _graph_frames(graph: str, stream: StreamConfig, recache_frames: Sequence[int] | None) -> list[int]:
-    if graph not in GRAPH_KINDS:
-        raise ValueError(f"unknown graph {graph!r}; choose one of {', '.join(GRAPH_KINDS)}")
+    if graph not in DIT_GRAPH_KINDS:
+        raise ValueError(f"unknown graph {graph!r}; choose one of {', '.join(DIT_GRAPH_KINDS)}")
     if graph != "recache":
         return [stream.chunk_frames]
     frames = sorted(set(recache_frames or recache_graph_spans(stream)))
@@ -145,10 +145,10 @@ def export_aoti(
                     built = torch._inductor.aoti_compile_and_package(ep, package_path=str(Path(tmp) / name))
                 del ep
                 t2 = time.perf_counter()
-                with stage(_progress, f"{name}: load the package" + ("" if skip else " and run it")):
-                    runner = torch._inductor.aoti_load_package(built)
-                    got = runner(*args) if skip is None else None
-                del runner
+                got = None
+                if skip is None:  # loaded for the parity only: the runner holds its own copy of the weights
+                    with stage(_progress, f"{name}: load the package and run it"):
+                        got = torch._inductor.aoti_load_package(built)(*args)
                 os.replace(built, out_dir / name)
         s = g.spec()
         spec = spec or mf.spec_dict(s)
@@ -308,19 +308,24 @@ def stream_inputs(
 
 
 # -- the `aoti` executor -------------------------------------------------------------------------
-def default_cache_dir() -> Path:
-    """Where the ``aoti`` executor keeps packages it exports itself (``ARVID_AOTI_CACHE`` overrides)."""
-    env = os.environ.get("ARVID_AOTI_CACHE")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "arvid" / "aoti"
+def package_dir(cache: str | Path, model, stream: StreamConfig, latent_size, batch_size: int) -> Path:
+    """The cache folder of one model's packages at one geometry and stream settings: everything the
+    packages' export key holds (weights, shapes, device, the stream settings) names it, so streams with
+    other settings keep their packages beside these instead of compiling over them (LongLive's
+    scenarios in one process compiled every package for each)."""
+    weights = mf.weight_hash(model)
+    device = next(model.parameters()).device
+    h, w = latent_size
+    settings = mf.reuse_key(stream=stream, model=model.cfg, dtype=next(model.parameters()).dtype)[:8]
+    return Path(cache) / f"{weights[:16]}-{h}x{w}-b{batch_size}-{device}-s{settings}"
 
 
 def aoti_executor(model, stream, *, latent_size, batch_size, flags=frozenset(), **options):
     """A ``GraphRunner`` over AOTInductor packages.
 
     Options: ``package_dirs`` (directories of ``arvid export aoti``; default: export into
-    ``cache_dir`` / :func:`default_cache_dir` once per model, shapes and device, then reuse).
+    ``cache_dir``, default :func:`~arvid.export.artifacts.aoti_cache_root`, once per model, shapes, device and
+    stream settings (:func:`package_dir`), then reuse).
     Flags: ``chunk`` runs the whole-chunk package instead of 5 step calls; ``graphs`` (CUDA only)
     captures each chunk's package calls, re-noising and ring writes as a CUDA graph.
     """
@@ -336,8 +341,9 @@ def aoti_executor(model, stream, *, latent_size, batch_size, flags=frozenset(), 
     weights = mf.weight_hash(model)
     dirs = options.get("package_dirs")
     if not dirs:
-        h, w = latent_size
-        cache = Path(options.get("cache_dir") or default_cache_dir()) / f"{weights[:16]}-{h}x{w}-b{batch_size}-{device}"
+        from .artifacts import aoti_cache_root
+
+        cache = package_dir(options.get("cache_dir") or aoti_cache_root(), model, stream, latent_size, batch_size)
         dirs = export_stream_packages(
             model, stream=stream, latent_size=latent_size, cache_dir=cache, batch_size=batch_size,
             graph="chunk" if "chunk" in flags else "step",

@@ -17,12 +17,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
 
+from .artifacts import cache_root
 from .manifest import _jsonable, atomic_write_bytes, reuse_key, weight_hash
 
 FLAG_QUANT = {"int8": "int8-smoothquant", "fp8": "fp8"}
@@ -30,10 +30,6 @@ FLAG_QUANT = {"int8": "int8-smoothquant", "fp8": "fp8"}
 
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("ARVID_EXPORT_CACHE") or Path.home() / ".cache" / "arvid" / "export")
 
 
 def _dir_for(kind: str, quant: str | None, model, stream, latent_size, batch_size, exporter: str) -> Path:
@@ -83,8 +79,8 @@ def ort_graphs(
     ``open_graph(onnx_path, manifest)`` (default: an ONNX Runtime session).
 
     Returns ``{"step": graph | None, "chunk": graph | None, "recache": {F: graph}, "manifests": [...]}``."""
+    from .artifacts import export_graphs
     from .graphs import recache_graph_spans
-    from .pipeline import export_graphs
 
     log = log or _stderr
     if open_graph is None:

@@ -20,14 +20,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import torch
-from torch import nn
 
 from arvid.runtime import FunctionalChunk, FunctionalStep, StreamConfig
 from arvid.runtime.kv_cache import recache_spans
 from arvid.runtime.model import CausalWanModel, sinusoidal_embedding
 from arvid.runtime.scheduler import FlowMatchScheduler
 
-GRAPH_KINDS = ("step", "chunk", "recache")
+from .kinds import DIT_GRAPH_KINDS
 
 
 @dataclass(frozen=True)
@@ -64,15 +63,6 @@ class GraphSpec:
             "outputs": [t.to_json() for t in self.outputs],
             "meta": self.meta,
         }
-
-
-def refuse_inplace(module: nn.Module) -> None:
-    """Exporters drop or mis-trace in-place ring writes (``index_copy_``): only functional graphs go out."""
-    if not isinstance(module, (StepGraph, ChunkGraph)):
-        raise ValueError(
-            f"{type(module).__name__}: an in-place ring-buffer cache cannot be exported (exporters drop or "
-            "mis-trace index_copy_); export a functional graph from arvid.export.graphs (build_graph)"
-        )
 
 
 class _Geometry:
@@ -265,8 +255,8 @@ def build_graph(
     rope_positions: int = 0,
 ) -> StepGraph | ChunkGraph:
     """The graph module of ``kind`` (``step`` | ``chunk`` | ``recache``), in eval mode, no grads."""
-    if kind not in GRAPH_KINDS:
-        raise ValueError(f"unknown graph {kind!r}; choose one of {list(GRAPH_KINDS)}")
+    if kind not in DIT_GRAPH_KINDS:
+        raise ValueError(f"unknown graph {kind!r}; choose one of {list(DIT_GRAPH_KINDS)}")
     geo = dict(stream=stream, latent_size=latent_size, batch_size=batch_size, rope_positions=rope_positions)
     if kind == "chunk":
         if num_frames not in (None, (stream or StreamConfig()).chunk_frames):

@@ -46,10 +46,6 @@ def _onnx_ir():
     return require("onnx_ir", purpose="ONNX export")
 
 
-def _ort():
-    return require("onnxruntime", purpose="the ONNX Runtime engine")
-
-
 # -- the in-place probe -----------------------------------------------------------------------
 class _MutationProbe(TorchDispatchMode):
     """Records mutating aten ops whose target storage was not created inside the forward."""

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
+from .kinds import QUANT_SCHEMES
 from .onnx_check import _onnx
 from .onnx_export import export_onnx, ort_outputs, rewrite_onnx
 from .parity import max_abs_diff
 
-QDQ_SCHEMES = ("int8-smoothquant", "fp8")
 FP8_OPSET = 19  # QuantizeLinear / DequantizeLinear take float8 types from opset 19
 TRT_FP8_OPS = {"TRT_FP8QuantizeLinear": "QuantizeLinear", "TRT_FP8DequantizeLinear": "DequantizeLinear"}
 
@@ -82,8 +82,8 @@ def calibrate(model: torch.nn.Module, scheme: str, forward_loop: Callable[[torch
     """modelopt calibration with arvid's skip list (``arvid.quant.calibrate.calibrate_modelopt``)."""
     from arvid.quant.calibrate import calibrate_modelopt
 
-    if scheme not in QDQ_SCHEMES:
-        raise ValueError(f"unknown Q/DQ scheme {scheme!r}; choose one of {QDQ_SCHEMES}")
+    if scheme not in QUANT_SCHEMES:
+        raise ValueError(f"unknown Q/DQ scheme {scheme!r}; choose one of {QUANT_SCHEMES}")
     return calibrate_modelopt(model, scheme, forward_loop)
 
 
@@ -110,8 +110,8 @@ def export_qdq(
 
     from .onnx_export import refuse_inplace
 
-    if scheme not in QDQ_SCHEMES:
-        raise ValueError(f"unknown Q/DQ scheme {scheme!r}; choose one of {QDQ_SCHEMES}")
+    if scheme not in QUANT_SCHEMES:
+        raise ValueError(f"unknown Q/DQ scheme {scheme!r}; choose one of {QUANT_SCHEMES}")
     if opset < FP8_OPSET and scheme == "fp8":
         raise ValueError(f"FP8 Q/DQ needs opset >= {FP8_OPSET}, got {opset}")
     path = Path(path)

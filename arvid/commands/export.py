@@ -91,7 +91,7 @@ def cmd_check(args) -> int:
 
 
 def _export(args) -> dict:
-    from arvid.export.pipeline import export_graphs
+    from arvid.export.artifacts import export_graphs
     from arvid.export.progress import stage
     from arvid.runtime.devices import resolve_device, resolve_dtype
 

@@ -15,7 +15,9 @@ The DiT graphs come from ``arvid.export.graphs`` (functional cache, plan scalars
 from __future__ import annotations
 
 import copy
+import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,11 +28,34 @@ from arvid.runtime.kv_cache import recache_spans
 
 from . import graphs
 from . import manifest as mf
+from .kinds import GRAPH_KINDS, QUANT_SCHEMES
 
-GRAPH_KINDS = ("step", "chunk", "recache", "vae-step")
-QUANT_SCHEMES = ("int8-smoothquant", "fp8")
 DIT_OPSET = 18
 QDQ_OPSET = 19
+
+
+def cache_root() -> Path:
+    """The one folder of the artifacts the engines export for themselves (``ort``, ``trt``, ``aoti``):
+    ``$ARVID_EXPORT_CACHE``, else ``$XDG_CACHE_HOME/arvid/export`` (``~/.cache/arvid/export``). Each
+    artifact lives in a subfolder named by what changes its graphs, so settings that share graphs share it."""
+    env = os.environ.get("ARVID_EXPORT_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "arvid" / "export"
+
+
+def aoti_cache_root() -> Path:
+    """Where the ``aoti`` engine keeps its packages: ``cache_root() / "aoti"``. ``ARVID_AOTI_CACHE`` (its own
+    variable until 0.1) is still read where ``ARVID_EXPORT_CACHE`` is not set, with a deprecation warning."""
+    legacy = os.environ.get("ARVID_AOTI_CACHE")
+    if legacy and not os.environ.get("ARVID_EXPORT_CACHE"):
+        warnings.warn(
+            "ARVID_AOTI_CACHE is deprecated: set ARVID_EXPORT_CACHE (the aoti packages go to its aoti/ folder)",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return Path(legacy)
+    return cache_root() / "aoti"
 
 
 def dit_graphs(kind: str, model, *, stream, latent_size, batch_size: int = 1, rope_positions: int, spans=None):
