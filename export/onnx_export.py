@@ -147,7 +147,9 @@ def dedup_initializers(model) -> int:
     place); returns how many were removed. Compared by sha256 over one tensor's bytes at a time.
 
     onnx_ir's ``DeduplicateHashedInitializersPass`` hashes ``numpy()`` views, which fails on the
-    non-contiguous tensors (transposed weights) that the dynamo exporter keeps as initializers."""
+    non-contiguous arrays the dynamo exporter leaves as initializers: checked again with onnx_ir 1.1.0 on the
+    tiny step graph ("ValueError: ndarray is not C-contiguous"). Every other clean-up is onnx_ir's own pass
+    (:func:`clean_up`); this one goes when that pass reads such tensors."""
     import hashlib
 
     removed = 0
