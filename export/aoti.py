@@ -35,7 +35,7 @@ import torch
 from arvid.runtime.config import StreamConfig
 
 from . import manifest as mf
-from .graphs import recache_graph_spans
+from .graphs import graph_stream, recache_graph_spans
 from .kinds import DIT_GRAPH_KINDS
 from .parity import max_abs_diff, relative_l2, too_slow_for_parity
 from .progress import peak_rss_bytes, stage
@@ -109,10 +109,13 @@ def export_aoti(
     weights = mf.weight_hash(model)
     shapes = {"graph": graph, "latent_size": list(latent_size), "batch_size": batch_size, "dtype": dtype}
     key = mf.reuse_key(
-        format=FORMAT, frames=frames, model_config=model.cfg, stream_config=stream, weights_sha256=weights,
-        rope_positions=rope_positions, device=device.type, torch=torch.__version__, **shapes,
+        format=FORMAT, frames=frames, model_config=model.cfg, stream_config=graph_stream(stream),
+        weights_sha256=weights, rope_positions=rope_positions, device=device.type, torch=torch.__version__, **shapes,
     )  # fmt: skip
     if reuse and (old := mf.reusable(out_dir, key, format=FORMAT, require=AOTI_FIELDS)) is not None:
+        if old["stream_config"] != mf._jsonable(stream):  # global_sink alone: the native streamer reads it here
+            old = {**old, "stream_config": mf._jsonable(stream)}
+            mf.write_manifest(out_dir, old)
         return old
 
     started = time.perf_counter()
@@ -316,7 +319,7 @@ def package_dir(cache: str | Path, model, stream: StreamConfig, latent_size, bat
     weights = mf.weight_hash(model)
     device = next(model.parameters()).device
     h, w = latent_size
-    settings = mf.reuse_key(stream=stream, model=model.cfg, dtype=next(model.parameters()).dtype)[:8]
+    settings = mf.reuse_key(stream=graph_stream(stream), model=model.cfg, dtype=next(model.parameters()).dtype)[:8]
     return Path(cache) / f"{weights[:16]}-{h}x{w}-b{batch_size}-{device}-s{settings}"
 
 

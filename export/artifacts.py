@@ -145,8 +145,7 @@ def export_graphs(
         opset=opset,
         weights=weights,
         model=_config(kind, model, vae),
-        # global_sink only changes the host's re-cache plan, never a graph: one export serves both
-        stream=stream.replace(global_sink=True) if kind != "vae-step" else None,
+        stream=graphs.graph_stream(stream) if kind != "vae-step" else None,
         latent_size=latent_size,
         batch_size=batch_size,
         rope_positions=rope_positions,

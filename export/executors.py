@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .artifacts import cache_root
+from .graphs import graph_stream
 from .manifest import _jsonable, atomic_write_bytes, reuse_key, weight_hash
 
 FLAG_QUANT = {"int8": "int8-smoothquant", "fp8": "fp8"}
@@ -41,7 +42,7 @@ def _dir_for(kind: str, quant: str | None, model, stream, latent_size, batch_siz
                 exporter,
                 weight_hash(model),
                 model.cfg,
-                stream.replace(global_sink=True),
+                graph_stream(stream),
                 latent_size,
                 batch_size,
             ]

@@ -238,6 +238,13 @@ class ChunkGraph(FunctionalChunk, _Geometry):
         return (x, renoise, *self._example_state(self.model, seed))
 
 
+def graph_stream(stream: StreamConfig) -> StreamConfig:
+    """The stream settings as far as a graph depends on them, for the keys of exported artifacts:
+    ``global_sink`` only changes the host's re-cache plan (which span a switch re-runs), never a graph,
+    so one export serves both values."""
+    return stream.replace(global_sink=True)
+
+
 def recache_graph_spans(stream: StreamConfig) -> list[int]:
     """The re-cache spans that need a graph of their own: all of :func:`recache_spans` but one chunk,
     which the step graph serves."""
