@@ -86,3 +86,20 @@ def test_parity_is_skipped_where_the_eager_reference_would_take_hours():
     why = too_slow_for_parity("cpu", torch.bfloat16, 28e12)  # the 1.3B step
     assert why is not None and "on a GPU" in why and "bfloat16" in why
     assert too_slow_for_parity("cuda", torch.bfloat16, 28e12) is None
+
+
+def test_graph_kinds_module_imports_only_the_standard_library():
+    """export/kinds.py is the one home of the graph kinds, for the torch-free parser too: it imports nothing
+    beyond the standard library (the package's __init__ still imports torch for the engines' registration
+    until that registration is lazy, by name)."""
+    import ast
+    import sys
+    from pathlib import Path
+
+    import arvid.export.kinds as kinds
+
+    tree = ast.parse(Path(kinds.__file__).read_text())
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module or "." for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level]
+    assert all(n.split(".")[0] in sys.stdlib_module_names or n == "__future__" for n in names), names
+    assert kinds.GRAPH_KINDS[: len(kinds.DIT_GRAPH_KINDS)] == kinds.DIT_GRAPH_KINDS
