@@ -33,7 +33,7 @@ from arvid.runtime.files import path_error
 from arvid.runtime.optional import require
 
 from .onnx_check import _onnx
-from .parity import max_abs_diff, relative_l2
+from .parity import max_abs_diff, relative_l2, too_slow_for_parity
 from .progress import stage
 
 DEFAULT_OPSET = 18  # dynamo's native opset; TensorRT 10's parser reads 9..20
@@ -432,7 +432,7 @@ def export_onnx(
     }
     del model
     if parity:
-        skip = ort_unavailable(traced_on, needs)
+        skip = ort_unavailable(traced_on, needs) or _too_slow(module, traced_on)
         if skip:
             result["parity"], result["parity_rel_l2"] = {"skipped": skip}, {}
         else:
@@ -444,6 +444,17 @@ def export_onnx(
                 result["parity"], result["parity_rel_l2"] = measure_parity(path, inputs(), eager, output_names)
     result["stages_s"] = times
     return result
+
+
+def _too_slow(module, inputs: Sequence[torch.Tensor]) -> str | None:
+    """:func:`~arvid.export.parity.too_slow_for_parity` for a graph of :mod:`arvid.export.graphs` (which
+    knows its FLOPs), the same rule as the AOTInductor export's; other modules are not estimated."""
+    flops = getattr(module, "flops", None)
+    if flops is None or not inputs:
+        return None
+    param = next(module.parameters(), None)
+    dtype = param.dtype if param is not None else inputs[0].dtype
+    return too_slow_for_parity(inputs[0].device, dtype, flops())
 
 
 def ort_memory_bytes(model, inputs: Sequence[torch.Tensor]) -> int:

@@ -88,6 +88,17 @@ def test_parity_is_skipped_where_the_eager_reference_would_take_hours():
     assert too_slow_for_parity("cuda", torch.bfloat16, 28e12) is None
 
 
+def test_onnx_export_applies_the_same_parity_rule(model, monkeypatch):
+    from arvid.export.onnx_export import _too_slow
+
+    graph = build_graph("step", model, latent_size=HW)
+    held = graph.placeholder_inputs()
+    assert _too_slow(graph, held) is None  # the tiny step: milliseconds
+    monkeypatch.setattr(graph, "flops", lambda: 28e12)  # the 1.3B step's
+    assert "would take about" in _too_slow(graph, held)
+    assert _too_slow(torch.nn.Linear(2, 2), (torch.zeros(2),)) is None  # not a graph of arvid.export.graphs
+
+
 def test_graph_kinds_module_imports_only_the_standard_library():
     """export/kinds.py is the one home of the graph kinds, for the torch-free parser too: it imports nothing
     beyond the standard library (the package's __init__ still imports torch for the engines' registration
