@@ -68,7 +68,7 @@ def test_graph_traces_with_torch_export(model):
 
 def test_example_cache_is_drawn_in_its_own_dtype():
     """bf16 example inputs come out in bf16, drawn one layer at a time (no float32 twin of the whole cache),
-    and are the float32 draw rounded: the same numbers as before, a different peak."""
+    and are the float32 model's draw rounded: one draw for both dtypes."""
     m32 = build_model(TINY.model, seed=0)
     m16 = build_model(TINY.model, seed=0, dtype=torch.bfloat16)
     a = build_graph("step", m32, latent_size=HW).example_inputs()
