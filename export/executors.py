@@ -17,12 +17,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
 
+from .artifacts import cache_root
+from .graphs import graph_stream
 from .manifest import _jsonable, atomic_write_bytes, reuse_key, weight_hash
 
 FLAG_QUANT = {"int8": "int8-smoothquant", "fp8": "fp8"}
@@ -30,10 +31,6 @@ FLAG_QUANT = {"int8": "int8-smoothquant", "fp8": "fp8"}
 
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("ARVID_EXPORT_CACHE") or Path.home() / ".cache" / "arvid" / "export")
 
 
 def _dir_for(kind: str, quant: str | None, model, stream, latent_size, batch_size, exporter: str) -> Path:
@@ -45,7 +42,7 @@ def _dir_for(kind: str, quant: str | None, model, stream, latent_size, batch_siz
                 exporter,
                 weight_hash(model),
                 model.cfg,
-                stream.replace(global_sink=True),
+                graph_stream(stream),
                 latent_size,
                 batch_size,
             ]
@@ -53,18 +50,6 @@ def _dir_for(kind: str, quant: str | None, model, stream, latent_size, batch_siz
         sort_keys=True,
     )
     return cache_root() / f"{kind}-{quant or 'float'}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
-
-
-CALIBRATION = {"prompts": "4 random embeddings (seed 7)", "frames": "2 chunks", "seed": 0}
-
-
-def _calibration_loop(model, stream, latent_size, seed: int = 0):
-    from arvid.quant.calibrate import streaming_forward_loop
-
-    g = torch.Generator().manual_seed(seed + 7)
-    cfg = model.cfg
-    prompts = [torch.randn(1, cfg.text_len, cfg.text_dim, generator=g) for _ in range(4)]
-    return streaming_forward_loop(prompts, latent_size=latent_size, frames=2 * stream.chunk_frames, stream=stream)
 
 
 def ort_graphs(
@@ -83,8 +68,9 @@ def ort_graphs(
     ``open_graph(onnx_path, manifest)`` (default: an ONNX Runtime session).
 
     Returns ``{"step": graph | None, "chunk": graph | None, "recache": {F: graph}, "manifests": [...]}``."""
+    from .artifacts import export_graphs
     from .graphs import recache_graph_spans
-    from .pipeline import export_graphs
+    from .qdq import calibration_set
 
     log = log or _stderr
     if open_graph is None:
@@ -104,13 +90,14 @@ def ort_graphs(
     out = {"step": None, "chunk": None, "recache": {}, "manifests": []}
     spans = recache_graph_spans(stream)
     memo: dict = {}
+    loop, calibration = calibration_set(model.cfg, stream, tuple(latent_size)) if quant else (None, None)
 
     def calibrated():  # once per engine, and only if some graph has to be exported
         if "model" not in memo:
             from .qdq import calibrate
 
-            log(f"calibrating {quant} with modelopt (4 random prompts x {2 * stream.chunk_frames} frames) ...")
-            memo["model"] = calibrate(copy.deepcopy(model), quant, _calibration_loop(model, stream, latent_size))
+            log(f"calibrating {quant} with modelopt ({calibration['prompts']} x {calibration['frames']} frames) ...")
+            memo["model"] = calibrate(copy.deepcopy(model), quant, loop)
         return memo["model"]
 
     for kind in ("step", "recache", *(["chunk"] if "chunk" in flags else [])):
@@ -124,7 +111,7 @@ def ort_graphs(
             batch_size=batch_size,
             quant=quant,
             calibrated_model=calibrated if quant else None,
-            calibration=CALIBRATION,
+            calibration=calibration,
             dynamo=exporter == "dynamo",
             spans=spans if kind == "recache" else None,
             log=log,

@@ -33,7 +33,7 @@ from arvid.runtime.files import path_error
 from arvid.runtime.optional import require
 
 from .onnx_check import _onnx
-from .parity import max_abs_diff, relative_l2
+from .parity import max_abs_diff, relative_l2, too_slow_for_parity
 from .progress import stage
 
 DEFAULT_OPSET = 18  # dynamo's native opset; TensorRT 10's parser reads 9..20
@@ -44,10 +44,6 @@ EXTERNAL_MIN_BYTES = 1024
 
 def _onnx_ir():
     return require("onnx_ir", purpose="ONNX export")
-
-
-def _ort():
-    return require("onnxruntime", purpose="the ONNX Runtime engine")
 
 
 # -- the in-place probe -----------------------------------------------------------------------
@@ -151,7 +147,9 @@ def dedup_initializers(model) -> int:
     place); returns how many were removed. Compared by sha256 over one tensor's bytes at a time.
 
     onnx_ir's ``DeduplicateHashedInitializersPass`` hashes ``numpy()`` views, which fails on the
-    non-contiguous tensors (transposed weights) that the dynamo exporter keeps as initializers."""
+    non-contiguous arrays the dynamo exporter leaves as initializers: checked again with onnx_ir 1.1.0 on the
+    tiny step graph ("ValueError: ndarray is not C-contiguous"). Every other clean-up is onnx_ir's own pass
+    (:func:`clean_up`); this one goes when that pass reads such tensors."""
     import hashlib
 
     removed = 0
@@ -320,7 +318,7 @@ def _torch_export_quiet(module, args, onnx_path: Path, *, dynamo: bool, opset: i
 
 def export_onnx(
     module: torch.nn.Module,
-    example_inputs: Sequence[torch.Tensor],
+    example_inputs: Sequence[torch.Tensor] | Callable[[], Sequence[torch.Tensor]],
     spec,
     path: str | Path,
     *,
@@ -329,12 +327,15 @@ def export_onnx(
     parity: bool = True,
     reference: Sequence[torch.Tensor] | None = None,
     name: str | None = None,
+    trace_inputs: Sequence[torch.Tensor] | None = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> dict:
     """Export ``module`` (functional; I/O named by ``spec``) to ``path``, weights in ``<name>.onnx.data``.
 
     Parameters
     ----------
+    example_inputs : the inputs the eager reference and the parity run on, or a function that makes
+        them, called only when something runs the module (the TorchScript exporter, the parity).
     spec : a ``GraphSpec`` (or dict / ``None``) naming the inputs and outputs in order.
     dynamo : ``torch.onnx.export(dynamo=True)`` (default); ``False`` uses the TorchScript exporter
         (what modelopt's Q/DQ models need).
@@ -343,6 +344,10 @@ def export_onnx(
     reference : the outputs of :func:`refuse_inplace` on ``module`` and ``example_inputs`` where the caller
         ran it already (Q/DQ export: the fake-quant forward it measures against): the module is then
         neither probed nor run again.
+    trace_inputs : what the dynamo trace runs on instead of ``example_inputs``: tensors of the same shapes
+        and dtypes whose values are never read (``placeholder_inputs()`` of a graph of
+        :mod:`arvid.export.graphs`: uninitialised, so a 3.45 GB example cache costs no memory unless
+        the parity runs).
     log : called with a line when each stage (eager reference, trace, passes, write, parity) starts
         and ends, with its time.
 
@@ -357,6 +362,13 @@ def export_onnx(
     name = name or getattr(spec, "name", None) or type(module).__name__
     module = module.eval()
     times: dict[str, float] = {}
+    made: list[tuple[torch.Tensor, ...]] = []
+
+    def inputs() -> tuple[torch.Tensor, ...]:
+        """The example inputs, made once and only when the module runs."""
+        if not made:
+            made.append(tuple(example_inputs() if callable(example_inputs) else example_inputs))
+        return made[0]
 
     @contextlib.contextmanager
     def timed(key: str, what: str) -> Iterator[None]:
@@ -368,20 +380,21 @@ def export_onnx(
     eager = tuple(reference) if reference is not None else None
     if not dynamo and eager is None:  # the TorchScript exporter runs the module: probe that run first
         with timed("eager", "eager reference (and the in-place probe)"):
-            eager = refuse_inplace(module, example_inputs, name=name)
-    input_names = _names(spec, "inputs", len(example_inputs), "input_")
+            eager = refuse_inplace(module, inputs(), name=name)
+    traced_on = tuple(trace_inputs) if dynamo and trace_inputs is not None else inputs()
+    input_names = _names(spec, "inputs", len(traced_on), "input_")
     output_names = _names(spec, "outputs", len(eager) if eager is not None else 0, "output_")
-    if len(input_names) != len(example_inputs) or (eager is not None and len(output_names) != len(eager)):
+    if len(input_names) != len(traced_on) or (eager is not None and len(output_names) != len(eager)):
         raise ValueError(
             f"{name}: spec names {len(input_names)} inputs / {len(output_names)} outputs, the module takes "
-            f"{len(example_inputs)} and returns {len(eager)}"
+            f"{len(traced_on)} and returns {len(eager)}"
         )
     t0 = time.perf_counter()
     kind = "dynamo" if dynamo else "TorchScript"
     with tempfile.TemporaryDirectory() as tmp:
         with timed("trace", f"trace ({kind})"):
             try:
-                traced = torch.export.export(module, tuple(example_inputs), strict=False) if dynamo else module
+                traced = torch.export.export(module, traced_on, strict=False) if dynamo else module
             except Exception as e:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise ValueError(f"{name}: the {kind} ONNX exporter failed: {first[:300]}") from e
@@ -390,7 +403,7 @@ def export_onnx(
             try:
                 model = _torch_export(
                     traced,
-                    example_inputs,
+                    traced_on,
                     Path(tmp) / "ts.onnx",
                     dynamo=dynamo,
                     opset=opset,
@@ -403,7 +416,7 @@ def export_onnx(
         output_names = output_names or [v.name for v in model.graph.outputs]
         with timed("passes", "passes (inline, dedup, metadata)"):
             deduped = clean_up(model)
-        needs = ort_memory_bytes(model, example_inputs)
+        needs = ort_memory_bytes(model, traced_on)
         saved = save_onnx(model, path, log=log)
     export_s = time.perf_counter() - t0
     opset_used = model.opset_imports.get("", opset)
@@ -419,18 +432,29 @@ def export_onnx(
     }
     del model
     if parity:
-        skip = ort_unavailable(example_inputs, needs)
+        skip = ort_unavailable(traced_on, needs) or _too_slow(module, traced_on)
         if skip:
             result["parity"], result["parity_rel_l2"] = {"skipped": skip}, {}
         else:
             if eager is None:
                 with timed("eager", "eager reference"), torch.no_grad():
-                    eager = module(*example_inputs)
+                    eager = module(*inputs())
                     eager = tuple(eager) if isinstance(eager, (tuple, list)) else (eager,)
             with timed("parity", "parity in ONNX Runtime"):
-                result["parity"], result["parity_rel_l2"] = measure_parity(path, example_inputs, eager, output_names)
+                result["parity"], result["parity_rel_l2"] = measure_parity(path, inputs(), eager, output_names)
     result["stages_s"] = times
     return result
+
+
+def _too_slow(module, inputs: Sequence[torch.Tensor]) -> str | None:
+    """:func:`~arvid.export.parity.too_slow_for_parity` for a graph of :mod:`arvid.export.graphs` (which
+    knows its FLOPs), the same rule as the AOTInductor export's; other modules are not estimated."""
+    flops = getattr(module, "flops", None)
+    if flops is None or not inputs:
+        return None
+    param = next(module.parameters(), None)
+    dtype = param.dtype if param is not None else inputs[0].dtype
+    return too_slow_for_parity(inputs[0].device, dtype, flops())
 
 
 def ort_memory_bytes(model, inputs: Sequence[torch.Tensor]) -> int:

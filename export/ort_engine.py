@@ -12,7 +12,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .onnx_export import _ort
+from arvid.runtime.optional import require
+
+
+def _ort():
+    """onnxruntime, or the one-line install hint (this module is its one importer: ``onnx_export`` runs
+    its parity through :class:`OrtGraph`, and nothing here imports ``onnx_export`` back)."""
+    return require("onnxruntime", purpose="the ONNX Runtime engine")
+
 
 _NP = {
     torch.float32: np.float32,

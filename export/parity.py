@@ -11,6 +11,28 @@ from collections.abc import Sequence
 
 import torch
 
+# Matmul rates of this project's 2-core AVX2 CPU (one 4680 x 1536 x 1536 matmul, measured 2026-12-07): bf16 has
+# no fast kernel there. What an eager reference costs on a CPU, to decide before running it.
+CPU_MATMUL_FLOPS = {torch.float32: 8.9e9, torch.bfloat16: 0.3e9, torch.float16: 0.3e9}
+# The longest eager reference (and as long again for the artifact's own run) an export spends on parity.
+PARITY_MAX_S = 300.0
+
+
+def too_slow_for_parity(device: torch.device | str, dtype: torch.dtype, flops: float) -> str | None:
+    """Why the eager reference of a graph of ``flops`` is not run on ``device``, or ``None``.
+
+    On a CPU the forward is timed by the rates above: the 1.3B step (about 28 TFLOP) would take
+    about a day in bf16 and 50 minutes in fp32; the tiny graphs take milliseconds. GPUs always run it."""
+    if torch.device(device).type != "cpu":
+        return None
+    seconds = flops / CPU_MATMUL_FLOPS.get(dtype, CPU_MATMUL_FLOPS[torch.float32])
+    if seconds <= PARITY_MAX_S:
+        return None
+    return (
+        f"the eager reference ({flops / 1e12:.1f} TFLOP in {str(dtype).removeprefix('torch.')}) would take about "
+        f"{seconds / 60:.0f} min on this CPU; measure the parity on a GPU"
+    )
+
 
 def _blocks(o: torch.Tensor, r: torch.Tensor, size: int = 1 << 22):
     """Float64 blocks of both, flattened: the 1.3B step's K/V outputs are 215M values each, and one float64

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
+from .kinds import QUANT_SCHEMES
 from .onnx_check import _onnx
 from .onnx_export import export_onnx, ort_outputs, rewrite_onnx
 from .parity import max_abs_diff
 
-QDQ_SCHEMES = ("int8-smoothquant", "fp8")
 FP8_OPSET = 19  # QuantizeLinear / DequantizeLinear take float8 types from opset 19
 TRT_FP8_OPS = {"TRT_FP8QuantizeLinear": "QuantizeLinear", "TRT_FP8DequantizeLinear": "DequantizeLinear"}
 
@@ -82,8 +82,8 @@ def calibrate(model: torch.nn.Module, scheme: str, forward_loop: Callable[[torch
     """modelopt calibration with arvid's skip list (``arvid.quant.calibrate.calibrate_modelopt``)."""
     from arvid.quant.calibrate import calibrate_modelopt
 
-    if scheme not in QDQ_SCHEMES:
-        raise ValueError(f"unknown Q/DQ scheme {scheme!r}; choose one of {QDQ_SCHEMES}")
+    if scheme not in QUANT_SCHEMES:
+        raise ValueError(f"unknown Q/DQ scheme {scheme!r}; choose one of {QUANT_SCHEMES}")
     return calibrate_modelopt(model, scheme, forward_loop)
 
 
@@ -110,8 +110,8 @@ def export_qdq(
 
     from .onnx_export import refuse_inplace
 
-    if scheme not in QDQ_SCHEMES:
-        raise ValueError(f"unknown Q/DQ scheme {scheme!r}; choose one of {QDQ_SCHEMES}")
+    if scheme not in QUANT_SCHEMES:
+        raise ValueError(f"unknown Q/DQ scheme {scheme!r}; choose one of {QUANT_SCHEMES}")
     if opset < FP8_OPSET and scheme == "fp8":
         raise ValueError(f"FP8 Q/DQ needs opset >= {FP8_OPSET}, got {opset}")
     path = Path(path)
@@ -145,3 +145,37 @@ def export_qdq(
             for k, o, r in zip(keys, outs, float_reference, strict=True)
         }
     return res
+
+
+CALIBRATION_PROMPTS = 4  # random prompt embeddings when no real ones are given
+CALIBRATION_CHUNKS = 2  # latent chunks streamed per prompt (the sink chunk and one in the window)
+
+
+def calibration_set(
+    cfg, stream, latent_size: tuple[int, int], *, prompts=None, frames: int | None = None, seed: int = 0
+) -> tuple[Callable, dict]:
+    """The one calibration set of every Q/DQ export (``arvid export onnx --quant`` and the ``ort+int8`` /
+    ``trt+fp8`` engines): modelopt's forward loop and its record for the manifest and the export key.
+
+    ``prompts``: embeddings ``[1, text_len, text_dim]`` each, or a count of random ones drawn with seed
+    ``seed + 7`` (default :data:`CALIBRATION_PROMPTS`); each streamed over ``frames`` latent frames (rounded
+    down to whole chunks, at least one; default :data:`CALIBRATION_CHUNKS` chunks) with noise of ``seed``.
+    The record names the set, so another set is another artifact."""
+    from arvid.quant.calibrate import streaming_forward_loop
+
+    chunk = stream.chunk_frames
+    frames = max(chunk, (frames or CALIBRATION_CHUNKS * chunk) // chunk * chunk)
+    if prompts is None or isinstance(prompts, int):
+        count = CALIBRATION_PROMPTS if prompts is None else prompts
+        if count < 1:
+            raise ValueError(f"calibration needs at least one prompt, got {count}")
+        g = torch.Generator().manual_seed(seed + 7)
+        embeds = [torch.randn(1, cfg.text_len, cfg.text_dim, generator=g) for _ in range(count)]
+        what = f"{count} random embeddings (seed {seed + 7})"
+    else:
+        embeds = [p.unsqueeze(0) if p.dim() == 2 else p for p in prompts]
+        from .manifest import weight_hash
+
+        what = {"embeds_sha256": weight_hash({"e": torch.stack([e.reshape(e.shape[-2:]) for e in embeds])})}
+    loop = streaming_forward_loop(embeds, latent_size=latent_size, frames=frames, stream=stream, seed=seed)
+    return loop, {"prompts": what, "frames": frames, "seed": seed}

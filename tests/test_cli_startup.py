@@ -77,7 +77,7 @@ def test_version_has_one_home():
 
 def test_parser_names_match_their_owners():
     from arvid.bench.roofline import GPUS, PRECISIONS
-    from arvid.export.pipeline import GRAPH_KINDS, QUANT_SCHEMES
+    from arvid.export.kinds import GRAPH_KINDS, QUANT_SCHEMES
     from arvid.quant.calibrate import MODELOPT_SCHEMES
 
     assert tuple(GPUS) == _names.GPU_NAMES

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from arvid.export.graphs import build_graph, recache_graph_spans, refuse_inplace
-from arvid.runtime import StreamConfig, StreamingGenerator, build_model, get_preset
+from arvid.export.graphs import build_graph, recache_graph_spans
+from arvid.export.onnx_export import refuse_inplace
+from arvid.runtime import StreamConfig, build_model, get_preset
 from arvid.runtime.kv_cache import recache_spans
 
 TINY = get_preset("tiny")
@@ -27,12 +28,11 @@ def test_spec_matches_inputs_and_outputs(model, kind, frames):
     assert spec.to_json()["inputs"][0]["dtype"] == "float32"
 
 
-def test_in_place_ring_is_refused(model):
-    gen = StreamingGenerator(model, latent_size=HW, backend="sdpa")
-    with pytest.raises(ValueError, match="in-place ring-buffer cache cannot be exported"):
-        refuse_inplace(model)
-    refuse_inplace(build_graph("step", model, latent_size=HW))  # functional: fine
-    assert gen.executor.cache.k.shape[0] == TINY.model.num_layers
+def test_graph_passes_the_in_place_probe(model):
+    """The graph of a step writes no state in place (the runtime's own ring forward is refused:
+    tests/test_export_onnx.py)."""
+    graph = build_graph("step", model, latent_size=HW)
+    assert len(refuse_inplace(graph, graph.example_inputs())) == len(graph.spec().outputs)
 
 
 def test_bad_graph_requests_are_one_line_errors(model):
@@ -52,11 +52,65 @@ def test_recache_spans_cover_every_plan():
 
 
 def test_graph_traces_with_torch_export(model):
+    """Traced on uninitialised placeholders (what the exporters trace on, so the 1.3B example cache is never
+    drawn: a trace reads shapes only), the program computes what the eager graph does."""
     graph = build_graph("step", model, latent_size=HW)
+    held = graph.placeholder_inputs()
+    assert [(tuple(t.shape), t.dtype) for t in held] == [(s.shape, s.dtype) for s in graph.spec().inputs]
+    ep = torch.export.export(graph, held, strict=False)
     ins = graph.example_inputs()
-    ep = torch.export.export(graph, ins, strict=False)
     for got, want in zip(ep.module()(*ins), graph(*ins), strict=True):
         assert torch.allclose(got, want, atol=1e-6, rtol=1e-6)
     # functional: no in-place copy into a graph input survives in the exported program
     targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
     assert not any("index_copy" in t or "index_put" in t for t in targets), targets
+
+
+def test_example_cache_is_drawn_in_its_own_dtype():
+    """bf16 example inputs come out in bf16, drawn one layer at a time (no float32 twin of the whole cache),
+    and are the float32 model's draw rounded: one draw for both dtypes."""
+    m32 = build_model(TINY.model, seed=0)
+    m16 = build_model(TINY.model, seed=0, dtype=torch.bfloat16)
+    a = build_graph("step", m32, latent_size=HW).example_inputs()
+    b = build_graph("step", m16, latent_size=HW).example_inputs()
+    for x, y in zip(a[3:7], b[3:7], strict=True):  # text_k, text_v, cache_k, cache_v
+        assert y.dtype == torch.bfloat16 and torch.equal(x.to(torch.bfloat16), y)
+
+
+def test_parity_is_skipped_where_the_eager_reference_would_take_hours():
+    from arvid.export.parity import too_slow_for_parity
+
+    tiny_step = build_graph("step", build_model(TINY.model, seed=0), latent_size=HW)
+    assert too_slow_for_parity("cpu", torch.bfloat16, tiny_step.flops()) is None
+    assert too_slow_for_parity("cpu", torch.float32, tiny_step.flops()) is None
+    why = too_slow_for_parity("cpu", torch.bfloat16, 28e12)  # the 1.3B step
+    assert why is not None and "on a GPU" in why and "bfloat16" in why
+    assert too_slow_for_parity("cuda", torch.bfloat16, 28e12) is None
+
+
+def test_onnx_export_applies_the_same_parity_rule(model, monkeypatch):
+    from arvid.export.onnx_export import _too_slow
+
+    graph = build_graph("step", model, latent_size=HW)
+    held = graph.placeholder_inputs()
+    assert _too_slow(graph, held) is None  # the tiny step: milliseconds
+    monkeypatch.setattr(graph, "flops", lambda: 28e12)  # the 1.3B step's
+    assert "would take about" in _too_slow(graph, held)
+    assert _too_slow(torch.nn.Linear(2, 2), (torch.zeros(2),)) is None  # not a graph of arvid.export.graphs
+
+
+def test_graph_kinds_module_imports_only_the_standard_library():
+    """export/kinds.py is the one home of the graph kinds, for the torch-free parser too: it imports nothing
+    beyond the standard library (the package's __init__ still imports torch for the engines' registration
+    until that registration is lazy, by name)."""
+    import ast
+    import sys
+    from pathlib import Path
+
+    import arvid.export.kinds as kinds
+
+    tree = ast.parse(Path(kinds.__file__).read_text())
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module or "." for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level]
+    assert all(n.split(".")[0] in sys.stdlib_module_names or n == "__future__" for n in names), names
+    assert kinds.GRAPH_KINDS[: len(kinds.DIT_GRAPH_KINDS)] == kinds.DIT_GRAPH_KINDS

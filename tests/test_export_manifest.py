@@ -79,3 +79,54 @@ def test_read_manifest_errors(tmp_path):
     (tmp_path / "export.json").write_text("{not json")
     with pytest.raises(ValueError, match="not a valid export manifest"):
         mf.read_manifest(tmp_path)
+
+
+def test_weight_hash_is_computed_once_per_model_and_follows_changes(monkeypatch):
+    """Hashed once per model (the 1.3B weights are 2.8 GB to read), again after any in-place write or a
+    weight assigned anew, and equal to the hash of the same state dict."""
+    from arvid.export import manifest as mf
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    calls = []
+    real = mf._hash_state
+    monkeypatch.setattr(mf, "_hash_state", lambda sd: calls.append(1) or real(sd))
+    first = mf.weight_hash(model)
+    assert mf.weight_hash(model) == first and len(calls) == 1
+    assert first == real(model.state_dict())
+    with torch.no_grad():
+        model[0].weight[0, 0] += 1  # in place: the version counter moves
+    second = mf.weight_hash(model)
+    assert second != first and len(calls) == 2
+    model[1].weight = torch.nn.Parameter(torch.zeros(4))  # assigned anew: another storage
+    assert mf.weight_hash(model) not in (first, second) and len(calls) == 3
+
+
+def test_aoti_package_folders_are_keyed_by_the_stream_settings(tmp_path):
+    """The ``aoti`` engine's cache folder holds what its packages' key holds: LongLive's scenarios in one
+    process (the sink kept and rebuilt at a switch, and a second run of the first) share one folder, whose
+    step + 3 re-cache spans are 4 packages (at most 8 asked), where one folder keyed without the stream
+    settings compiled all 4 for each scenario (12); other graph settings get their own folder."""
+    from arvid.export.aoti import package_dir
+    from arvid.export.graphs import recache_graph_spans
+
+    preset = get_preset("tiny")
+    model = build_model(preset.model, seed=0)
+    hw = (preset.latent_height, preset.latent_width)
+    scenarios = [StreamConfig(), StreamConfig(global_sink=False), StreamConfig()]
+    dirs = {package_dir(tmp_path, model, s, hw, 1): s for s in scenarios}
+    assert len(dirs) == 1 and sum(1 + len(recache_graph_spans(s)) for s in dirs.values()) == 4
+    assert package_dir(tmp_path, model, StreamConfig(attention_frames=9), hw, 1) not in dirs
+    assert package_dir(tmp_path, model, StreamConfig(), hw, 2) not in dirs
+    assert package_dir(tmp_path, build_model(preset.model, seed=1), StreamConfig(), hw, 1) not in dirs
+
+
+def test_one_cache_root_and_the_deprecated_aoti_variable(monkeypatch, tmp_path):
+    from arvid.export.artifacts import aoti_cache_root, cache_root
+
+    monkeypatch.delenv("ARVID_AOTI_CACHE", raising=False)
+    monkeypatch.setenv("ARVID_EXPORT_CACHE", str(tmp_path))
+    assert cache_root() == tmp_path and aoti_cache_root() == tmp_path / "aoti"
+    monkeypatch.delenv("ARVID_EXPORT_CACHE")
+    monkeypatch.setenv("ARVID_AOTI_CACHE", str(tmp_path / "old"))
+    with pytest.warns(FutureWarning, match="ARVID_AOTI_CACHE is deprecated"):
+        assert aoti_cache_root() == tmp_path / "old"

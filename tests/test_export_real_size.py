@@ -71,10 +71,9 @@ def test_onnx_export_of_the_real_model(tmp_path, dtype):
         else:
             assert max(parity.values()) < 1e-3 and max(man["graphs"][0]["parity_rel_l2"].values()) < 1e-5
     print(json.dumps({"dtype": dtype, "wall_s": round(wall), "peak_rss": peak, "weights": weights}))
-    if peak > 2.5 * weights:  # issue 26's target is about 2x; bf16 measured 3.9x (the dynamo trace adds 3.7 GB)
-        pytest.xfail(
-            f"peak RSS {peak / 2**30:.2f} GiB is {peak / weights:.1f}x the {weights / 2**30:.2f} GiB of weights"
-        )
+    # issue 26: about 2x the weights. Measured once the trace ran on placeholders: bf16 1.37x (3.49 GB; was 3.9x:
+    # the example KV cache, drawn through a float32 twin, not the trace), fp32 1.25x (6.35 GB; was 2.6x)
+    assert peak <= 2.2 * weights, f"peak RSS {peak / 2**30:.2f} GiB is {peak / weights:.1f}x the weights"
 
 
 def test_aoti_export_of_the_real_model(tmp_path):
@@ -87,4 +86,10 @@ def test_aoti_export_of_the_real_model(tmp_path):
 
     runner = torch._inductor.aoti_load_package(str(packages[0]))
     assert runner is not None
+    man = json.loads((out / "export.json").read_text())
+    # a day of bf16 matmuls on this CPU: the parity is a GPU measurement, said so, not run
+    assert "on a GPU" in man["parity"][packages[0].name]["skipped"]
+    assert "compile" in r.stderr and man["peak_rss_bytes"] > 0  # stages said; the peak kept in the manifest
     print(json.dumps({"dtype": "bf16", "wall_s": round(wall), "peak_rss": peak}))
+    if peak > 2.5 * STEP_WEIGHTS_BF16:  # issue 26's target is about 2x: the AOTInductor compile is not there yet
+        pytest.xfail(f"peak RSS {peak / 2**30:.2f} GiB is {peak / STEP_WEIGHTS_BF16:.1f}x the step's weights")

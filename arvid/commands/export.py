@@ -34,9 +34,9 @@ def _add_graph_args(p) -> None:
     p.add_argument("--torchscript", action="store_true", help="use the TorchScript exporter instead of dynamo")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--rope-positions", type=int, help="rows of the RoPE table baked in (default: the model's)")
-    p.add_argument("--calib-prompts", type=int, default=4, help="Q/DQ: random calibration prompts (default: 4)")
+    p.add_argument("--calib-prompts", type=int, help="Q/DQ: random calibration prompts (default: 4)")
     p.add_argument("--calib-embeds", help="Q/DQ: .safetensors with 'embeds' [P, text_len, text_dim] to calibrate on")
-    p.add_argument("--calib-frames", type=int, default=6, help="Q/DQ: latent frames per calibration prompt")
+    p.add_argument("--calib-frames", type=int, help="Q/DQ: latent frames per calibration prompt (default: 2 chunks)")
     p.add_argument("--force", action="store_true", help="re-export even when export.json has the same key")
 
 
@@ -91,7 +91,7 @@ def cmd_check(args) -> int:
 
 
 def _export(args) -> dict:
-    from arvid.export.pipeline import export_graphs
+    from arvid.export.artifacts import export_graphs
     from arvid.export.progress import stage
     from arvid.runtime.devices import resolve_device, resolve_dtype
 
@@ -109,17 +109,15 @@ def _export(args) -> dict:
         model, vae = _build(args, preset, files, vae_step, device, dtype)
     stream = stream_config(args)
     latent = (preset.latent_height, preset.latent_width)
-    loop = _calibration_loop(args, model, stream, latent) if args.quant else None
-    calibration = None
+    loop = calibration = None
     if args.quant:
-        from arvid.export.manifest import weight_hash
+        from arvid.export.qdq import calibration_set
 
-        embeds = {"embeds_sha256": weight_hash({"e": _read_embeds(args.calib_embeds)})} if args.calib_embeds else None
-        calibration = {
-            "prompts": embeds or f"{args.calib_prompts} random embeddings (seed {args.seed + 7})",
-            "frames": args.calib_frames,
-            "seed": args.seed,
-        }
+        prompts = list(_read_embeds(args.calib_embeds)) if args.calib_embeds else args.calib_prompts
+        if not args.calib_embeds:  # the count and its default are qdq.calibration_set's
+            _log(f"calibrating on {prompts or 'the default'} random prompt embeddings (--calib-embeds: real ones)")
+        loop, calibration = calibration_set(model.cfg, stream, latent, prompts=prompts, frames=args.calib_frames,
+                                            seed=args.seed)  # fmt: skip
     tag = [str(p) for p in (args.model, args.checkpoint, args.longlive_ckpt, args.lora) if p]
     return export_graphs(
         args.graph,
@@ -152,25 +150,6 @@ def _build(args, preset, files, vae_step: bool, device, dtype):
     if files is not None and files.vae is None:
         raise ValueError(f"{files.root}: no VAE found (Wan2.1_VAE.pth or vae/)")
     return None, load_vae_for(files, preset, device, dtype)
-
-
-def _calibration_loop(args, model, stream, latent):
-    import torch
-
-    from arvid.quant.calibrate import streaming_forward_loop
-
-    if args.calib_embeds:
-        prompts = [p.unsqueeze(0) if p.dim() == 2 else p for p in _read_embeds(args.calib_embeds)]
-    else:
-        if args.calib_prompts < 1:
-            raise ValueError(f"--calib-prompts must be >= 1, got {args.calib_prompts}")
-        g = torch.Generator().manual_seed(args.seed + 7)
-        cfg = model.cfg
-        prompts = [torch.randn(1, cfg.text_len, cfg.text_dim, generator=g) for _ in range(args.calib_prompts)]
-        _log(f"calibrating on {len(prompts)} random prompt embeddings (pass --calib-embeds for real prompts)")
-    chunk = stream.chunk_frames
-    frames = max(chunk, args.calib_frames // chunk * chunk)
-    return streaming_forward_loop(prompts, latent_size=latent, frames=frames, stream=stream, seed=args.seed)
 
 
 def _read_embeds(path: str):

@@ -10,13 +10,15 @@ from pathlib import Path
 
 from ._checks import check_output_dir
 from ._common import add_common_args, add_model_args, int_list, load_model_from_args, model_preset, stream_config
+from ._names import GRAPH_KINDS
 
 
 def register_aoti(sub) -> None:
     p = sub.add_parser("aoti", help="AOTInductor .pt2 packages of the step / chunk / re-cache graphs + export.json")
     add_common_args(p)
     add_model_args(p)
-    p.add_argument("--graph", required=True, choices=["step", "chunk", "recache"], help="which graph to export")
+    dit_graphs = [k for k in GRAPH_KINDS if k != "vae-step"]  # AOTInductor packages are of the DiT's graphs
+    p.add_argument("--graph", required=True, choices=dit_graphs, help="which graph to export")
     p.add_argument(
         "--recache-frames",
         type=int_list,
@@ -54,6 +56,8 @@ def cmd_export_aoti(args) -> int:
     took = time.perf_counter() - t0
     files = ", ".join(pk["file"] for pk in m["packages"])
     print(f"{args.out}: {files} + export.json ({m['device']['device']}, key {m['key']}; {took:.1f} s)")
+    if "peak_rss_bytes" in m:  # a reused export measured nothing now
+        print(f"  peak RSS {m['peak_rss_bytes'] / 2**30:.2f} GiB (the exporting process)")
     if args.example_inputs:
         write_example_inputs(args, model, p)
     return 0

@@ -15,7 +15,9 @@ The DiT graphs come from ``arvid.export.graphs`` (functional cache, plan scalars
 from __future__ import annotations
 
 import copy
+import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,16 +28,41 @@ from arvid.runtime.kv_cache import recache_spans
 
 from . import graphs
 from . import manifest as mf
+from .kinds import GRAPH_KINDS, QUANT_SCHEMES
 
-GRAPH_KINDS = ("step", "chunk", "recache", "vae-step")
-QUANT_SCHEMES = ("int8-smoothquant", "fp8")
 DIT_OPSET = 18
 QDQ_OPSET = 19
 
 
+def cache_root() -> Path:
+    """The one folder of the artifacts the engines export for themselves (``ort``, ``trt``, ``aoti``):
+    ``$ARVID_EXPORT_CACHE``, else ``$XDG_CACHE_HOME/arvid/export`` (``~/.cache/arvid/export``). Each
+    artifact lives in a subfolder named by what changes its graphs, so settings that share graphs share it."""
+    env = os.environ.get("ARVID_EXPORT_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "arvid" / "export"
+
+
+def aoti_cache_root() -> Path:
+    """Where the ``aoti`` engine keeps its packages: ``cache_root() / "aoti"``. ``ARVID_AOTI_CACHE`` (its own
+    variable until 0.1) is still read where ``ARVID_EXPORT_CACHE`` is not set, with a deprecation warning."""
+    legacy = os.environ.get("ARVID_AOTI_CACHE")
+    if legacy and not os.environ.get("ARVID_EXPORT_CACHE"):
+        warnings.warn(
+            "ARVID_AOTI_CACHE is deprecated: set ARVID_EXPORT_CACHE (the aoti packages go to its aoti/ folder)",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return Path(legacy)
+    return cache_root() / "aoti"
+
+
 def dit_graphs(kind: str, model, *, stream, latent_size, batch_size: int = 1, rope_positions: int, spans=None):
     """``[(file stem, module, example inputs, spec)]`` for a DiT graph kind (``spans``: the re-cache
-    span lengths to build, default all of :func:`~arvid.runtime.kv_cache.recache_spans`)."""
+    span lengths to build, default all of :func:`~arvid.runtime.kv_cache.recache_spans`). The example
+    inputs are the graph's ``example_inputs`` method, called only where something runs the graph: at
+    the real size they are larger than the weights."""
     frames = list(spans or recache_spans(stream)) if kind == "recache" else [None]
     out = []
     for f in frames:
@@ -49,7 +76,7 @@ def dit_graphs(kind: str, model, *, stream, latent_size, batch_size: int = 1, ro
             rope_positions=rope_positions,
         )
         stem = kind if f is None else f"recache_f{f}"
-        out.append((stem, g, tuple(g.example_inputs()), g.spec()))
+        out.append((stem, g, g.example_inputs, g.spec()))
     return out
 
 
@@ -118,8 +145,7 @@ def export_graphs(
         opset=opset,
         weights=weights,
         model=_config(kind, model, vae),
-        # global_sink only changes the host's re-cache plan, never a graph: one export serves both
-        stream=stream.replace(global_sink=True) if kind != "vae-step" else None,
+        stream=graphs.graph_stream(stream) if kind != "vae-step" else None,
         latent_size=latent_size,
         batch_size=batch_size,
         rope_positions=rope_positions,
@@ -163,7 +189,7 @@ def export_graphs(
                 rope_positions=rope_positions,
                 spans=spans,
             )
-            with stage(log, f"building the {kind} graphs and their example inputs"):
+            with stage(log, f"building the {kind} graphs"):
                 items = dit_graphs(kind, model, **geo)
                 if quant:
                     floats = dit_graphs(kind, float_model, **geo)
@@ -172,11 +198,13 @@ def export_graphs(
             path = out_dir / f"{stem}.onnx"
             log(f"exporting {path.name} ({'Q/DQ ' + quant if quant else 'dynamo' if dynamo else 'TorchScript'}) ...")
             if quant:
-                with torch.no_grad():
+                with stage(log, f"{path.name}: example inputs and the float reference"), torch.no_grad():
+                    inputs = inputs()
                     ref = floats[i][1](*inputs)
                 res = export_qdq(graph, inputs, spec, path, scheme=quant, float_reference=ref, opset=opset, log=log)
             else:
-                res = export_onnx(graph, inputs, spec, path, dynamo=dynamo, opset=opset, log=log)
+                trace = graph.placeholder_inputs() if hasattr(graph, "placeholder_inputs") else None
+                res = export_onnx(graph, inputs, spec, path, dynamo=dynamo, opset=opset, trace_inputs=trace, log=log)
             graphs_meta.append(
                 {
                     "artifact": path.name,
