@@ -32,11 +32,10 @@ from typing import Any
 
 import torch
 
-from arvid.runtime.config import StreamConfig
+from arvid.runtime.config import DIT_GRAPH_KINDS, StreamConfig
 
 from . import manifest as mf
 from .graphs import graph_stream, recache_graph_spans
-from .kinds import DIT_GRAPH_KINDS
 from .parity import max_abs_diff, relative_l2, too_slow_for_parity
 from .progress import peak_rss_bytes, stage
 

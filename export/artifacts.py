@@ -17,18 +17,18 @@ from __future__ import annotations
 import copy
 import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
+from arvid.quant.calibrate import MODELOPT_SCHEMES as QUANT_SCHEMES
+from arvid.runtime.config import GRAPH_KINDS
 from arvid.runtime.files import check_writable_dir, removed_on_failure
 from arvid.runtime.kv_cache import recache_spans
 
 from . import graphs
 from . import manifest as mf
-from .kinds import GRAPH_KINDS, QUANT_SCHEMES
 
 DIT_OPSET = 18
 QDQ_OPSET = 19
@@ -45,16 +45,7 @@ def cache_root() -> Path:
 
 
 def aoti_cache_root() -> Path:
-    """Where the ``aoti`` engine keeps its packages: ``cache_root() / "aoti"``. ``ARVID_AOTI_CACHE`` (its own
-    variable until 0.1) is still read where ``ARVID_EXPORT_CACHE`` is not set, with a deprecation warning."""
-    legacy = os.environ.get("ARVID_AOTI_CACHE")
-    if legacy and not os.environ.get("ARVID_EXPORT_CACHE"):
-        warnings.warn(
-            "ARVID_AOTI_CACHE is deprecated: set ARVID_EXPORT_CACHE (the aoti packages go to its aoti/ folder)",
-            FutureWarning,
-            stacklevel=2,
-        )
-        return Path(legacy)
+    """Where the ``aoti`` engine keeps its packages: ``cache_root() / "aoti"`` (one cache, one variable)."""
     return cache_root() / "aoti"
 
 

@@ -22,11 +22,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from arvid.runtime import FunctionalChunk, FunctionalStep, StreamConfig
+from arvid.runtime.config import DIT_GRAPH_KINDS
 from arvid.runtime.kv_cache import recache_spans
 from arvid.runtime.model import CausalWanModel, sinusoidal_embedding
 from arvid.runtime.scheduler import FlowMatchScheduler
-
-from .kinds import DIT_GRAPH_KINDS
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .kinds import QUANT_SCHEMES
+from arvid.quant.calibrate import MODELOPT_SCHEMES as QUANT_SCHEMES
+
 from .onnx_check import _onnx
 from .onnx_export import export_onnx, ort_outputs, rewrite_onnx
 from .parity import max_abs_diff

@@ -1,4 +1,7 @@
-"""Model and streaming configuration: presets and LongLive's shipped settings."""
+"""Model and streaming configuration: presets, LongLive's shipped settings, and the names of the graphs.
+
+Torch-free (standard library only): the command line's parser reads its choices here.
+"""
 
 from __future__ import annotations
 
@@ -140,3 +143,11 @@ def check_frames(frames: int, chunk: int) -> int:
     if frames <= 0 or frames % chunk:
         raise ValueError(f"--frames {frames} is not a positive multiple of the chunk ({chunk})")
     return frames
+
+
+# The functional graphs of a stream, as engines run them and exporters write them: the DiT's
+# denoising step, the whole chunk (steps, re-noise, clean-context pass) and the re-cache pass of a
+# prompt switch (chunk_step.py), and the streaming VAE decoder's step (vae.py), which only the
+# ONNX export makes.
+DIT_GRAPH_KINDS = ("step", "chunk", "recache")
+GRAPH_KINDS = (*DIT_GRAPH_KINDS, "vae-step")

@@ -50,7 +50,7 @@ def configure_cmd(build: Path, cache: Path) -> list[str]:
     return [
         "cmake", "-S", str(ROOT), "-B", str(build), *gen, "-DCMAKE_BUILD_TYPE=Release",
         f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}", f"-DARVID_PYTHON={sys.executable}",
-        f"-DARVID_AOTI_CACHE={cache}",
+        f"-DARVID_PARITY_CACHE={cache}",
     ]  # fmt: skip
 
 

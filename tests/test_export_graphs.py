@@ -99,18 +99,17 @@ def test_onnx_export_applies_the_same_parity_rule(model, monkeypatch):
     assert _too_slow(torch.nn.Linear(2, 2), (torch.zeros(2),)) is None  # not a graph of arvid.export.graphs
 
 
-def test_graph_kinds_module_imports_only_the_standard_library():
-    """export/kinds.py is the one home of the graph kinds, for the torch-free parser too: it imports nothing
-    beyond the standard library (the package's __init__ still imports torch for the engines' registration
-    until that registration is lazy, by name)."""
+def test_graph_kinds_have_one_torch_free_home():
+    """runtime/config.py is the one home of the graph kinds, for the torch-free parser too: it imports
+    nothing beyond the standard library."""
     import ast
     import sys
     from pathlib import Path
 
-    import arvid.export.kinds as kinds
+    import arvid.runtime.config as config
 
-    tree = ast.parse(Path(kinds.__file__).read_text())
+    tree = ast.parse(Path(config.__file__).read_text())
     names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
     names += [n.module or "." for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level]
     assert all(n.split(".")[0] in sys.stdlib_module_names or n == "__future__" for n in names), names
-    assert kinds.GRAPH_KINDS[: len(kinds.DIT_GRAPH_KINDS)] == kinds.DIT_GRAPH_KINDS
+    assert config.GRAPH_KINDS[: len(config.DIT_GRAPH_KINDS)] == config.DIT_GRAPH_KINDS

@@ -120,13 +120,12 @@ def test_aoti_package_folders_are_keyed_by_the_stream_settings(tmp_path):
     assert package_dir(tmp_path, build_model(preset.model, seed=1), StreamConfig(), hw, 1) not in dirs
 
 
-def test_one_cache_root_and_the_deprecated_aoti_variable(monkeypatch, tmp_path):
+def test_one_cache_root_under_one_variable(monkeypatch, tmp_path):
     from arvid.export.artifacts import aoti_cache_root, cache_root
 
-    monkeypatch.delenv("ARVID_AOTI_CACHE", raising=False)
+    monkeypatch.setenv("ARVID_AOTI_CACHE", str(tmp_path / "old"))  # the variable before 0.1: read no more
     monkeypatch.setenv("ARVID_EXPORT_CACHE", str(tmp_path))
     assert cache_root() == tmp_path and aoti_cache_root() == tmp_path / "aoti"
     monkeypatch.delenv("ARVID_EXPORT_CACHE")
-    monkeypatch.setenv("ARVID_AOTI_CACHE", str(tmp_path / "old"))
-    with pytest.warns(FutureWarning, match="ARVID_AOTI_CACHE is deprecated"):
-        assert aoti_cache_root() == tmp_path / "old"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert aoti_cache_root() == tmp_path / "xdg" / "arvid" / "export" / "aoti"

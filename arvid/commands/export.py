@@ -15,9 +15,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from arvid.runtime.config import GRAPH_KINDS
+
 from ._checks import check_output_dir
 from ._common import add_common_args, add_model_args, load_model_from_args, model_preset, stream_config
-from ._names import GRAPH_KINDS, QDQ_SCHEMES
+from ._names import QDQ_SCHEMES
 
 
 def _log(msg: str) -> None:

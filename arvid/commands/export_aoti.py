@@ -8,17 +8,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from arvid.runtime.config import DIT_GRAPH_KINDS
+
 from ._checks import check_output_dir
 from ._common import add_common_args, add_model_args, int_list, load_model_from_args, model_preset, stream_config
-from ._names import GRAPH_KINDS
 
 
 def register_aoti(sub) -> None:
     p = sub.add_parser("aoti", help="AOTInductor .pt2 packages of the step / chunk / re-cache graphs + export.json")
     add_common_args(p)
     add_model_args(p)
-    dit_graphs = [k for k in GRAPH_KINDS if k != "vae-step"]  # AOTInductor packages are of the DiT's graphs
-    p.add_argument("--graph", required=True, choices=dit_graphs, help="which graph to export")
+    p.add_argument("--graph", required=True, choices=DIT_GRAPH_KINDS, help="which graph to export")
     p.add_argument(
         "--recache-frames",
         type=int_list,
