@@ -29,7 +29,13 @@ def base(tmp_path_factory) -> Path:
 
 
 def packages(tmp_path_factory) -> tuple[torch.nn.Module, list[Path]]:
-    """The tiny model and its step + re-cache packages (check_parity's setup, so ctest reuses them)."""
+    """The tiny model and its step + re-cache packages (check_parity's setup, so ctest reuses them).
+
+    Where the session also runs the native tests (``_memo["native_wanted"]``, set by conftest at
+    collection), the native build starts first: the packages compile on one thread and the build
+    takes the other core, where it used to wait for its own fixture, minutes later."""
+    if _memo.get("native_wanted"):
+        start_native_build(tmp_path_factory)
     if "packages" not in _memo:
         torch.set_num_threads(1)
         model = check_parity.parity_model()

@@ -80,7 +80,11 @@ def pytest_sessionstart(session):
             reporter.write_line(line)
 
 
+@pytest.hookimpl(trylast=True)  # after -m / -k deselected what will not run
 def pytest_collection_modifyitems(config, items):
+    import _aoti  # the session's AOTInductor packages and native build (tests/_aoti.py)
+
+    _aoti._memo["native_wanted"] = any(item.path.name == "test_native_stream.py" for item in items)
     if not config.getoption("--long"):
         skip_long = pytest.mark.skip(reason="over 5 minutes: run with --long")
         for item in items:

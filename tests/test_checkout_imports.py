@@ -1,6 +1,7 @@
 """Every way a user starts arvid from the checkout root, where the layer folders (``kernels/``, ...) are
 importable under their bare names and used to shadow installed packages (transformers >= 5.25 imports
-Hugging Face's ``kernels``). Each case runs in a subprocess whose working directory is the root."""
+Hugging Face's ``kernels``). Each case runs in a subprocess whose working directory is the root;
+``torchrun ... -m arvid`` from the root is tests/test_sequence_parallel.py's launch (one launch for both)."""
 
 from __future__ import annotations
 
@@ -83,16 +84,5 @@ def test_entry_points_from_the_root(tmp_path, how):
         code = "from arvid import Pipeline; Pipeline.from_pretrained('tiny').generate('a fox', num_frames=3).save(%r)"
         argv = [sys.executable, "-c", code % str(out)]
     r = _run(argv)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert out.is_file()
-
-
-@pytest.mark.slow  # ~25 s on 2 cores: two ranks, each loading torch and transformers
-def test_torchrun_from_the_root(tmp_path):
-    """README's multi-GPU line, from the checkout root."""
-    pytest.importorskip("transformers")
-    out = tmp_path / "x.safetensors"
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "arvid"]
-    r = _run([*launch, *_generate(out), "--sequence-parallel", "2"])
     assert r.returncode == 0, r.stderr[-2000:]
     assert out.is_file()

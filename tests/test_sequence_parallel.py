@@ -164,7 +164,11 @@ def test_cli_rejects_bad_size_before_loading(capsys, monkeypatch):
 
 @pytest.mark.slow
 def test_torchrun_generate_matches_single_process(tmp_path):
-    """The launch line of the README: 2 ranks under torchrun write the one-process latents (rank 0 only)."""
+    """The launch line of the README: 2 ranks under torchrun write the one-process latents (rank 0 only).
+
+    Launched from the checkout root, the way tests/test_checkout_imports.py starts every other entry
+    point: ``-m arvid`` there finds the root's folders first (arvid/_checkout.py), so this one launch
+    also proves ``torchrun ... -m arvid`` works from the root (a second launch cost ~15 s)."""
     from safetensors.torch import load_file
 
     args = ["generate", "--preset", "tiny", "--frames", "18", "--switch-frames", "6,15", "--quiet"]
@@ -177,8 +181,8 @@ def test_torchrun_generate_matches_single_process(tmp_path):
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "arvid"]
     run = subprocess.run(
         [*launch, *args, "--sequence-parallel", "2", "--out", str(two)],
-        env=env,
-        cwd=tmp_path,
+        env={**env, "HF_HUB_OFFLINE": "1"},
+        cwd=ROOT,
         capture_output=True,
         text=True,
     )
