@@ -8,6 +8,7 @@ in the background before the packages compile, so the two overlap.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -33,15 +34,40 @@ def packages(tmp_path_factory) -> tuple[torch.nn.Module, list[Path]]:
 
     Where the session also runs the native tests (``_memo["native_wanted"]``, set by conftest at
     collection), the native build starts first: the packages compile on one thread and the build
-    takes the other core, where it used to wait for its own fixture, minutes later."""
+    takes the other core, where it used to wait for its own fixture, minutes later. Where conftest
+    started the compile in the background (:func:`start_packages`), this waits for it and then reuses
+    the packages by their manifest key (an export that fails there fails here again, with its error)."""
     if _memo.get("native_wanted"):
         start_native_build(tmp_path_factory)
     if "packages" not in _memo:
+        background = _memo.pop("packages_proc", None)
+        if background is not None:
+            proc, log = background
+            proc.wait()
+            log.close()
         torch.set_num_threads(1)
         model = check_parity.parity_model()
         dirs = check_parity.parity_packages(model, base(tmp_path_factory) / "aoti-cache")
         _memo["packages"] = (model, dirs)
     return _memo["packages"]
+
+
+def start_packages(tmp_path_factory) -> None:
+    """Compile :func:`packages` in a background process on one thread (once per session).
+
+    The compile is two minutes of one core; most tests before the export tests run on one thread
+    (the ``one_thread`` fixture), so the second core does it meanwhile."""
+    if "packages" in _memo or "packages_proc" in _memo:
+        return
+    cache = base(tmp_path_factory) / "aoti-cache"
+    code = (
+        "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import torch, check_parity; "
+        "torch.set_num_threads(1); check_parity.parity_packages(check_parity.parity_model(), Path(sys.argv[2]))"
+    )
+    log = open(base(tmp_path_factory) / "aoti-packages.log", "w")  # noqa: SIM115  (closed in packages)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-c", code, str(ROOT / "native"), str(cache)]
+    _memo["packages_proc"] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
 
 
 def cmake_missing() -> str | None:
@@ -56,7 +82,7 @@ def configure_cmd(build: Path, cache: Path) -> list[str]:
     return [
         "cmake", "-S", str(ROOT), "-B", str(build), *gen, "-DCMAKE_BUILD_TYPE=Release",
         f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}", f"-DARVID_PYTHON={sys.executable}",
-        f"-DARVID_PARITY_CACHE={cache}",
+        f"-DARVID_PARITY_PACKAGES={cache}",
     ]  # fmt: skip
 
 

@@ -80,11 +80,21 @@ def pytest_sessionstart(session):
             reporter.write_line(line)
 
 
+_PACKAGES_START: str | None = None  # node id of the test that starts the background package compile
+
+
 @pytest.hookimpl(trylast=True)  # after -m / -k deselected what will not run
 def pytest_collection_modifyitems(config, items):
     import _aoti  # the session's AOTInductor packages and native build (tests/_aoti.py)
 
     _aoti._memo["native_wanted"] = any(item.path.name == "test_native_stream.py" for item in items)
+    # The AOTInductor packages compile in the background from the first test after the last bench test
+    # (those measure time, so they run on idle cores); see _aoti.start_packages.
+    global _PACKAGES_START
+    _PACKAGES_START = None
+    if any(item.path.name in ("test_export_aoti.py", "test_native_stream.py") for item in items):
+        last_bench = max((i for i, item in enumerate(items) if item.path.name.startswith("test_bench")), default=-1)
+        _PACKAGES_START = items[min(last_bench + 1, len(items) - 1)].nodeid
     if not config.getoption("--long"):
         skip_long = pytest.mark.skip(reason="over 5 minutes: run with --long")
         for item in items:
@@ -96,6 +106,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_sessionfinish(session):
+    import _aoti
+
+    for key in ("packages_proc", "build"):  # background work a stopped session no longer waits for
+        proc = _aoti._memo.get(key, (None, None))[-2]
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+
+
+def pytest_runtest_setup(item):
+    if item.nodeid == _PACKAGES_START:
+        import _aoti
+
+        _aoti.start_packages(item.config._tmp_path_factory)
 
 
 @pytest.fixture
