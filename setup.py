@@ -56,7 +56,7 @@ EXTRAS["dev"] = EXTRAS["all"] + [
     "ruff",
     "peft>=0.13",  # tests: LoRA merge vs the unmerged adapter
     "setuptools>=70.1",  # builds wheels without the separate `wheel` package (tests/test_cli.py)
-    "selenium>=4.11",  # tests/test_serve_browser.py drives Debian's chromium (Service takes the driver's path)
+    "selenium>=4.11",  # tests/test_serve.py drives Debian's chromium (Service takes the driver's path)
 ]
 
 setup(

@@ -443,7 +443,7 @@ def _cuda_graph_runner_class():
             t0 = time.perf_counter()
             self._in_graph = True
             try:  # one warm-up: the package's first run, the allocator
-                graph = capture_graph(lambda: self._body(plan), pool=self._pool, warmups=1)
+                graph = capture_graph(lambda: self._body(plan), device=self.device, pool=self._pool, warmups=1)
             finally:
                 self._in_graph = False
             self._pool = graph.pool()

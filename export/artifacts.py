@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 
-from arvid.quant.calibrate import MODELOPT_SCHEMES as QUANT_SCHEMES
 from arvid.runtime.config import GRAPH_KINDS
 from arvid.runtime.files import check_writable_dir, removed_on_failure
 from arvid.runtime.kv_cache import recache_spans
@@ -109,8 +108,11 @@ def export_graphs(
 
     if kind not in GRAPH_KINDS:
         raise ValueError(f"unknown graph {kind!r}; choose one of {GRAPH_KINDS}")
-    if quant is not None and quant not in QUANT_SCHEMES:
-        raise ValueError(f"unknown --quant {quant!r}; choose one of {QUANT_SCHEMES}")
+    if quant is not None:
+        from arvid.quant.calibrate import MODELOPT_SCHEMES  # only a Q/DQ export needs arvid.quant
+
+        if quant not in MODELOPT_SCHEMES:
+            raise ValueError(f"unknown --quant {quant!r}; choose one of {MODELOPT_SCHEMES}")
     if quant and kind == "vae-step":
         raise ValueError("Q/DQ export is for the DiT graphs (step, chunk, recache), not the VAE step")
     out_dir = Path(out_dir)

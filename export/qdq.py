@@ -18,8 +18,6 @@ from pathlib import Path
 
 import torch
 
-from arvid.quant.calibrate import MODELOPT_SCHEMES as QUANT_SCHEMES
-
 from .onnx_check import _onnx
 from .onnx_export import export_onnx, ort_outputs, rewrite_onnx
 from .parity import max_abs_diff
@@ -83,8 +81,7 @@ def calibrate(model: torch.nn.Module, scheme: str, forward_loop: Callable[[torch
     """modelopt calibration with arvid's skip list (``arvid.quant.calibrate.calibrate_modelopt``)."""
     from arvid.quant.calibrate import calibrate_modelopt
 
-    if scheme not in QUANT_SCHEMES:
-        raise ValueError(f"unknown Q/DQ scheme {scheme!r}; choose one of {QUANT_SCHEMES}")
+    _check_scheme(scheme)
     return calibrate_modelopt(model, scheme, forward_loop)
 
 
@@ -111,8 +108,7 @@ def export_qdq(
 
     from .onnx_export import refuse_inplace
 
-    if scheme not in QUANT_SCHEMES:
-        raise ValueError(f"unknown Q/DQ scheme {scheme!r}; choose one of {QUANT_SCHEMES}")
+    _check_scheme(scheme)
     if opset < FP8_OPSET and scheme == "fp8":
         raise ValueError(f"FP8 Q/DQ needs opset >= {FP8_OPSET}, got {opset}")
     path = Path(path)
@@ -180,3 +176,10 @@ def calibration_set(
         what = {"embeds_sha256": weight_hash({"e": torch.stack([e.reshape(e.shape[-2:]) for e in embeds])})}
     loop = streaming_forward_loop(embeds, latent_size=latent_size, frames=frames, stream=stream, seed=seed)
     return loop, {"prompts": what, "frames": frames, "seed": seed}
+
+
+def _check_scheme(scheme: str) -> None:
+    from arvid.quant.calibrate import MODELOPT_SCHEMES  # imported when a Q/DQ graph is made, not with export
+
+    if scheme not in MODELOPT_SCHEMES:
+        raise ValueError(f"unknown Q/DQ scheme {scheme!r}; choose one of {MODELOPT_SCHEMES}")

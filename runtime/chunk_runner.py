@@ -18,7 +18,7 @@ re-cache at a prompt switch runs eagerly: it happens once per switch.
 :class:`GraphRunner` runs the functional step (``chunk_step.FunctionalStep`` or an engine built
 from it: ONNX Runtime, AOTInductor, TensorRT) over a host-owned ring: the engine returns the new
 K/V, the runner writes them into the plan's slots. Engines register a factory with
-:func:`register_executor`; ``StreamingGenerator(..., backend=NAME)`` finds them there.
+``arvid.runtime.executors.register_executor``; ``build_executor`` finds them there.
 """
 
 from __future__ import annotations
@@ -256,7 +256,7 @@ class ChunkRunner:
         t0 = time.perf_counter()
         step = None if key[2] < 0 else key[2]
         # two warm-ups: autotuning, workspaces, allocator
-        graph = capture_graph(lambda: self.run_plan(plan, step), pool=self._pool, warmups=2)
+        graph = capture_graph(lambda: self.run_plan(plan, step), device=self.x_in.device, pool=self._pool, warmups=2)
         self._pool = graph.pool()
         self.graphs[key] = graph
         self._graph_rope_version = self.model.rope.version  # prepare() keeps graphs of these tables

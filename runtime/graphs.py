@@ -14,20 +14,25 @@ from collections.abc import Callable
 import torch
 
 
-def capture_graph(body: Callable[[], object], *, pool=None, warmups: int = 1) -> torch.cuda.CUDAGraph:
+def capture_graph(
+    body: Callable[[], object], *, device: torch.device | str | None = None, pool=None, warmups: int = 1
+) -> torch.cuda.CUDAGraph:
     """Run ``body`` ``warmups`` times on a side stream, then capture it as a CUDA graph in ``pool``.
 
     ``body`` must be idempotent over its static buffers (the warm-ups run it for real). Pass the
-    returned graph's ``pool()`` to the next capture to share memory. Synchronizes before returning.
+    returned graph's ``pool()`` to the next capture to share memory. ``device``: the GPU the body's
+    tensors live on (default the current one); the streams are that device's, since a capture on
+    ``cuda:0``'s stream of kernels launched on ``cuda:1`` records nothing. Synchronizes before returning.
     """
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(warmups):
+    with torch.cuda.device(device):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmups):
+                body()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
             body()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
-        body()
-    torch.cuda.synchronize()
+        torch.cuda.synchronize()
     return graph

@@ -177,13 +177,13 @@ def load_dit(
     config: ModelConfig | None = None,
     checkpoint: str | Path | None = None,
     longlive_ckpt: str | Path | None = None,
-    longlive_weights: str = "auto",
+    longlive_weights: str | None = None,
     lora: str | Path | None = None,
     lora_alpha: float | None = None,
     lora_rank: int | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
-    seed: int = 0,
+    seed: int | None = None,
 ) -> CausalWanModel:
     """Build the DiT from ``source`` (or the same sources as keywords), strictly (missing / unexpected /
     mis-shaped keys are errors).
@@ -194,13 +194,16 @@ def load_dit(
     (``seed``). Wrapper prefixes (LongLive's ``model.``, FSDP's ``_fsdp_wrapped_module.``) are
     stripped from ``checkpoint`` and ``longlive_ckpt`` keys; every weight must be floating point.
     ``lora`` is merged into the weights afterwards: ``W += (alpha / rank) * B @ A``.
+    ``longlive_weights`` defaults to ``"auto"`` and ``seed`` to 0 (unset here: part of ``source``).
     """
+    keywords = (model_dir, checkpoint, longlive_ckpt, longlive_weights, lora, lora_alpha, lora_rank, seed)
     if source is None:
         source = WeightSource(
             model_dir=model_dir, checkpoint=checkpoint, longlive_ckpt=longlive_ckpt,
-            longlive_weights=longlive_weights, lora=lora, lora_alpha=lora_alpha, lora_rank=lora_rank, seed=seed,
+            longlive_weights=longlive_weights or "auto", lora=lora, lora_alpha=lora_alpha, lora_rank=lora_rank,
+            seed=seed or 0,
         )  # fmt: skip
-    elif any(x is not None for x in (model_dir, checkpoint, longlive_ckpt, lora, lora_alpha, lora_rank)):
+    elif any(x is not None for x in keywords):
         raise ValueError("load_dit takes a WeightSource or the sources as keywords, not both")
     files = source.files
     checkpoint, longlive_ckpt, lora = source.checkpoint, source.longlive_ckpt, source.lora

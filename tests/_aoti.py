@@ -68,7 +68,8 @@ def start_packages(tmp_path_factory) -> None:
     log = open(base(tmp_path_factory) / "aoti-packages.log", "w")  # noqa: SIM115  (closed in packages)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-c", code, str(ROOT / "native"), str(cache)]
-    _memo["packages_proc"] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    _memo["packages_proc"] = (proc, log)
 
 
 def cmake_missing() -> str | None:
@@ -120,7 +121,8 @@ def start_native_build(tmp_path_factory) -> None:
         cache = base(tmp_path_factory) / "aoti-cache"
         configure = " ".join(f"'{a}'" for a in configure_cmd(build, cache))
         cmd = f"{configure} && cmake --build '{build}' -j 2"
-    _memo["build"] = (build, subprocess.Popen(cmd, shell=True, stdout=log, stderr=subprocess.STDOUT), log)
+    proc = subprocess.Popen(cmd, shell=True, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    _memo["build"] = (build, proc, log)
 
 
 def native_build(tmp_path_factory) -> Path:

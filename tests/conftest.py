@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import signal
 from importlib import metadata
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def pytest_sessionstart(session):
             reporter.write_line(line)
 
 
-_PACKAGES_START: str | None = None  # node id of the test that starts the background package compile
+_PACKAGES_FROM: set[str] = set()  # node ids of the tests whose setup starts the background package compile
 
 
 @pytest.hookimpl(trylast=True)  # after -m / -k deselected what will not run
@@ -88,13 +89,12 @@ def pytest_collection_modifyitems(config, items):
     import _aoti  # the session's AOTInductor packages and native build (tests/_aoti.py)
 
     _aoti._memo["native_wanted"] = any(item.path.name == "test_native_stream.py" for item in items)
-    # The AOTInductor packages compile in the background from the first test after the last bench test
-    # (those measure time, so they run on idle cores); see _aoti.start_packages.
-    global _PACKAGES_START
-    _PACKAGES_START = None
+    # The AOTInductor packages compile in the background from the first test that runs after the last
+    # bench test (those measure time, so they run on idle cores); see _aoti.start_packages.
+    _PACKAGES_FROM.clear()
     if any(item.path.name in ("test_export_aoti.py", "test_native_stream.py") for item in items):
         last_bench = max((i for i, item in enumerate(items) if item.path.name.startswith("test_bench")), default=-1)
-        _PACKAGES_START = items[min(last_bench + 1, len(items) - 1)].nodeid
+        _PACKAGES_FROM.update(item.nodeid for item in items[last_bench + 1 :])
     if not config.getoption("--long"):
         skip_long = pytest.mark.skip(reason="over 5 minutes: run with --long")
         for item in items:
@@ -114,11 +114,12 @@ def pytest_sessionfinish(session):
     for key in ("packages_proc", "build"):  # background work a stopped session no longer waits for
         proc = _aoti._memo.get(key, (None, None))[-2]
         if proc is not None and proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)  # its own process group: cmake's and g++'s children too
+            proc.wait()
 
 
-def pytest_runtest_setup(item):
-    if item.nodeid == _PACKAGES_START:
+def pytest_runtest_setup(item):  # a skipped test never gets here: the next one starts it
+    if item.nodeid in _PACKAGES_FROM:
         import _aoti
 
         _aoti.start_packages(item.config._tmp_path_factory)

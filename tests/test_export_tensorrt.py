@@ -192,7 +192,6 @@ def test_trt_engine_is_registered():
 
 
 def test_trt_engine_refuses_in_one_line_without_tensorrt_or_cuda():
-    import arvid.export  # noqa: F401
     from arvid.runtime import StreamingGenerator
 
     missing = _needs_what()
@@ -206,7 +205,6 @@ def test_trt_engine_refuses_in_one_line_without_tensorrt_or_cuda():
 
 
 def test_trt_engine_with_tensorrt_but_no_cuda_names_cuda(monkeypatch):
-    import arvid.export  # noqa: F401
     from arvid.runtime import StreamingGenerator
 
     if torch.cuda.is_available():

@@ -30,12 +30,13 @@ SENTINEL = 1234.5  # exactly representable in fp32; no computed K of the tiny mo
 
 
 class FakeGraphs:
-    """Stand-ins for torch.cuda.Stream / stream / current_stream / graph / CUDAGraph / synchronize."""
+    """Stand-ins for torch.cuda.device / Stream / stream / current_stream / graph / CUDAGraph / synchronize."""
 
     def __init__(self, ring: torch.Tensor, write_start: torch.Tensor, chunk_tokens: int) -> None:
         self.ring, self.write_start, self.chunk_tokens = ring, write_start, chunk_tokens
         self.replays: list[tuple[FakeGraphs.Graph, int]] = []  # (graph, device write_start at replay)
         self.captures = 0
+        self.devices: list[torch.device] = []  # the device each capture ran under (the runner's tensors')
 
     class Stream:
         def __init__(self, *args, **kwargs) -> None:
@@ -70,6 +71,12 @@ class FakeGraphs:
             fake.captures += 1
 
         FakeGraphs.Graph = Graph
+
+        def device(d):
+            fake.devices.append(d)
+            return contextlib.nullcontext()
+
+        monkeypatch.setattr(torch.cuda, "device", device)
         monkeypatch.setattr(torch.cuda, "Stream", FakeGraphs.Stream)
         monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
         monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: FakeGraphs.Stream())
@@ -129,6 +136,7 @@ def test_chunk_runner_graphs_write_the_replayed_plans_slots(model, monkeypatch, 
             assert graph.written == fake.slots(graph.write_start_at_capture, cache.chunk_tokens), f"chunk {ci}"
             assert write_start == want.write_start, f"chunk {ci}: replayed with device slot {write_start}"
     assert fake.captures == len(runner.graphs)
+    assert fake.devices == [cache.k.device] * fake.captures  # captured on the device of the runner's tensors
 
 
 @pytest.mark.parametrize("whole_chunk", [False, True])
@@ -158,6 +166,7 @@ def test_aoti_graph_runner_replays_write_their_own_slot(model, monkeypatch, whol
         )
         assert (runner.planner.filled, runner.planner.next_slot) == (want.filled_after, want.next_slot_after)
     assert fake.captures == len(runner.graphs) == stream.slot_chunks
+    assert fake.devices == [runner.device] * fake.captures
 
 
 @pytest.mark.gpu

@@ -26,9 +26,9 @@ pytest.importorskip("aiohttp")
 pytest.importorskip("prometheus_client")
 
 from arvid.cli import build_parser
+from arvid.commands.serve import build_generator
 from arvid.serve.app import Server, run
 from arvid.serve.client import Client, HTTPError
-from arvid.serve.worker import build_generator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 A, B = "a red fox running through fresh snow", "a lighthouse in a storm at night"

@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # torch is imported where a command runs: `arvid --help` must
 
 from ._checks import check_output_dir
 from ._common import add_common_args, add_model_args, load_model_from_args, model_preset, stream_config, weights_label
+from ._names import QDQ_SCHEMES
 from .quantize import add_quant_args, skip_patterns
 
 
@@ -27,9 +28,7 @@ def register(sub) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--scheme", choices=["int8", "int8-weight-only", "fp8"], help="quantize the reference now")
     which.add_argument("--variant", help="a directory written by `arvid quantize`")
-    which.add_argument(
-        "--modelopt", choices=["int8-smoothquant", "fp8"], help="nvidia-modelopt fake quantization, calibrated here"
-    )
+    which.add_argument("--modelopt", choices=QDQ_SCHEMES, help="nvidia-modelopt fake quantization, calibrated here")
     p.add_argument(
         "--quant-backend",
         choices=["emulate", "torchao"],

@@ -36,7 +36,7 @@ def register(sub) -> None:
         help="sessions served at once; each holds its own generator, spread over the workers' devices "
         "(default: one per worker); another client gets HTTP 503",
     )
-    p.add_argument("--token", help="ask POST /offer for 'Authorization: Bearer TOKEN'")
+    p.add_argument("--token", help="ask POST /offer and PATCH /offer/{id} for 'Authorization: Bearer TOKEN'")
     p.add_argument(
         "--ice-server",
         action="append",
@@ -83,6 +83,21 @@ def devices_of(args) -> list[str]:
     return [workers[i % len(workers)] for i in range(n)]
 
 
+def build_generator(args, device: str | None = None):
+    """The one place a served generator is built: a :class:`~arvid.pipeline.Pipeline` (DiT, text
+    encoder, VAE) for ``arvid generate``'s model / backend / stream flags, on ``device`` (default
+    ``args.device``). Everything else in :mod:`arvid.serve` only calls :meth:`Pipeline.stream`,
+    :meth:`Pipeline.encode` and reads ``pipe.vae``."""
+    import copy
+
+    from .generate import pipeline_from_args
+
+    if device is not None:
+        args = copy.copy(args)
+        args.device = device
+    return pipeline_from_args(args, need_vae=True)
+
+
 def cmd_serve(args) -> int:
     import asyncio
     import logging
@@ -102,7 +117,6 @@ def cmd_serve(args) -> int:
     devices = devices_of(args)
 
     from arvid.serve.app import Server, run
-    from arvid.serve.worker import build_generator
 
     logging.basicConfig(level=logging.INFO, format="arvid serve: %(message)s", stream=sys.stderr)
     logging.getLogger("aioice").setLevel(logging.WARNING)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import functools
 import hmac
 import json
 import logging
@@ -48,7 +49,10 @@ class Slot:
 
     name: str  # e.g. "cuda:0"
     pipe: Any = None  # the Pipeline, once loaded
-    session: Session | None = None
+    session: Session | object | None = None  # None: free; RESERVED while an offer builds its session
+
+
+RESERVED = object()  # a slot taken by an offer whose session is still being built
 
 
 @dataclass
@@ -70,7 +74,7 @@ class Server:
 
     Parameters
     ----------
-    load : ``load(device) -> Pipeline`` (``worker.build_generator`` bound to the command's arguments).
+    load : ``load(device) -> Pipeline`` (``arvid.commands.serve.build_generator`` bound to the command's arguments).
     devices : one slot per entry (``["cuda:0", "cuda:1"]``, ``["cpu"]``); sessions go to a free one.
     fps : video frame rate of the stream.
     seed : default noise seed (an offer's ``initialParameters.seed`` overrides it).
@@ -120,7 +124,7 @@ class Server:
             for slot in self.slots:
                 slot.pipe = self.load(slot.name)
                 if self.warmup:
-                    warm_up(slot.pipe, self.fps)
+                    warm_up(slot.pipe)
             self.warmup_s = time.perf_counter() - t0
             self.ready = True
             self.metrics.ready.set(1)
@@ -208,11 +212,21 @@ class Server:
         from .worker import StreamSession
 
         # the slot is taken before the first await, so two offers at once cannot both get it
+        slot.session = RESERVED
         sid = uuid.uuid4().hex[:12]
+        make = functools.partial(
+            StreamSession, slot.pipe, prompts, seed=seed, fps=self.fps, name=sid, metrics=self.metrics,
+            observer=self.observer,
+        )  # fmt: skip
+        try:  # encoding the prompts runs the text encoder: off the event loop
+            stream = await asyncio.get_running_loop().run_in_executor(None, make)
+        except ValueError as e:  # e.g. a prompt the text encoder refuses
+            slot.session = None
+            return self._refuse(400, "bad_request", str(e))
+        except BaseException:
+            slot.session = None
+            raise
         pc = aiortc.RTCPeerConnection(rtc_configuration(self.ice_servers))
-        stream = StreamSession(
-            slot.pipe, prompts, seed=seed, fps=self.fps, name=sid, metrics=self.metrics, observer=self.observer
-        )
         session = Session(sid, slot, pc, stream)
         slot.session = session
         self.sessions[sid] = session
@@ -267,6 +281,8 @@ class Server:
             except ValueError as e:
                 return self._refuse(400, "bad_request", f"candidates[{i}] is not an ICE candidate line: {e}")
             cand.sdpMid, cand.sdpMLineIndex = item.get("sdpMid"), item.get("sdpMLineIndex")
+            if cand.sdpMid is None and cand.sdpMLineIndex is None:
+                return self._refuse(400, "bad_request", f"candidates[{i}] needs sdpMid or sdpMLineIndex")
             await session.pc.addIceCandidate(cand)
         return web.Response(status=204)
 
@@ -302,6 +318,11 @@ class Server:
                 self.metrics.errors.inc()
                 self.send(session, {"type": "error", "message": str(e)})
                 return
+            except Exception as e:  # not the client's: logged with its traceback, and the client told
+                log.exception("session %s: a control message failed", session.id)
+                self.metrics.errors.inc()
+                self.send(session, {"type": "error", "message": f"the server failed to apply it: {e}"})
+                return
             self.send(session, {"type": "ack", "applied": _applied(c), "paused": session.stream.paused})
 
     def send(self, session: Session, event: dict) -> None:
@@ -314,7 +335,9 @@ class Server:
         if session.closed:
             return
         session.closed = True
-        await asyncio.get_running_loop().run_in_executor(None, session.stream.stop)
+        # no time limit: the slot's generator is free only once both threads have ended (a chunk in
+        # progress finishes first), or the next session would run on it beside the old one
+        await asyncio.get_running_loop().run_in_executor(None, functools.partial(session.stream.stop, None))
         # freed together: a session not in the list (/health, /metrics) has a free slot
         session.slot.session = None
         self.sessions.pop(session.id, None)

@@ -29,22 +29,7 @@ POLL_S = 0.1  # how often a blocked thread looks at the stop flag
 _RESET = object()  # decode-queue marker: a new stream starts (the VAE's causal cache is cleared)
 
 
-def build_generator(args, device: str | None = None):
-    """The one place a served generator is built: a :class:`~arvid.pipeline.Pipeline` (DiT, text
-    encoder, VAE) for ``arvid generate``'s model / backend / stream flags, on ``device`` (default
-    ``args.device``). Everything else in :mod:`arvid.serve` only calls :meth:`Pipeline.stream`,
-    :meth:`Pipeline.encode` and reads ``pipe.vae``."""
-    import copy
-
-    from arvid.commands.generate import pipeline_from_args
-
-    if device is not None:
-        args = copy.copy(args)
-        args.device = device
-    return pipeline_from_args(args, need_vae=True)
-
-
-def warm_up(pipe, fps: int) -> float:
+def warm_up(pipe) -> float:
     """Run and decode two chunks (the first chunk and the steady state; compiled or captured
     variants build here), so the first client does not pay for it. Returns the seconds taken."""
     from arvid.runtime.vae import StreamingVAEDecoder
@@ -142,8 +127,9 @@ class StreamSession:
     def paused(self) -> bool:
         return not self._running.is_set()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop both threads and wait for them (a chunk in progress finishes first)."""
+    def stop(self, timeout: float | None = 5.0) -> None:
+        """Stop both threads and wait for them, at most ``timeout`` s each (None: until they end; a chunk in
+        progress finishes first)."""
         self._stop.set()
         self._running.set()
         for t in self._threads:
@@ -158,6 +144,8 @@ class StreamSession:
     def _guard(self, fn):
         def run():
             try:
+                if self._cuda:  # this thread's current device is the slot's (streams, events, graph captures)
+                    torch.cuda.set_device(self.pipe.device)
                 with torch.inference_mode():
                     fn()
             except _Stopped:
