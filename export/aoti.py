@@ -3,8 +3,18 @@
 ``torch.export.export(strict=False)`` of a graph of :mod:`arvid.export.graphs` (the one graph
 definition every exporter shares), then ``torch._inductor.aoti_compile_and_package`` gives a
 ``.pt2`` package: C++ kernels on the CPU, Triton kernels on CUDA. The package loads in Python
-(``torch._inductor.aoti_load_package``) and in libtorch C++ (``AOTIModelPackageLoader``, used by
-the native streamer ``arvid-stream`` under ``native/``).
+(:func:`load_package`) and in libtorch C++ (``AOTIModelPackageLoader``, used by the native
+streamer ``arvid-stream`` under ``native/``).
+
+The weights are not inside the packages: every package of a directory reads its constants from
+the one ``weights.safetensors`` beside it (``aot_inductor.package_constants_in_so=False``), which
+the loaders hand to the runner (``load_constants``). Inside the ``.so``, inductor first copies every
+constant into one buffer of the weights' size, and the packaging reads the ``.so`` back whole: at
+1.3B that was the export's peak, 5.71 GiB of a 2.36 GiB model (measured). Outside, the export
+holds the model once, the weights are written once for all of a directory's packages (a stream's
+step and re-cache packages held four copies), and the ``aoti`` executor hands the runner the
+model's own tensors, so no second copy of the weights sits in (GPU) memory either. A package
+loaded by ``torch._inductor.aoti_load_package`` alone has no weights: its metadata says where they are.
 
 One output directory holds one graph kind and its ``export.json`` manifest:
 
@@ -31,11 +41,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.export.graph_signature import InputKind
 
 from arvid.runtime.config import DIT_GRAPH_KINDS, StreamConfig
+from arvid.runtime.files import write_safetensors
 
 from . import manifest as mf
-from .graphs import graph_stream, recache_graph_spans
+from .graphs import graph_stream, graph_tensors, recache_graph_spans
 from .parity import max_abs_diff, relative_l2, too_slow_for_parity
 from .progress import peak_rss_bytes, stage
 
@@ -45,6 +57,12 @@ def _progress(line: str) -> None:
 
 
 FORMAT = "aoti"
+WEIGHTS_FILE = "weights.safetensors"  # every package's constants, beside the packages
+# the constants stay out of the .so (module docstring); the metadata tells a bare loader where they are
+INDUCTOR_CONFIGS = {
+    "aot_inductor.package_constants_in_so": False,
+    "aot_inductor.metadata": {"arvid_constants": WEIGHTS_FILE},
+}
 
 
 # -- manifest (export/manifest.py writes and reads it) ----------------------------------------
@@ -70,6 +88,43 @@ def _graph_frames(graph: str, stream: StreamConfig, recache_frames: Sequence[int
                 f"in [{stream.chunk_frames}, {stream.attention_frames}]"
             )
     return frames
+
+
+def _name_lifted_constants(ep: torch.export.ExportedProgram) -> None:
+    """Make the graph's lifted tensor constants non-persistent buffers, in place.
+
+    Tensors the graph reads outside module attributes (the RoPE tables, which the model's
+    ``RopeTables`` owns) are lifted as constants, and AOTInductor names those ``_tensor_constant<i>``
+    in the order it meets them: a name nothing outside the package can map to a value. As buffers
+    they keep their export name (``model.blocks.0.self_attn.lifted_tensor_0``), which keys them in
+    the weights file. Both kinds are in ``ep.constants``; only the name inductor gives changes."""
+    for spec in ep.graph_signature.input_specs:
+        if spec.kind == InputKind.CONSTANT_TENSOR:
+            spec.kind, spec.persistent = InputKind.BUFFER, False
+
+
+def _writable(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` as safetensors takes them: contiguous, each alone in its storage. The model's
+    weights already are, and are written from where they lie, without a copy; anything else (a view,
+    an alias) is cloned."""
+    out, seen = {}, set()
+    for name in sorted(tensors):
+        t = tensors[name].detach()
+        storage = t.untyped_storage()
+        alone = t.is_contiguous() and t.nbytes == storage.nbytes() and storage.data_ptr() not in seen
+        seen.add(storage.data_ptr())
+        out[name] = t if alone else t.clone()
+    return out
+
+
+def _set_constants(runner, constants: dict[str, torch.Tensor], path: Path) -> None:
+    """Give ``runner`` its constants; the runner keeps pointers to them (``user_managed``), so whoever
+    calls this keeps ``constants`` alive as long as the runner runs."""
+    try:
+        runner.load_constants(constants, check_full_update=True, user_managed=True)
+    except RuntimeError as e:  # AOTInductor's message is a C++ trace; its first line names the constant
+        first = str(e).strip().splitlines()[0]
+        raise ValueError(f"package {path}: its constants do not load ({first[:200]}); export it again") from None
 
 
 def export_aoti(
@@ -110,6 +165,7 @@ def export_aoti(
     key = mf.reuse_key(
         format=FORMAT, frames=frames, model_config=model.cfg, stream_config=graph_stream(stream),
         weights_sha256=weights, rope_positions=rope_positions, device=device.type, torch=torch.__version__, **shapes,
+        constants=WEIGHTS_FILE,
     )  # fmt: skip
     if reuse and (old := mf.reusable(out_dir, key, format=FORMAT, require=AOTI_FIELDS)) is not None:
         if old["stream_config"] != mf._jsonable(stream):  # global_sink alone: the native streamer reads it here
@@ -120,7 +176,7 @@ def export_aoti(
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / mf.MANIFEST_NAME).unlink(missing_ok=True)  # the manifest's presence means "export finished"
-    packages, parity, spec = [], {}, None
+    packages, parity, spec, constants = [], {}, None, {}
     for f in frames:
         g = graphs.pop(f, None) or make(f)
         name = f"{graph}_f{f}.pt2"
@@ -138,19 +194,31 @@ def export_aoti(
                 # placeholders where no parity runs: a trace reads shapes only, and the 1.3B example cache
                 # (3.45 GB in bf16) would be the largest thing in memory
                 ep = torch.export.export(g, args or g.placeholder_inputs(), strict=False)
+                _name_lifted_constants(ep)
+                tensors = {**ep.state_dict, **ep.constants}  # the model's own tensors: no copy
             t1 = time.perf_counter()
             with tempfile.TemporaryDirectory(dir=out_dir) as tmp, warnings.catch_warnings():
                 # torch 2.13 deep-copies its own pytree specs here and warns once per package
                 # ("isinstance(treespec, LeafSpec) is deprecated"): nothing an arvid user can act on
                 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
                 with stage(_progress, f"{name}: AOTInductor compile"):
-                    built = torch._inductor.aoti_compile_and_package(ep, package_path=str(Path(tmp) / name))
+                    built = torch._inductor.aoti_compile_and_package(
+                        ep, package_path=str(Path(tmp) / name), inductor_configs=INDUCTOR_CONFIGS
+                    )
                 del ep
                 t2 = time.perf_counter()
+                runner = _load_one(Path(built), device)  # no weights in it: cheap, and it names its constants
+                needed = runner.get_constant_fqns()
+                missing = sorted(set(needed) - set(tensors))
+                if missing:  # a constant inductor made up itself would have no value to write
+                    raise RuntimeError(f"{name}: the package needs constants the graph does not name: {missing[:5]}")
+                constants.update((n, tensors[n]) for n in needed)
                 got = None
-                if skip is None:  # loaded for the parity only: the runner holds its own copy of the weights
+                if skip is None:
                     with stage(_progress, f"{name}: load the package and run it"):
-                        got = torch._inductor.aoti_load_package(built)(*args)
+                        _set_constants(runner, {n: tensors[n] for n in needed}, Path(built))
+                        got = runner(*args)
+                del runner, tensors
                 os.replace(built, out_dir / name)
         s = g.spec()
         spec = spec or mf.spec_dict(s)
@@ -170,6 +238,10 @@ def export_aoti(
         del args, ref, got
         if log:
             log(f"{name}: export {t1 - t0:.1f} s, compile {t2 - t1:.1f} s, {measured}")
+    with stage(_progress, f"{WEIGHTS_FILE}: {len(constants)} constants"):
+        write_safetensors(out_dir / WEIGHTS_FILE, _writable(constants))
+    del constants
+    files = [p["file"] for p in packages] + [WEIGHTS_FILE]
     manifest = mf.build_manifest(
         artifact=[p["file"] for p in packages],
         format=FORMAT,
@@ -184,6 +256,8 @@ def export_aoti(
         extra={
             **shapes,
             "packages": packages,
+            "weights_file": WEIGHTS_FILE,
+            "files": mf.file_digests(out_dir, files),
             "export_s": round(time.perf_counter() - started, 2),
             "peak_rss_bytes": peak_rss_bytes(),
         },
@@ -230,6 +304,7 @@ class AotiGraphs:
     step: Any = None
     chunk: Any = None
     recache: dict[int, Any] = dataclasses.field(default_factory=dict)
+    constants: list[dict[str, torch.Tensor]] = dataclasses.field(default_factory=list)  # alive while they run
 
 
 def _load_one(path: Path, device: torch.device):
@@ -243,17 +318,61 @@ def _load_one(path: Path, device: torch.device):
         raise ValueError(f"package {path} is corrupt or not an AOTInductor package ({first[:200]})") from None
 
 
+class _Constants:
+    """The constants of the packages of one :func:`load_package` call, each tensor loaded once: the
+    caller's own (``live``, the model's tensors: no copy) where name, shape and dtype agree, else read
+    from the directory's weights file onto the device. Directories of the same weights share them."""
+
+    def __init__(self, device: torch.device, live: dict[str, torch.Tensor] | None) -> None:
+        self.device, self.live, self.loaded = device, live or {}, {}
+
+    def take(self, d: Path, manifest: dict, names: list[str]) -> dict[str, torch.Tensor]:
+        from safetensors import safe_open
+        from safetensors.torch import _getdtype  # the file's dtype names, as safetensors reads them
+
+        path = d / manifest["weights_file"]
+        if not path.is_file():
+            raise ValueError(f"{path} is missing: the packages of {d} take their weights from it; export them again")
+        out = {}
+        try:
+            with safe_open(str(path), framework="pt", device=str(self.device)) as f:
+                have = set(f.keys())
+                for name in names:
+                    if name not in have:
+                        raise ValueError(f"{path} has no tensor {name!r}, which its packages need; export them again")
+                    sl = f.get_slice(name)
+                    key = (manifest["weights_sha256"], name, tuple(sl.get_shape()), _getdtype(sl.get_dtype()))
+                    if key not in self.loaded:
+                        t = self.live.get(name)
+                        if t is None or (t.device, tuple(t.shape), t.dtype) != (self.device, *key[2:]):
+                            t = f.get_tensor(name)
+                        self.loaded[key] = t
+                    out[name] = self.loaded[key]
+        except ValueError:
+            raise
+        except Exception as e:  # a cut-short or foreign file: one line
+            raise ValueError(f"{path} is not a readable weights file ({str(e).splitlines()[0][:200]})") from None
+        return out
+
+
 def load_package(
     dirs: str | Path | Sequence[str | Path],
     *,
     device: torch.device | str | None = None,
     expect: dict[str, Any] | None = None,
+    live: dict[str, torch.Tensor] | None = None,
 ) -> AotiGraphs:
     """Load the packages of export directories, refusing with one clear line a manifest made for
     another device, or whose fields differ from ``expect`` (e.g. ``weights_sha256``,
-    ``model_config``, ``latent_size``, ``batch_size``), or a corrupt package."""
+    ``model_config``, ``latent_size``, ``batch_size``), or a corrupt package.
+
+    Each package gets its constants from its directory's weights file, or from ``live`` (name ->
+    tensor, e.g. :func:`~arvid.export.graphs.graph_tensors` of the model in memory, whose weights
+    the caller has checked against the manifest's ``weights_sha256``) where a tensor there has the
+    file's shape and dtype and sits on the run's device."""
     dirs = [dirs] if isinstance(dirs, (str, Path)) else list(dirs)
     out = AotiGraphs(manifests=[])
+    constants = None
     for d in map(Path, dirs):
         m = read_manifest(d)
         built = torch.device(m["device"]["device"])
@@ -267,8 +386,16 @@ def load_package(
             if mf._jsonable(want) != have:
                 raise ValueError(f"{d}: manifest {field} is {have!r}, this run needs {mf._jsonable(want)!r}")
         run_dev = torch.device(device) if device is not None else built
+        if run_dev.type == "cuda" and run_dev.index is None:
+            run_dev = torch.device("cuda", 0)
+        constants = constants or _Constants(run_dev, live)
         for p in m["packages"]:
-            fn = _load_one(d / p["file"], run_dev)
+            path = d / p["file"]
+            fn = _load_one(path, run_dev)
+            if "weights_file" in m:  # else an export of before: the weights are inside the package
+                consts = constants.take(d, m, fn.get_constant_fqns())
+                _set_constants(fn, consts, path)
+                out.constants.append(consts)  # the runner keeps pointers, not references
             if m["graph"] == "step":
                 out.step = fn
             elif m["graph"] == "chunk":
@@ -351,7 +478,8 @@ def aoti_executor(model, stream, *, latent_size, batch_size, flags=frozenset(), 
             graph="chunk" if "chunk" in flags else "step",
         )  # fmt: skip
     expect = {"weights_sha256": weights, "latent_size": list(latent_size), "batch_size": batch_size}
-    graphs = load_package(dirs, device=device, expect=expect)
+    # the model's own tensors as the packages' constants: no second copy of the weights on the device
+    graphs = load_package(dirs, device=device, expect=expect, live=graph_tensors(model))
     if graphs.step is None:
         raise ValueError("the aoti executor needs a step package (arvid export aoti --graph step)")
     if "chunk" in flags and graphs.chunk is None:

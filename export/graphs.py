@@ -237,6 +237,13 @@ class ChunkGraph(FunctionalChunk, _Geometry):
         return (x, renoise, *self._example_state(self.model, seed))
 
 
+def graph_tensors(model: CausalWanModel) -> dict[str, torch.Tensor]:
+    """The model's parameters and buffers under the names the graphs here give them (each holds the
+    model as ``.model``): the names of an exported graph's weights, e.g. ``model.head.head.weight``."""
+    named = [*model.named_parameters(), *model.named_buffers()]
+    return {f"model.{name}": t for name, t in named}
+
+
 def graph_stream(stream: StreamConfig) -> StreamConfig:
     """The stream settings as far as a graph depends on them, for the keys of exported artifacts:
     ``global_sink`` only changes the host's re-cache plan (which span a switch re-runs), never a graph,

@@ -25,10 +25,12 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "json_util.h"
 #include "safetensors.h"
 #include "stream_plan.h"
 
@@ -97,6 +99,24 @@ StTensor from_torch(const at::Tensor& x) {
 }
 
 // -- packages ------------------------------------------------------------------------------
+using Constants = std::unordered_map<std::string, at::Tensor>;
+
+// The weights file beside a directory's packages (export/aoti.py keeps the constants out of the
+// .so), on the packages' device. Each tensor's file bytes are freed once converted, so the weights
+// sit in host memory about once, not twice.
+std::shared_ptr<Constants> read_constants(const std::string& path, const std::string& device) {
+  if (!std::ifstream(path))
+    throw std::runtime_error(path + " is missing: the packages take their weights from it; export them again");
+  StFile f = read_safetensors(path);
+  auto out = std::make_shared<Constants>();
+  const at::Device dev(device);
+  for (auto& [name, t] : f.tensors) {
+    out->emplace(name, to_torch(t).to(dev));
+    std::vector<uint8_t>().swap(t.data);
+  }
+  return out;
+}
+
 struct Graph {
   std::string kind;  // "step" | "chunk" | "recache"
   int num_frames = 0;
@@ -123,7 +143,7 @@ std::vector<int64_t> spec_shape(const json& spec, const std::string& name, at::S
   for (const json& t : spec.at("inputs")) {
     if (t.at("name").get<std::string>() != name) continue;
     if (dtype) *dtype = name_to_torch(t.at("dtype").get<std::string>());
-    return t.at("shape").get<std::vector<int64_t>>();
+    return json_whole_list<int64_t>(t.at("shape"));
   }
   throw std::runtime_error("the graph spec has no input '" + name + "'");
 }
@@ -132,17 +152,18 @@ struct Packages {
   StreamSettings stream;
   Geometry geo;
   std::string weights;
+  std::vector<std::shared_ptr<Constants>> constants;  // the runners keep pointers into these (user-managed)
   std::unique_ptr<Graph> step, chunk;
   std::map<int, std::unique_ptr<Graph>> recache;  // by number of frames
 };
 
 StreamSettings parse_stream(const json& j) {
   StreamSettings s;
-  s.chunk_frames = j.at("chunk_frames").get<int>();
-  s.sink_frames = j.at("sink_frames").get<int>();
-  s.attention_frames = j.at("attention_frames").get<int>();
-  s.denoising_steps = j.at("denoising_steps").get<std::vector<int>>();
-  s.num_train_timesteps = j.at("num_train_timesteps").get<int>();
+  s.chunk_frames = json_whole<int>(j.at("chunk_frames"));
+  s.sink_frames = json_whole<int>(j.at("sink_frames"));
+  s.attention_frames = json_whole<int>(j.at("attention_frames"));
+  s.denoising_steps = json_whole_list<int>(j.at("denoising_steps"));
+  s.num_train_timesteps = json_whole<int>(j.at("num_train_timesteps"));
   s.shift = j.at("shift").get<double>();
   s.context_noise = j.at("context_noise").get<double>();
   s.global_sink = j.at("global_sink").get<bool>();
@@ -178,7 +199,7 @@ void load_dir(Packages& pk, const std::string& dir, bool first) {
     g.batch = x[0], g.channels = x[2], g.height = x[3], g.width = x[4];
     g.layers = cache[0], g.capacity = cache[2], g.heads = cache[3], g.head_dim = cache[4];
     g.text_len = text[3];
-    g.rope_positions = m.at("rope_positions").get<int64_t>();
+    g.rope_positions = json_whole<int64_t>(m.at("rope_positions"));
     if (g.capacity % stream.attention_frames) throw std::runtime_error("cache size is not a multiple of attention_frames");
     g.tokens_per_frame = g.capacity / stream.attention_frames;
     const std::string kind = m.at("graph").get<std::string>();
@@ -196,10 +217,17 @@ void load_dir(Packages& pk, const std::string& dir, bool first) {
       pk.geo.rope_positions = std::min(pk.geo.rope_positions, g.rope_positions);
       if (g.freq_dim) pk.geo.freq_dim = g.freq_dim;
     }
+    std::shared_ptr<Constants> consts;
+    std::string wpath;
+    if (m.contains("weights_file")) {  // else an export of before, with the weights inside each package
+      wpath = dir + "/" + m.at("weights_file").get<std::string>();
+      consts = read_constants(wpath, dev);
+      pk.constants.push_back(consts);
+    }
     for (const json& p : m.at("packages")) {
       auto gr = std::make_unique<Graph>();
       gr->kind = kind;
-      gr->num_frames = p.at("num_frames").get<int>();
+      gr->num_frames = json_whole<int>(p.at("num_frames"));
       gr->path = dir + "/" + p.at("file").get<std::string>();
       if (!std::ifstream(gr->path)) throw std::runtime_error("package " + gr->path + " is missing");
       try {
@@ -208,6 +236,16 @@ void load_dir(Packages& pk, const std::string& dir, bool first) {
         std::string w = e.what();
         throw std::runtime_error("package " + gr->path + " is corrupt or not an AOTInductor package (" +
                                  w.substr(0, w.find('\n')) + ")");
+      }
+      if (consts) {
+        Constants mine;
+        for (const std::string& n : gr->loader->get_constant_fqns()) {
+          auto it = consts->find(n);
+          if (it == consts->end())
+            throw std::runtime_error(wpath + " has no tensor '" + n + "', which " + gr->path + " needs; export it again");
+          mine.emplace(n, it->second);
+        }
+        gr->loader->load_constants(mine, /*use_inactive=*/false, /*check_full_update=*/true, /*user_managed=*/true);
       }
       if (kind == "step") pk.step = std::move(gr);
       else if (kind == "chunk") pk.chunk = std::move(gr);

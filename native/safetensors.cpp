@@ -1,5 +1,7 @@
 #include "safetensors.h"
 
+#include "json_util.h"
+
 #include <cstdio>
 #include <fstream>
 #include <stdexcept>
@@ -44,11 +46,7 @@ StFile read_safetensors(const std::string& path) {
     throw fail(std::string("bad safetensors header: ") + e.what());
   }
   if (!h.is_object()) throw fail("bad safetensors header: not a JSON object");
-  // nlohmann converts 2.5 to 2 on get<int64_t>(): shapes and offsets must be written as integers
-  auto whole = [](const nlohmann::json& v) -> int64_t {
-    if (!v.is_number_integer()) throw std::runtime_error("expected a whole number, got " + v.dump());
-    return v.get<int64_t>();
-  };
+  const auto whole = [](const nlohmann::json& v) { return json_whole<int64_t>(v); };
   const uint64_t data_size = size - 8 - n;
   StFile out;
   for (const auto& [name, v] : h.items()) {

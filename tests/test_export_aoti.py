@@ -64,6 +64,81 @@ def test_loaded_package_matches_eager_graph(pk):
         assert (a - b).abs().max().item() <= 1e-5
 
 
+def test_packages_take_their_weights_from_one_file_beside_them(pk):
+    """The constants stay out of the packages (issue 26: inductor's copy of them into the .so was the
+    1.3B export's peak): one weights file per directory, named in the manifest, the packages' metadata
+    and the manifest's digests, holding exactly the constants the directory's runners ask for."""
+    from safetensors import safe_open
+
+    from arvid.export.aoti import WEIGHTS_FILE
+    from arvid.export.manifest import file_digests
+
+    model, dirs = pk
+    ffn = model.blocks[0].ffn[0].weight.detach().contiguous().view(torch.uint8).numpy().tobytes()
+    for d in dirs:
+        m = read_manifest(d)
+        assert m["weights_file"] == WEIGHTS_FILE
+        files = [p["file"] for p in m["packages"]] + [WEIGHTS_FILE]
+        assert m["files"] == file_digests(d, files)
+        wanted = set()
+        for p in m["packages"]:
+            assert ffn not in (d / p["file"]).read_bytes()  # no weights inside
+            runner = torch._inductor.aoti_load_package(str(d / p["file"]))
+            assert runner.get_metadata()["arvid_constants"] == WEIGHTS_FILE  # for a bare loader
+            wanted |= set(runner.get_constant_fqns())
+        with safe_open(str(d / WEIGHTS_FILE), framework="pt") as f:
+            assert set(f.keys()) == wanted
+            assert torch.equal(f.get_tensor("model.blocks.0.ffn.0.weight"), model.blocks[0].ffn[0].weight)
+        assert any("lifted_tensor" in n for n in wanted)  # the RoPE tables, by a name the file can key
+
+
+def test_loaded_packages_run_on_the_model_tensors_without_a_copy(pk):
+    """``live`` (what the aoti executor passes): the runners read the model's own weights, the file only
+    what the model does not hold (the RoPE tables), one tensor per name across both directories."""
+    from arvid.export.graphs import build_graph, graph_tensors
+
+    model, dirs = pk
+    graphs = load_package(dirs, device="cpu", live=graph_tensors(model))
+    w = model.blocks[1].self_attn.q.weight
+    for consts in graphs.constants:
+        assert consts["model.blocks.1.self_attn.q.weight"].data_ptr() == w.data_ptr()
+    ropes = {consts[n].data_ptr() for consts in graphs.constants for n in consts if "lifted_tensor" in n}
+    assert ropes and not ropes & {t.data_ptr() for t in graph_tensors(model).values()}
+    g = build_graph("step", model, stream=StreamConfig(), latent_size=(8, 8), batch_size=1,
+                    rope_positions=read_manifest(dirs[0])["rope_positions"])  # fmt: skip
+    args = g.example_inputs(seed=3)
+    with torch.no_grad():
+        want = g(*args)
+    for a, b in zip(graphs.step(*args), want, strict=True):
+        assert (a - b).abs().max().item() <= 1e-5
+
+
+def test_a_missing_or_broken_weights_file_is_one_line(pk, tmp_path):
+    from arvid.export.aoti import WEIGHTS_FILE
+    from arvid.runtime.files import write_safetensors
+
+    _, dirs = pk
+    bad = tmp_path / "step"
+    shutil.copytree(dirs[0], bad)
+    weights = (bad / WEIGHTS_FILE).read_bytes()
+    (bad / WEIGHTS_FILE).unlink()
+    with pytest.raises(ValueError, match=r"weights.safetensors is missing: the packages of .* take their weights"):
+        load_package(bad, device="cpu")
+    (bad / WEIGHTS_FILE).write_bytes(weights[: len(weights) // 2])  # an interrupted copy
+    with pytest.raises(ValueError, match=r"weights.safetensors is not a readable weights file") as e:
+        load_package(bad, device="cpu")
+    assert "\n" not in str(e.value)
+    from safetensors.torch import load_file
+
+    (bad / WEIGHTS_FILE).write_bytes(weights)
+    tensors = load_file(str(bad / WEIGHTS_FILE))
+    del tensors["model.head.head.weight"]
+    write_safetensors(bad / WEIGHTS_FILE, tensors)
+    with pytest.raises(ValueError, match=r"has no tensor 'model.head.head.weight', which its packages need") as e:
+        load_package(bad, device="cpu")
+    assert "\n" not in str(e.value)
+
+
 def test_manifest_mismatch_is_refused_in_one_line(pk, tmp_path):
     _, dirs = pk
     with pytest.raises(ValueError, match=r"manifest weights_sha256 is .*, this run needs") as e:
@@ -115,7 +190,7 @@ def test_cli_export_aoti_reuses_and_refuses_bad_flags(pk, capsys):
     # Same model (tiny, seed 0), graph and settings as the session's packages: the key matches.
     assert _export_cli(["aoti", "--preset", "tiny", "--graph", "step", "--out", str(dirs[0])]) == 0
     assert time.perf_counter() - t0 < 30
-    assert "step_f3.pt2 + export.json" in capsys.readouterr().out
+    assert "step_f3.pt2, weights.safetensors + export.json" in capsys.readouterr().out
     rc = _export_cli(["aoti", "--graph", "step", "--recache-frames", "9", "--out", str(dirs[0])])
     assert rc == 2
     assert "--recache-frames only applies to --graph recache" in capsys.readouterr().err

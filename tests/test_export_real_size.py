@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -77,19 +76,22 @@ def test_onnx_export_of_the_real_model(tmp_path, dtype):
 
 
 def test_aoti_export_of_the_real_model(tmp_path):
+    from arvid.export.aoti import WEIGHTS_FILE, load_package
+
     out = tmp_path / "aoti16"
     r, wall, peak = _arvid("export", "aoti", *WAN, "--dtype", "bf16", "--out", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
-    packages = list(Path(out).glob("*.pt2"))
-    assert packages, list(Path(out).iterdir())
-    import torch
-
-    runner = torch._inductor.aoti_load_package(str(packages[0]))
-    assert runner is not None
+    package = out / "step_f3.pt2"
+    weights = (out / WEIGHTS_FILE).stat().st_size
+    assert abs(weights - STEP_WEIGHTS_BF16) < 0.01 * weights  # the step's weights, once, beside the package
+    assert package.stat().st_size < 2**27  # kernels only: the constants stay out of the .so
+    graphs = load_package(out, device="cpu")  # the package and its constants, from the weights file
+    assert graphs.step is not None and len(graphs.constants[0]) == len(graphs.step.get_constant_fqns())
     man = json.loads((out / "export.json").read_text())
     # a day of bf16 matmuls on this CPU: the parity is a GPU measurement, said so, not run
-    assert "on a GPU" in man["parity"][packages[0].name]["skipped"]
+    assert "on a GPU" in man["parity"][package.name]["skipped"]
     assert "compile" in r.stderr and man["peak_rss_bytes"] > 0  # stages said; the peak kept in the manifest
-    print(json.dumps({"dtype": "bf16", "wall_s": round(wall), "peak_rss": peak}))
-    if peak > 2.5 * STEP_WEIGHTS_BF16:  # issue 26's target is about 2x: the AOTInductor compile is not there yet
-        pytest.xfail(f"peak RSS {peak / 2**30:.2f} GiB is {peak / STEP_WEIGHTS_BF16:.1f}x the step's weights")
+    print(json.dumps({"dtype": "bf16", "wall_s": round(wall), "peak_rss": peak, "weights": weights}))
+    # issue 26: about 2x the weights. The constants inside the .so were the peak: inductor copies them all
+    # into one buffer for it (5.71 GiB at 1.3B, measured), then the packaging read the 2.5 GB .so back whole
+    assert peak <= 2.2 * weights, f"peak RSS {peak / 2**30:.2f} GiB is {peak / weights:.1f}x the weights"

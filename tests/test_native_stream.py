@@ -5,6 +5,7 @@ torch, its ctest suite run (selftest + latents equal to arvid's Python generate(
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -93,6 +94,19 @@ def test_corrupt_package_and_bad_inputs_one_line(built, tmp_path):
                            "--out", str(tmp_path / "o.safetensors")])  # fmt: skip
     assert "corrupt or not an AOTInductor package" in err and "step_f3.pt2" in err
     assert not (tmp_path / "o.safetensors").exists()
+    gone = tmp_path / "no-weights"  # the packages' constants live in the weights file beside them
+    shutil.copytree(dirs[0], gone)
+    (gone / "weights.safetensors").unlink()
+    err = _one_line_error([exe, "--package-dir", str(gone), "--package-dir", str(dirs[1]), "--inputs", str(inputs),
+                           "--out", str(tmp_path / "o.safetensors")])  # fmt: skip
+    assert "weights.safetensors is missing" in err
+    odd = tmp_path / "odd"  # nlohmann's get<int>() would read 3.5 as 3 without a word
+    shutil.copytree(dirs[0], odd)
+    m = json.loads((odd / "export.json").read_text())
+    m["stream_config"]["chunk_frames"] = 3.5
+    (odd / "export.json").write_text(json.dumps(m))
+    err = _one_line_error([exe, "--package-dir", str(odd), "--inputs", str(inputs), "--out", str(tmp_path / "o")])
+    assert "export.json" in err and "expected a whole number, got 3.5" in err
     truncated = tmp_path / "in.safetensors"
     truncated.write_bytes(inputs.read_bytes()[:100])
     err = _one_line_error([exe, *[a for d in dirs for a in ("--package-dir", str(d))], "--inputs", str(truncated),

@@ -54,7 +54,7 @@ def cmd_export_aoti(args) -> int:
         recache_frames=args.recache_frames, reuse=not args.force, log=print,
     )  # fmt: skip
     took = time.perf_counter() - t0
-    files = ", ".join(pk["file"] for pk in m["packages"])
+    files = ", ".join([pk["file"] for pk in m["packages"]] + ([m["weights_file"]] if "weights_file" in m else []))
     print(f"{args.out}: {files} + export.json ({m['device']['device']}, key {m['key']}; {took:.1f} s)")
     if "peak_rss_bytes" in m:  # a reused export measured nothing now
         print(f"  peak RSS {m['peak_rss_bytes'] / 2**30:.2f} GiB (the exporting process)")
