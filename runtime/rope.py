@@ -21,6 +21,27 @@ from arvid.kernels.rope_3d import apply_rope_3d_ref, rope_3d_cos_sin, rope_3d_ta
 from .devices import check_fits
 
 
+def table_rows(rows: int, positions: int) -> int:
+    """The rows a table of ``rows`` grows to (doubling) to cover ``positions``."""
+    while rows < positions:
+        rows *= 2
+    return rows
+
+
+def check_tables_fit(head_dim: int, rows: int, positions: int, device: torch.device | str = "cpu") -> None:
+    """Refuse (one-line ``ValueError``) tables grown from ``rows`` to cover ``positions`` that would not
+    fit: what :meth:`RopeTables.ensure` checks, and a command before it loads any weights."""
+    size = table_rows(rows, positions)
+    # the tables are computed in float64 (angles, then cos / sin) and kept in float32: ~24 bytes an entry
+    check_fits(
+        24 * size * (head_dim // 2),
+        "cpu",
+        f"the RoPE tables for {positions:,} positions (latent frames; {size:,} rows after doubling)",
+    )
+    if torch.device(device).type != "cpu":  # then copied there, float32 cos and sin
+        check_fits(8 * size * (head_dim // 2), device, f"the RoPE tables for {positions:,} positions")
+
+
 class RopeTables:
     """float32 ``cos`` / ``sin`` tables ``[P, D/2]`` on one device, grown by doubling."""
 
@@ -45,19 +66,10 @@ class RopeTables:
     def ensure(self, positions: int, device: torch.device | str | None = None) -> bool:
         """Cover ``positions`` rows (doubling) on ``device``; returns True if the tensors were replaced."""
         device = torch.device(device) if device is not None else self.device
-        size = self.positions
-        while size < positions:
-            size *= 2
+        size = table_rows(self.positions, positions)
         if size == self.positions and device == self.device:
             return False
-        # the tables are computed in float64 (angles, then cos / sin) and kept in float32: ~24 bytes an entry
-        check_fits(
-            24 * size * (self.head_dim // 2),
-            "cpu",
-            f"the RoPE tables for {positions:,} positions (latent frames; {size:,} rows after doubling)",
-        )
-        if device.type != "cpu":  # then copied there, float32 cos and sin
-            check_fits(8 * size * (self.head_dim // 2), device, f"the RoPE tables for {positions:,} positions")
+        check_tables_fit(self.head_dim, self.positions, positions, device)
         self.cos, self.sin = rope_3d_tables(self.head_dim, size, device=device)
         self.version += 1
         return True

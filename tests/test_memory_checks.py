@@ -76,3 +76,20 @@ def test_generate_refuses_latents_that_cannot_be_kept_before_loading(monkeypatch
         "but only 1.0 GiB is free on cpu\n"
     )
     assert not out.exists()
+
+
+def test_generate_refuses_rope_tables_that_cannot_fit_before_loading(monkeypatch, capsys, tmp_path):
+    """A video is written as it streams (no latents kept), but frame positions are absolute: the RoPE
+    tables of an endless length are refused before any weights load, not after."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model loaded before the memory check")
+
+    monkeypatch.setattr("arvid.runtime.loaders.load_dit", refuse)
+    monkeypatch.setattr(devices, "free_bytes", lambda device: 2**30)
+    out = tmp_path / "x.mp4"
+    assert main(["generate", "--preset", "tiny", "--frames", "300000000", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("arvid generate: error: the RoPE tables for 300,000,000 positions (latent frames; ")
+    assert err.endswith("but only 1.0 GiB is free on cpu\n") and err.count("\n") == 1
+    assert not out.exists()

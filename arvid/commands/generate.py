@@ -257,6 +257,10 @@ def cmd_generate(args) -> int:
 
         per_frame = preset.model.in_dim * preset.latent_height * preset.latent_width * 4
         check_fits(2 * frames * per_frame, "cpu", f"keeping the latents of {frames:,} frames to save them")
+    from arvid.runtime.rope import check_tables_fit
+
+    # frame positions are absolute: an endless --frames needs endless RoPE tables (refused before loading)
+    check_tables_fit(preset.model.head_dim, preset.model.rope_max_positions, frames)
     if getattr(args, "sequence_parallel", 1) > 1:
         check_sequence_parallel_options(generator_options(args))
     sp = sequence_parallel_from_args(args, preset, stream)  # checks N before any model loads
