@@ -160,7 +160,9 @@ def export_graphs(
         if kind == "vae-step":
             from .vae_graph import vae_step_example
 
-            graph, inputs, spec = vae_step_example(vae, tuple(latent_size), batch_size=batch_size)
+            # eager decodes of 3 latent frames: minutes for Wan2.1's VAE at 480x832 on a CPU, so said
+            with stage(log, "vae-step: warming the decoder caches on 2 latent frames, then one eager step"):
+                graph, inputs, spec = vae_step_example(vae, tuple(latent_size), batch_size=batch_size)
             items = [("vae_step", graph, inputs, spec)]
         else:
             float_model = model
