@@ -16,6 +16,17 @@ def one_mib_free(monkeypatch):
     monkeypatch.setattr(devices, "free_bytes", lambda device: 2**20)
 
 
+@pytest.fixture
+def one_gib_free_and_no_model(monkeypatch):
+    """1 GiB free, and a model load fails the test: the checks must refuse before any weights load."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model loaded before the memory check")
+
+    monkeypatch.setattr("arvid.runtime.loaders.load_dit", refuse)
+    monkeypatch.setattr(devices, "free_bytes", lambda device: 2**30)
+
+
 def test_check_fits_names_what_and_how_much(one_mib_free):
     devices.check_fits(2**19, "cpu", "a small thing")
     with pytest.raises(ValueError, match=r"^the thing needs 2\.0 GiB, but only 1\.0 MiB is free on cpu$"):
@@ -48,12 +59,7 @@ def test_rope_tables_for_an_endless_length_are_refused(monkeypatch):
         model.rope.ensure(300_000_000)
 
 
-def test_bench_refuses_latents_that_cannot_fit_before_loading(monkeypatch, capsys):
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model loaded before the memory check")
-
-    monkeypatch.setattr("arvid.runtime.loaders.load_dit", refuse)
-    monkeypatch.setattr(devices, "free_bytes", lambda device: 2**30)
+def test_bench_refuses_latents_that_cannot_fit_before_loading(one_gib_free_and_no_model, capsys):
     argv = ["bench", "--preset", "tiny", "--frames", "3000000", "--rounds", "1", "--quiet", "--yes"]
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -63,12 +69,7 @@ def test_bench_refuses_latents_that_cannot_fit_before_loading(monkeypatch, capsy
     )
 
 
-def test_generate_refuses_latents_that_cannot_be_kept_before_loading(monkeypatch, capsys, tmp_path):
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model loaded before the memory check")
-
-    monkeypatch.setattr("arvid.runtime.loaders.load_dit", refuse)
-    monkeypatch.setattr(devices, "free_bytes", lambda device: 2**30)
+def test_generate_refuses_latents_that_cannot_be_kept_before_loading(one_gib_free_and_no_model, capsys, tmp_path):
     out = tmp_path / "x.safetensors"
     assert main(["generate", "--preset", "tiny", "--frames", "3000000", "--out", str(out)]) == 2
     assert capsys.readouterr().err == (
@@ -78,15 +79,9 @@ def test_generate_refuses_latents_that_cannot_be_kept_before_loading(monkeypatch
     assert not out.exists()
 
 
-def test_generate_refuses_rope_tables_that_cannot_fit_before_loading(monkeypatch, capsys, tmp_path):
+def test_generate_refuses_rope_tables_that_cannot_fit_before_loading(one_gib_free_and_no_model, capsys, tmp_path):
     """A video is written as it streams (no latents kept), but frame positions are absolute: the RoPE
     tables of an endless length are refused before any weights load, not after."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model loaded before the memory check")
-
-    monkeypatch.setattr("arvid.runtime.loaders.load_dit", refuse)
-    monkeypatch.setattr(devices, "free_bytes", lambda device: 2**30)
     out = tmp_path / "x.mp4"
     assert main(["generate", "--preset", "tiny", "--frames", "300000000", "--out", str(out)]) == 2
     err = capsys.readouterr().err
