@@ -227,6 +227,28 @@ def test_parity_is_skipped_when_ort_would_not_fit(tmp_path, monkeypatch):
     assert res["parity_rel_l2"] == {}
 
 
+def test_ort_memory_counts_the_values_alive_at_once():
+    """The parity run's estimate follows liveness in the graph's order: a value read again later stays
+    counted until its last reader (ORT cannot reuse its buffer before), and the outputs add twice
+    (ORT's, and the eager reference held beside them). 4 kB per [1000] float32."""
+    import onnx_ir as ir
+    from onnx import TensorProto, helper
+
+    from arvid.export.onnx_export import ort_memory_bytes
+
+    def model(nodes, out):
+        vi = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, [1000])
+        g = helper.make_graph(nodes, "g", [vi("x")], [vi(out)], value_info=[vi(n) for n in "abc" if n != out])
+        return ir.from_proto(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]))
+
+    x = torch.zeros(1000)
+    relu = lambda i, o: helper.make_node("Relu", [i], [o])
+    chain = model([relu("x", "a"), relu("a", "b"), relu("b", "c")], "c")
+    assert ort_memory_bytes(chain, [x]) == 4000 + 8000 + 4000  # input, two alive at once, the held output
+    skip = model([relu("x", "a"), relu("a", "b"), helper.make_node("Add", ["a", "b"], ["c"])], "c")
+    assert ort_memory_bytes(skip, [x]) == 4000 + 12000 + 4000  # a, b and c alive together at the Add
+
+
 def test_parity_reports_relative_l2(tmp_path):
     res = export_onnx(FunctionalCacheStep(32).eval(), _toy_inputs(32), SPEC, tmp_path / "s.onnx", dynamo=False)
     assert set(res["parity_rel_l2"]) == {"out", "new"} and max(res["parity_rel_l2"].values()) < 1e-6
