@@ -21,6 +21,7 @@ from arvid.runtime.model import sinusoidal_embedding
 
 TINY = get_preset("tiny")
 HW = (TINY.latent_height, TINY.latent_width)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

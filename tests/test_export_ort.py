@@ -20,6 +20,7 @@ from arvid.runtime import StreamConfig, StreamingGenerator, build_model, get_pre
 
 TINY = get_preset("tiny")
 HW = (TINY.latent_height, TINY.latent_width)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 FRAMES, SWITCHES = 36, [12, 24]
 
 

@@ -11,6 +11,7 @@ from arvid.runtime import StreamConfig, StreamingGenerator, build_model, default
 
 TINY = get_preset("tiny")
 HW = (TINY.latent_height, TINY.latent_width)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def _generate(model, backend, frames, switches, stream, device="cpu", cuda_graphs=False, granularity="chunk"):
