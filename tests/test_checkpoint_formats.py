@@ -13,6 +13,7 @@ from arvid.runtime.loaders import find_model_files, load_dit
 
 TINY = get_preset("tiny")
 CFG = TINY.model
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 WAN_CONFIG = {
     "_class_name": "WanModel",
     "model_type": "t2v",

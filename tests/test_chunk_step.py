@@ -5,8 +5,11 @@ the new K/V for the host to write; run through ``GraphRunner`` inside ``generate
 the eager baseline's latents, prompt switches (re-cache spans of every length) included.
 """
 
+import itertools
+
 import pytest
 import torch
+from _refs import PlanLog, eager_stream, run_stream
 
 from arvid.runtime import (
     FunctionalKVCache,
@@ -21,6 +24,8 @@ from arvid.runtime.model import sinusoidal_embedding
 
 TINY = get_preset("tiny")
 HW = (TINY.latent_height, TINY.latent_width)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
+FRAMES, SWITCHES = 36, (6, 21)
 
 
 @pytest.fixture(scope="module")
@@ -41,21 +46,34 @@ def _mismatch(out, want):
     return f"max abs err {err.max().item():.3e} at {idx}"
 
 
-def _run(model, variant, frames, switches, stream):
-    noise, embeds = _inputs(frames, len(switches) + 1)
-    gen = GeneratorOptions.from_variant(variant).build(model, stream, latent_size=HW)
-    return gen.generate(noise, embeds, switches, generator=torch.Generator().manual_seed(1))
-
-
 @pytest.mark.parametrize("variant", ["functional", "functional+chunk"])
 @pytest.mark.parametrize("global_sink", [True, False])
-def test_functional_graphs_in_generate_match_the_eager_baseline(model, variant, global_sink):
-    # 36 frames: fill phase, evictions; a switch at s = 6 (<= 12, rebuilds from 6 frames) and at
-    # s = 21 (> 12: a 9-frame window re-run with the sink kept, or 12 frames without global_sink)
+def test_functional_graphs_in_generate_match_the_eager_baseline(model, variant, global_sink, monkeypatch):
+    """36 frames, switches at s = 6 (<= 12: the cache, sink included, is rebuilt from frames 0-5) and at
+    s = 21 (> 12: a 9-frame window re-run with the sink kept, or all 12 frames rebuilt without global_sink),
+    the fill phase, evictions and the ring's wrap-around after each re-cache; the plans the run made are
+    checked for each of them. The eager baseline (tests/_refs.py) is computed once per global_sink."""
     stream = StreamConfig(global_sink=global_sink)
-    want = _run(model, "eager", 36, (6, 21), stream)
-    out = _run(model, variant, 36, (6, 21), stream)
+    want = eager_stream(FRAMES, SWITCHES, stream)
+    log = PlanLog(monkeypatch, stream)
+    gen = GeneratorOptions.from_variant(variant).build(model, stream, latent_size=HW)
+    out = run_stream(gen, FRAMES, SWITCHES)
     assert torch.allclose(out, want, atol=1e-5, rtol=1e-5), _mismatch(out, want)
+    # the hard cases the stream went through
+    ct, sink, slots = log.chunk_tokens, stream.sink_chunks, stream.slot_chunks
+    rebuild, second = log.recaches()
+    assert (rebuild.frame_start, rebuild.num_frames, rebuild.write_start) == (0, 6, 0)  # sink rebuilt
+    if global_sink:  # the sink kept: only the window re-run, written from the first window slot
+        assert (second.frame_start, second.num_frames, second.write_start) == (12, 9, sink * ct)
+    else:
+        assert (second.frame_start, second.num_frames, second.write_start) == (9, 12, 0)
+    fill, middle, last = log.stretches()
+    assert [f for _, f in fill] == [0, 1]  # the fill phase
+    evicting = [(slot, f) for slot, f in middle + last if f == slots and slot >= sink]
+    assert len(evicting) >= 8, (middle, last)  # a window slot overwritten with every slot full
+    for stretch in (middle, last):  # the write position wraps from the last slot to the first window slot
+        assert (slots - 1, sink) in {(a[0], b[0]) for a, b in itertools.pairwise(stretch)}, stretch
+    assert all(f == slots for _, f in last), last  # after the window re-run: evictions only
 
 
 def test_functional_step_equals_the_in_place_ring_step(model):

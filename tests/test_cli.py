@@ -12,6 +12,7 @@ from safetensors import safe_open
 from arvid.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def test_bench_tiny_prints_table_and_writes_json(tmp_path, capsys):

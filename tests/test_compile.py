@@ -9,6 +9,7 @@ from arvid.bench.stream_bench import run_stream_bench
 from arvid.runtime import GeneratorOptions, StreamingGenerator, build_model, get_preset
 
 TINY = get_preset("tiny")
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @pytest.mark.slow

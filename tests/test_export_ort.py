@@ -20,6 +20,7 @@ from arvid.runtime import StreamConfig, StreamingGenerator, build_model, get_pre
 
 TINY = get_preset("tiny")
 HW = (TINY.latent_height, TINY.latent_width)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 FRAMES, SWITCHES = 36, [12, 24]
 
 
@@ -50,13 +51,27 @@ def _run(model, stream, inputs, backend, **kw):
     return gen.generate(noise, prompts, SWITCHES, renoise=renoise)
 
 
+@pytest.fixture(scope="session")
+def eager(inputs):
+    """The eager baseline on ``inputs`` per StreamConfig, computed once (three tests compare the default
+    stream against it); a clone each time."""
+    memo = {}
+
+    def ref(stream):
+        if stream not in memo:
+            memo[stream] = _run(inputs[0], stream, inputs, "eager")
+        return memo[stream].clone()
+
+    return ref
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("global_sink", [True, False], ids=["global_sink", "no_global_sink"])
-def test_ort_step_graphs_in_generate_match_eager(export_cache, inputs, global_sink, capfd):
+def test_ort_step_graphs_in_generate_match_eager(export_cache, inputs, eager, global_sink, capfd):
     model = inputs[0]
     stream = StreamConfig(global_sink=global_sink)
     torch.set_num_threads(1)
-    ref = _run(model, stream, inputs, "eager")
+    ref = eager(stream)
     out = _run(model, stream, inputs, "ort")  # dynamo graphs, exported once: the plan is the host's
     assert (out - ref).abs().max().item() < 1e-5
     dirs = sorted(os.listdir(export_cache))
@@ -69,19 +84,19 @@ def test_ort_step_graphs_in_generate_match_eager(export_cache, inputs, global_si
 
 
 @pytest.mark.slow
-def test_ort_chunk_graph_in_generate_matches_eager(export_cache, inputs):
+def test_ort_chunk_graph_in_generate_matches_eager(export_cache, inputs, eager):
     # TorchScript exporter here to keep the suite short (the dynamo chunk export takes ~40 s on 2 cores)
     model = inputs[0]
-    ref = _run(model, StreamConfig(), inputs, "eager")
+    ref = eager(StreamConfig())
     out = _run(model, StreamConfig(), inputs, "ort", engine_flags={"chunk"}, engine_options={"exporter": "torchscript"})
     assert (out - ref).abs().max().item() < 1e-5
 
 
 @pytest.mark.slow
-def test_ort_int8_qdq_in_generate(export_cache, inputs):
+def test_ort_int8_qdq_in_generate(export_cache, inputs, eager):
     pytest.importorskip("modelopt.torch.quantization")
     model = inputs[0]
-    ref = _run(model, StreamConfig(), inputs, "eager")
+    ref = eager(StreamConfig())
     out = _run(model, StreamConfig(), inputs, "ort", engine_flags={"int8"})
     assert torch.isfinite(out).all()
     assert 10.0 < sqnr_db(ref, out) < 80.0  # quantized, still the same model (value in the report)

@@ -13,6 +13,8 @@ from arvid.export.ort_engine import OrtGraph
 from arvid.export.vae_graph import GraphVAEDecoder, vae_step_example
 from arvid.runtime.vae import StreamingVAEDecoder, tiny_vae, video_frames
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
+
 
 @pytest.fixture(scope="session")
 def vae_export(tmp_path_factory):

@@ -19,6 +19,7 @@ from arvid.runtime import StreamingGenerator, build_model, get_preset
 
 TINY = get_preset("tiny")
 HW = (TINY.latent_height, TINY.latent_width)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 FP8 = torch.float8_e4m3fn
 
 

@@ -8,6 +8,7 @@ from arvid.runtime import FlowMatchScheduler, StreamConfig, StreamingGenerator, 
 
 TINY = get_preset("tiny")
 HW = (TINY.latent_height, TINY.latent_width)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,14 @@ On the CPU the kernels run under TRITON_INTERPRET=1 (set by conftest.py), in fp3
 
 import pytest
 import torch
+from _refs import eager_stream
 from conftest import assert_close, mismatch_report
 
 from arvid.runtime import StreamConfig, StreamingGenerator, build_model, default_backend, get_backend, get_preset
 
 TINY = get_preset("tiny")
 HW = (TINY.latent_height, TINY.latent_width)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def _generate(model, backend, frames, switches, stream, device="cpu", cuda_graphs=False, granularity="chunk"):
@@ -28,8 +30,9 @@ def _generate(model, backend, frames, switches, stream, device="cpu", cuda_graph
 def test_triton_backend_matches_eager_baseline(global_sink):
     model = build_model(TINY.model)
     stream = StreamConfig(global_sink=global_sink)
-    # 30 frames: fill phase, evictions, a switch at s <= 12 and one at s > 12
-    want, _ = _generate(model, "eager", 30, (6, 21), stream)
+    # 30 frames: fill phase, evictions, a switch at s <= 12 and one at s > 12 (test_chunk_step checks
+    # the plans these switches make); the eager baseline is computed once per session (tests/_refs.py)
+    want = eager_stream(30, (6, 21), stream)
     out, gen = _generate(model, "triton", 30, (6, 21), stream)
     assert gen.backend_name == "triton"
     assert_close(out, want, atol=2e-5, rtol=2e-5)
