@@ -459,12 +459,16 @@ def _too_slow(module, inputs: Sequence[torch.Tensor]) -> str | None:
 
 def ort_memory_bytes(model, inputs: Sequence[torch.Tensor]) -> int:
     """What a parity run in ONNX Runtime's CPU provider needs for an ``onnx_ir`` model, roughly: its own
-    copy of the weights, the inputs, the most bytes of values alive at once in the graph's order (each
-    from the node that makes it to the last that reads it: what ORT's memory planner reuses buffers
-    by; the outputs live to the end), and the eager reference's outputs, held beside them.
+    copy of the weights, the inputs twice (the caller's and ORT's), the most bytes of values alive at
+    once in the graph's order (each from the node that makes it to the last that reads it: what ORT's
+    memory planner reuses buffers by; the outputs live to the end), and the eager reference's outputs,
+    held beside them.
 
-    "The largest intermediate twice" was the rule before; on Wan2.1's VAE step at 480x832 (fp32) it let
-    a parity run start that took the machine's last memory (24 GB, the eager reference done at 12 GB)."""
+    Measured on Wan2.1's VAE step at 480x832 (fp32; random weights): "the largest intermediate twice",
+    the rule before, let a parity run start that took the machine's last memory (killed at 1.3 GB
+    available of 24 GB); with the inputs once this estimate was 12.6 GiB and the run peaked at 19.7 GiB
+    RSS over a process already holding those inputs (3.5 GiB), the model and the decoder's warm-up,
+    so the inputs count twice (16.1 GiB)."""
     weights = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
 
     def nbytes(value) -> int:
@@ -489,7 +493,7 @@ def ort_memory_bytes(model, inputs: Sequence[torch.Tensor]) -> int:
             if v in alive and v not in outputs and last_read.get(v, i) <= i:
                 live -= alive.pop(v)
     held = sum(nbytes(v) for v in outputs)
-    return weights + sum(x.nbytes for x in inputs if isinstance(x, torch.Tensor)) + peak + held
+    return weights + 2 * sum(x.nbytes for x in inputs if isinstance(x, torch.Tensor)) + peak + held
 
 
 def ort_unavailable(inputs: Sequence[torch.Tensor], needs_bytes: int = 0) -> str | None:

@@ -229,8 +229,8 @@ def test_parity_is_skipped_when_ort_would_not_fit(tmp_path, monkeypatch):
 
 def test_ort_memory_counts_the_values_alive_at_once():
     """The parity run's estimate follows liveness in the graph's order: a value read again later stays
-    counted until its last reader (ORT cannot reuse its buffer before), and the outputs add twice
-    (ORT's, and the eager reference held beside them). 4 kB per [1000] float32."""
+    counted until its last reader (ORT cannot reuse its buffer before); the inputs and the outputs
+    count twice (the caller's and ORT's; ORT's and the eager reference's). 4 kB per [1000] float32."""
     import onnx_ir as ir
     from onnx import TensorProto, helper
 
@@ -244,9 +244,9 @@ def test_ort_memory_counts_the_values_alive_at_once():
     x = torch.zeros(1000)
     relu = lambda i, o: helper.make_node("Relu", [i], [o])
     chain = model([relu("x", "a"), relu("a", "b"), relu("b", "c")], "c")
-    assert ort_memory_bytes(chain, [x]) == 4000 + 8000 + 4000  # input, two alive at once, the held output
+    assert ort_memory_bytes(chain, [x]) == 2 * 4000 + 8000 + 4000  # inputs, two alive at once, the held output
     skip = model([relu("x", "a"), relu("a", "b"), helper.make_node("Add", ["a", "b"], ["c"])], "c")
-    assert ort_memory_bytes(skip, [x]) == 4000 + 12000 + 4000  # a, b and c alive together at the Add
+    assert ort_memory_bytes(skip, [x]) == 2 * 4000 + 12000 + 4000  # a, b and c alive together at the Add
 
 
 def test_parity_reports_relative_l2(tmp_path):
