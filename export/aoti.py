@@ -30,6 +30,7 @@ matches the directory's reuses it: the compile (tens of seconds per package on a
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import sys
@@ -58,7 +59,8 @@ def _progress(line: str) -> None:
 
 FORMAT = "aoti"
 WEIGHTS_FILE = "weights.safetensors"  # every package's constants, beside the packages
-# the constants stay out of the .so (module docstring); the metadata tells a bare loader where they are
+# the constants stay out of the .so (module docstring); the metadata tells a bare loader where they are.
+# Copied per compile: torch adds its own keys to the dict it is given (aot_inductor.package, device metadata).
 INDUCTOR_CONFIGS = {
     "aot_inductor.package_constants_in_so": False,
     "aot_inductor.metadata": {"arvid_constants": WEIGHTS_FILE},
@@ -118,13 +120,15 @@ def _writable(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _set_constants(runner, constants: dict[str, torch.Tensor], path: Path) -> None:
-    """Give ``runner`` its constants; the runner keeps pointers to them (``user_managed``), so whoever
-    calls this keeps ``constants`` alive as long as the runner runs."""
+    """Give ``runner`` its constants without a copy (``user_managed``). torch 2.13's runner takes a
+    reference to each tensor and never drops it, even when the runner is deleted (a tensor's use count
+    rises by one per load, measured): the tensors live at least as long as the runner, and the model's
+    weights handed to one stay allocated for the life of the process. Callers keep their own references
+    too (:attr:`AotiGraphs.constants`), for a torch that would hold raw pointers instead."""
     try:
         runner.load_constants(constants, check_full_update=True, user_managed=True)
-    except RuntimeError as e:  # AOTInductor's message is a C++ trace; its first line names the constant
-        first = str(e).strip().splitlines()[0]
-        raise ValueError(f"package {path}: its constants do not load ({first[:200]}); export it again") from None
+    except RuntimeError:  # its message is a C++ call site ("API call failed at ..."); the reason went to stderr
+        raise ValueError(f"package {path}: its constants do not load (see the error above); export it again") from None
 
 
 def export_aoti(
@@ -203,7 +207,7 @@ def export_aoti(
                 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
                 with stage(_progress, f"{name}: AOTInductor compile"):
                     built = torch._inductor.aoti_compile_and_package(
-                        ep, package_path=str(Path(tmp) / name), inductor_configs=INDUCTOR_CONFIGS
+                        ep, package_path=str(Path(tmp) / name), inductor_configs=copy.deepcopy(INDUCTOR_CONFIGS)
                     )
                 del ep
                 t2 = time.perf_counter()
@@ -212,7 +216,10 @@ def export_aoti(
                 missing = sorted(set(needed) - set(tensors))
                 if missing:  # a constant inductor made up itself would have no value to write
                     raise RuntimeError(f"{name}: the package needs constants the graph does not name: {missing[:5]}")
-                constants.update((n, tensors[n]) for n in needed)
+                for n in needed:  # one file for the folder: a name must mean the same tensor in every package
+                    if n in constants and not torch.equal(constants[n], tensors[n]):
+                        raise RuntimeError(f"{name}: constant {n!r} differs from the folder's other packages")
+                    constants.setdefault(n, tensors[n])
                 got = None
                 if skip is None:
                     with stage(_progress, f"{name}: load the package and run it"):
@@ -304,7 +311,7 @@ class AotiGraphs:
     step: Any = None
     chunk: Any = None
     recache: dict[int, Any] = dataclasses.field(default_factory=dict)
-    constants: list[dict[str, torch.Tensor]] = dataclasses.field(default_factory=list)  # alive while they run
+    constants: list[dict[str, torch.Tensor]] = dataclasses.field(default_factory=list)  # the runners' (_set_constants)
 
 
 def _load_one(path: Path, device: torch.device):
@@ -327,12 +334,15 @@ class _Constants:
         self.device, self.live, self.loaded = device, live or {}, {}
 
     def take(self, d: Path, manifest: dict, names: list[str]) -> dict[str, torch.Tensor]:
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
         from safetensors.torch import _getdtype  # the file's dtype names, as safetensors reads them
 
         path = d / manifest["weights_file"]
         if not path.is_file():
             raise ValueError(f"{path} is missing: the packages of {d} take their weights from it; export them again")
+        want = (manifest.get("files") or {}).get(manifest["weights_file"], {}).get("bytes")
+        if want is not None and path.stat().st_size != want:  # another export's file, or a cut-short copy
+            raise ValueError(f"{path} holds {path.stat().st_size:,} bytes, the manifest {want:,}; export them again")
         out = {}
         try:
             with safe_open(str(path), framework="pt", device=str(self.device)) as f:
@@ -341,17 +351,19 @@ class _Constants:
                     if name not in have:
                         raise ValueError(f"{path} has no tensor {name!r}, which its packages need; export them again")
                     sl = f.get_slice(name)
-                    key = (manifest["weights_sha256"], name, tuple(sl.get_shape()), _getdtype(sl.get_dtype()))
+                    # lifted constants are numbered per graph (_name_lifted_constants): shared within a folder only
+                    owner = manifest["weights_sha256"] if "lifted_tensor" not in name else str(d.resolve())
+                    key = (owner, name, tuple(sl.get_shape()), _getdtype(sl.get_dtype()))
                     if key not in self.loaded:
                         t = self.live.get(name)
-                        if t is None or (t.device, tuple(t.shape), t.dtype) != (self.device, *key[2:]):
+                        same = t is not None and (t.device, tuple(t.shape), t.dtype) == (self.device, *key[2:])
+                        if not (same and t.is_contiguous()):  # the package was compiled for contiguous weights
                             t = f.get_tensor(name)
                         self.loaded[key] = t
                     out[name] = self.loaded[key]
-        except ValueError:
-            raise
-        except Exception as e:  # a cut-short or foreign file: one line
-            raise ValueError(f"{path} is not a readable weights file ({str(e).splitlines()[0][:200]})") from None
+        except (SafetensorError, OSError) as e:  # a cut-short or foreign file: one line
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ValueError(f"{path} is not a readable weights file ({first[:200]})") from None
         return out
 
 
@@ -395,7 +407,7 @@ def load_package(
             if "weights_file" in m:  # else an export of before: the weights are inside the package
                 consts = constants.take(d, m, fn.get_constant_fqns())
                 _set_constants(fn, consts, path)
-                out.constants.append(consts)  # the runner keeps pointers, not references
+                out.constants.append(consts)
             if m["graph"] == "step":
                 out.step = fn
             elif m["graph"] == "chunk":

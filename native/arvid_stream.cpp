@@ -220,7 +220,15 @@ void load_dir(Packages& pk, const std::string& dir, bool first) {
     std::shared_ptr<Constants> consts;
     std::string wpath;
     if (m.contains("weights_file")) {  // else an export of before, with the weights inside each package
-      wpath = dir + "/" + m.at("weights_file").get<std::string>();
+      const std::string wname = m.at("weights_file").get<std::string>();
+      wpath = dir + "/" + wname;
+      if (m.contains("files") && m.at("files").contains(wname) && std::ifstream(wpath)) {  // another export's file?
+        const auto want = json_whole<int64_t>(m.at("files").at(wname).at("bytes"));
+        std::ifstream f(wpath, std::ios::binary | std::ios::ate);
+        if (static_cast<int64_t>(f.tellg()) != want)
+          throw std::runtime_error(wpath + " holds " + std::to_string(static_cast<int64_t>(f.tellg())) + " bytes, the manifest " +
+                                   std::to_string(want) + "; export them again");
+      }
       consts = read_constants(wpath, dev);
       pk.constants.push_back(consts);
     }
@@ -245,7 +253,11 @@ void load_dir(Packages& pk, const std::string& dir, bool first) {
             throw std::runtime_error(wpath + " has no tensor '" + n + "', which " + gr->path + " needs; export it again");
           mine.emplace(n, it->second);
         }
-        gr->loader->load_constants(mine, /*use_inactive=*/false, /*check_full_update=*/true, /*user_managed=*/true);
+        try {
+          gr->loader->load_constants(mine, /*use_inactive=*/false, /*check_full_update=*/true, /*user_managed=*/true);
+        } catch (const std::exception&) {  // torch's message is its call site; the reason went to stderr
+          throw std::runtime_error("package " + gr->path + ": its constants do not load (see the error above); export it again");
+        }
       }
       if (kind == "step") pk.step = std::move(gr);
       else if (kind == "chunk") pk.chunk = std::move(gr);

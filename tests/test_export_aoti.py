@@ -94,7 +94,7 @@ def test_packages_take_their_weights_from_one_file_beside_them(pk):
 
 def test_loaded_packages_run_on_the_model_tensors_without_a_copy(pk):
     """``live`` (what the aoti executor passes): the runners read the model's own weights, the file only
-    what the model does not hold (the RoPE tables), one tensor per name across both directories."""
+    what the model does not hold (the RoPE tables, per folder: their names are numbered per graph)."""
     from arvid.export.graphs import build_graph, graph_tensors
 
     model, dirs = pk
@@ -103,7 +103,8 @@ def test_loaded_packages_run_on_the_model_tensors_without_a_copy(pk):
     for consts in graphs.constants:
         assert consts["model.blocks.1.self_attn.q.weight"].data_ptr() == w.data_ptr()
     ropes = {consts[n].data_ptr() for consts in graphs.constants for n in consts if "lifted_tensor" in n}
-    assert ropes and not ropes & {t.data_ptr() for t in graph_tensors(model).values()}
+    assert len(ropes) == 2 * len(dirs)  # cos and sin, read from the file: lifted names are per folder
+    assert not ropes & {t.data_ptr() for t in graph_tensors(model).values()}
     g = build_graph("step", model, stream=StreamConfig(), latent_size=(8, 8), batch_size=1,
                     rope_positions=read_manifest(dirs[0])["rope_positions"])  # fmt: skip
     args = g.example_inputs(seed=3)
@@ -114,6 +115,8 @@ def test_loaded_packages_run_on_the_model_tensors_without_a_copy(pk):
 
 
 def test_a_missing_or_broken_weights_file_is_one_line(pk, tmp_path):
+    from safetensors.torch import load_file
+
     from arvid.export.aoti import WEIGHTS_FILE
     from arvid.runtime.files import write_safetensors
 
@@ -125,15 +128,20 @@ def test_a_missing_or_broken_weights_file_is_one_line(pk, tmp_path):
     with pytest.raises(ValueError, match=r"weights.safetensors is missing: the packages of .* take their weights"):
         load_package(bad, device="cpu")
     (bad / WEIGHTS_FILE).write_bytes(weights[: len(weights) // 2])  # an interrupted copy
+    with pytest.raises(ValueError, match=r"weights.safetensors holds [\d,]+ bytes, the manifest [\d,]+") as e:
+        load_package(bad, device="cpu")
+    assert "\n" not in str(e.value)
+    (bad / WEIGHTS_FILE).write_bytes(b"x" * len(weights))  # the right size, not safetensors
     with pytest.raises(ValueError, match=r"weights.safetensors is not a readable weights file") as e:
         load_package(bad, device="cpu")
     assert "\n" not in str(e.value)
-    from safetensors.torch import load_file
-
     (bad / WEIGHTS_FILE).write_bytes(weights)
     tensors = load_file(str(bad / WEIGHTS_FILE))
     del tensors["model.head.head.weight"]
     write_safetensors(bad / WEIGHTS_FILE, tensors)
+    m = json.loads((bad / "export.json").read_text())
+    m["files"][WEIGHTS_FILE]["bytes"] = (bad / WEIGHTS_FILE).stat().st_size  # as a hand-edited folder would
+    (bad / "export.json").write_text(json.dumps(m))
     with pytest.raises(ValueError, match=r"has no tensor 'model.head.head.weight', which its packages need") as e:
         load_package(bad, device="cpu")
     assert "\n" not in str(e.value)

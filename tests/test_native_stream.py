@@ -100,6 +100,12 @@ def test_corrupt_package_and_bad_inputs_one_line(built, tmp_path):
     err = _one_line_error([exe, "--package-dir", str(gone), "--package-dir", str(dirs[1]), "--inputs", str(inputs),
                            "--out", str(tmp_path / "o.safetensors")])  # fmt: skip
     assert "weights.safetensors is missing" in err
+    shutil.copy(dirs[0] / "weights.safetensors", gone)
+    with open(gone / "weights.safetensors", "r+b") as f:  # an interrupted copy
+        f.truncate(100)
+    err = _one_line_error([exe, "--package-dir", str(gone), "--package-dir", str(dirs[1]), "--inputs", str(inputs),
+                           "--out", str(tmp_path / "o.safetensors")])  # fmt: skip
+    assert "weights.safetensors holds 100 bytes, the manifest" in err
     odd = tmp_path / "odd"  # nlohmann's get<int>() would read 3.5 as 3 without a word
     shutil.copytree(dirs[0], odd)
     m = json.loads((odd / "export.json").read_text())
