@@ -326,14 +326,15 @@ def _load_one(path: Path, device: torch.device):
 
 
 class _Constants:
-    """The constants of the packages of one :func:`load_package` call, each tensor loaded once: the
-    caller's own (``live``, the model's tensors: no copy) where name, shape and dtype agree, else read
-    from the directory's weights file onto the device. Directories of the same weights share them."""
+    """The constants of the packages of one :func:`load_package` call, each tensor loaded once per
+    device: the caller's own (``live``, the model's tensors: no copy) where name, device, shape and dtype
+    agree, else read from the directory's weights file. Directories of the same weights share them."""
 
-    def __init__(self, device: torch.device, live: dict[str, torch.Tensor] | None) -> None:
-        self.device, self.live, self.loaded = device, live or {}, {}
+    def __init__(self, live: dict[str, torch.Tensor] | None) -> None:
+        self.live, self.loaded = live or {}, {}
 
-    def take(self, d: Path, manifest: dict, names: list[str]) -> dict[str, torch.Tensor]:
+    def take(self, d: Path, manifest: dict, names: set[str], device: torch.device) -> dict[str, torch.Tensor]:
+        """``names`` (every package of directory ``d``) from its weights file or ``live``, on ``device``."""
         from safetensors import SafetensorError, safe_open
         from safetensors.torch import _getdtype  # the file's dtype names, as safetensors reads them
 
@@ -345,18 +346,18 @@ class _Constants:
             raise ValueError(f"{path} holds {path.stat().st_size:,} bytes, the manifest {want:,}; export them again")
         out = {}
         try:
-            with safe_open(str(path), framework="pt", device=str(self.device)) as f:
+            with safe_open(str(path), framework="pt", device=str(device)) as f:
                 have = set(f.keys())
-                for name in names:
+                for name in sorted(names):
                     if name not in have:
                         raise ValueError(f"{path} has no tensor {name!r}, which its packages need; export them again")
                     sl = f.get_slice(name)
                     # lifted constants are numbered per graph (_name_lifted_constants): shared within a folder only
                     owner = manifest["weights_sha256"] if "lifted_tensor" not in name else str(d.resolve())
-                    key = (owner, name, tuple(sl.get_shape()), _getdtype(sl.get_dtype()))
+                    key = (owner, name, device, tuple(sl.get_shape()), _getdtype(sl.get_dtype()))
                     if key not in self.loaded:
                         t = self.live.get(name)
-                        same = t is not None and (t.device, tuple(t.shape), t.dtype) == (self.device, *key[2:])
+                        same = t is not None and (t.device, tuple(t.shape), t.dtype) == key[2:]
                         if not (same and t.is_contiguous()):  # the package was compiled for contiguous weights
                             t = f.get_tensor(name)
                         self.loaded[key] = t
@@ -384,7 +385,7 @@ def load_package(
     file's shape and dtype and sits on the run's device."""
     dirs = [dirs] if isinstance(dirs, (str, Path)) else list(dirs)
     out = AotiGraphs(manifests=[])
-    constants = None
+    constants = _Constants(live)
     for d in map(Path, dirs):
         m = read_manifest(d)
         built = torch.device(m["device"]["device"])
@@ -400,14 +401,13 @@ def load_package(
         run_dev = torch.device(device) if device is not None else built
         if run_dev.type == "cuda" and run_dev.index is None:
             run_dev = torch.device("cuda", 0)
-        constants = constants or _Constants(run_dev, live)
-        for p in m["packages"]:
-            path = d / p["file"]
-            fn = _load_one(path, run_dev)
-            if "weights_file" in m:  # else an export of before: the weights are inside the package
-                consts = constants.take(d, m, fn.get_constant_fqns())
-                _set_constants(fn, consts, path)
-                out.constants.append(consts)
+        runners = [(p, _load_one(d / p["file"], run_dev)) for p in m["packages"]]
+        if "weights_file" in m:  # else an export of before: the weights are inside the package
+            consts = constants.take(d, m, {n for _, fn in runners for n in fn.get_constant_fqns()}, run_dev)
+            for p, fn in runners:
+                _set_constants(fn, {n: consts[n] for n in fn.get_constant_fqns()}, d / p["file"])
+            out.constants.append(consts)
+        for p, fn in runners:
             if m["graph"] == "step":
                 out.step = fn
             elif m["graph"] == "chunk":

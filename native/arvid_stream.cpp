@@ -102,11 +102,15 @@ StTensor from_torch(const at::Tensor& x) {
 using Constants = std::unordered_map<std::string, at::Tensor>;
 
 // The weights file beside a directory's packages (export/aoti.py keeps the constants out of the
-// .so), on the packages' device. Each tensor's file bytes are freed once converted, so the weights
-// sit in host memory about once, not twice.
-std::shared_ptr<Constants> read_constants(const std::string& path, const std::string& device) {
-  if (!std::ifstream(path))
-    throw std::runtime_error(path + " is missing: the packages take their weights from it; export them again");
+// .so), on the packages' device; `bytes` is its size in the manifest (-1: not recorded). Each
+// tensor's file bytes are freed once converted, so the weights sit in host memory about once.
+std::shared_ptr<Constants> read_constants(const std::string& path, int64_t bytes, const std::string& device) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in) throw std::runtime_error(path + " is missing: the packages take their weights from it; export them again");
+  const auto size = static_cast<int64_t>(in.tellg());
+  if (bytes >= 0 && size != bytes)  // another export's file, or a cut-short copy
+    throw std::runtime_error(path + " holds " + std::to_string(size) + " bytes, the manifest " + std::to_string(bytes) +
+                             "; export them again");
   StFile f = read_safetensors(path);
   auto out = std::make_shared<Constants>();
   const at::Device dev(device);
@@ -152,7 +156,7 @@ struct Packages {
   StreamSettings stream;
   Geometry geo;
   std::string weights;
-  std::vector<std::shared_ptr<Constants>> constants;  // the runners keep pointers into these (user-managed)
+  std::vector<std::shared_ptr<Constants>> constants;  // user-managed by the runners (torch 2.13 also references them)
   std::unique_ptr<Graph> step, chunk;
   std::map<int, std::unique_ptr<Graph>> recache;  // by number of frames
 };
@@ -222,14 +226,8 @@ void load_dir(Packages& pk, const std::string& dir, bool first) {
     if (m.contains("weights_file")) {  // else an export of before, with the weights inside each package
       const std::string wname = m.at("weights_file").get<std::string>();
       wpath = dir + "/" + wname;
-      if (m.contains("files") && m.at("files").contains(wname) && std::ifstream(wpath)) {  // another export's file?
-        const auto want = json_whole<int64_t>(m.at("files").at(wname).at("bytes"));
-        std::ifstream f(wpath, std::ios::binary | std::ios::ate);
-        if (static_cast<int64_t>(f.tellg()) != want)
-          throw std::runtime_error(wpath + " holds " + std::to_string(static_cast<int64_t>(f.tellg())) + " bytes, the manifest " +
-                                   std::to_string(want) + "; export them again");
-      }
-      consts = read_constants(wpath, dev);
+      const bool recorded = m.contains("files") && m.at("files").contains(wname);
+      consts = read_constants(wpath, recorded ? json_whole<int64_t>(m.at("files").at(wname).at("bytes")) : -1, dev);
       pk.constants.push_back(consts);
     }
     for (const json& p : m.at("packages")) {

@@ -46,7 +46,6 @@ StFile read_safetensors(const std::string& path) {
     throw fail(std::string("bad safetensors header: ") + e.what());
   }
   if (!h.is_object()) throw fail("bad safetensors header: not a JSON object");
-  const auto whole = [](const nlohmann::json& v) { return json_whole<int64_t>(v); };
   const uint64_t data_size = size - 8 - n;
   StFile out;
   for (const auto& [name, v] : h.items()) {
@@ -60,13 +59,13 @@ StFile read_safetensors(const std::string& path) {
       const auto& shape = v.at("shape");
       if (!shape.is_array()) throw std::runtime_error("shape must be an array");
       for (const auto& s : shape) {
-        const int64_t d = whole(s);
+        const int64_t d = json_whole<int64_t>(s);
         if (d < 0) throw std::runtime_error("negative dimension");
         t.shape.push_back(d);
       }
       const auto& off = v.at("data_offsets");
       if (!off.is_array() || off.size() != 2) throw std::runtime_error("data_offsets must be [begin, end]");
-      const uint64_t b = whole(off[0]), e = whole(off[1]);
+      const uint64_t b = json_whole<int64_t>(off[0]), e = json_whole<int64_t>(off[1]);
       const uint64_t want = static_cast<uint64_t>(t.numel()) * st_dtype_size(t.dtype);
       if (e < b || e > data_size) throw std::runtime_error("data_offsets past the end of the file");
       if (e - b != want) throw std::runtime_error("data_offsets hold " + std::to_string(e - b) + " bytes, shape and dtype need " + std::to_string(want));
