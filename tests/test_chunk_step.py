@@ -9,7 +9,7 @@ import itertools
 
 import pytest
 import torch
-from _refs import PlanLog, eager_stream, run_stream
+from _refs import PlanLog, eager_stream, run_stream, stream_inputs
 
 from arvid.runtime import (
     FunctionalKVCache,
@@ -31,13 +31,6 @@ FRAMES, SWITCHES = 36, (6, 21)
 @pytest.fixture(scope="module")
 def model():
     return build_model(TINY.model, seed=0)
-
-
-def _inputs(frames, prompts, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(1, frames, TINY.model.in_dim, *HW, generator=g)
-    embeds = [torch.randn(1, TINY.model.text_len, TINY.model.text_dim, generator=g) for _ in range(prompts)]
-    return noise, embeds
 
 
 def _mismatch(out, want):
@@ -80,7 +73,7 @@ def test_functional_step_equals_the_in_place_ring_step(model):
     """One forward on a partly filled ring: same x0 and the same K/V the ring writes into its slot."""
     gen = StreamingGenerator(model, latent_size=HW, backend="sdpa")
     runner, cache = gen.executor, gen.executor.cache
-    noise, embeds = _inputs(12, 1)
+    noise, embeds = stream_inputs(12, 1)
     runner.prepare(12)
     runner.set_prompt(model.text_kv(embeds[0]))
     for fs in (0, 3):  # two chunks in the ring
@@ -120,7 +113,7 @@ def test_functional_runner_refuses_frames_past_its_rope_table():
 
     small = build_model(dataclasses.replace(TINY.model, rope_max_positions=16), seed=0)
     gen = StreamingGenerator(small, latent_size=HW, backend="functional")
-    noise, embeds = _inputs(18, 1)
+    noise, embeds = stream_inputs(18, 1)
     with pytest.raises(ValueError, match="RoPE positions"):
         gen.generate(noise, embeds)
     # rows of the token grid index the same table: 36 latent rows = 18 token rows > 16
