@@ -37,8 +37,19 @@ def no_load(monkeypatch):
     monkeypatch.setattr("arvid.runtime.loaders.load_dit", refuse)
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raising ``KeyboardInterrupt``, as Python sets it up under a terminal. A job started in the
+    background of a non-interactive shell (``cmd &`` in a script) inherits SIGINT ignored, and Python
+    keeps it so: there the test's own ``os.kill(SIGINT)`` would be ignored, not the product at fault."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 # -- 1. SIGTERM / SIGINT keep a playable prefix -------------------------------------------------------
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_signal_mid_stream_keeps_playable_prefix(tmp_path, monkeypatch, capsys, sig, code):
     write = VideoWriter.write
     calls = []
